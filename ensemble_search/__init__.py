@@ -1,0 +1,1 @@
+"""Ensemble search over a sketchtune sweep's out-of-fold predictions."""

@@ -1,0 +1,208 @@
+"""The prediction store: per (candidate, fold) OOF and test probabilities plus a manifest.
+
+Layout under a sweep's folder::
+
+    <sweep_dir>/candidates/<candidate_id>/fold<k>.npz    val_keys (n_val,) str, val_targets (n_val,)
+                                                        int64, val_probs (n_val, C) float32,
+                                                        test_probs (n_test, C) float32
+    <sweep_dir>/candidates/<candidate_id>/fold<k>.json   manifest (written last: its presence
+                                                        means the fold is complete)
+
+Every file is written to a temporary name in the same folder and renamed into place, so a
+crash or a full disk never leaves a file that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["FoldPrediction", "PredictionStore", "StoreError", "atomic_write_bytes"]
+
+_FOLD_PREFIX = "fold"
+
+
+class StoreError(ValueError):
+    """The store is missing something or holds something inconsistent; one-line message."""
+
+
+@dataclass(frozen=True)
+class FoldPrediction:
+    manifest: dict[str, Any]
+    val_keys: np.ndarray  # (n_val,) str: image_path of the fold's validation rows
+    val_targets: np.ndarray  # (n_val,) int64
+    val_probs: np.ndarray  # (n_val, C) float32
+    test_probs: np.ndarray  # (n_test, C) float32, test.csv order
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temporary file and a rename (POSIX-atomic)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+class PredictionStore:
+    """Reads and writes one sweep's predictions. `root` is the sweep folder."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    # ------------------------------------------------------------------ paths
+    @property
+    def candidates_dir(self) -> Path:
+        return self.root / "candidates"
+
+    def candidate_dir(self, candidate_id: str) -> Path:
+        return self.candidates_dir / candidate_id
+
+    def _paths(self, candidate_id: str, fold: int) -> tuple[Path, Path]:
+        d = self.candidate_dir(candidate_id)
+        return d / f"{_FOLD_PREFIX}{fold}.npz", d / f"{_FOLD_PREFIX}{fold}.json"
+
+    # ------------------------------------------------------------------ write
+    def write_fold(
+        self,
+        candidate_id: str,
+        fold: int,
+        *,
+        val_keys: Iterable[str],
+        val_targets: np.ndarray,
+        val_probs: np.ndarray,
+        test_probs: np.ndarray,
+        manifest: dict[str, Any],
+    ) -> Path:
+        """Store one fold. The arrays go first, the manifest last, each atomically."""
+        val_keys = np.asarray(list(val_keys), dtype=str)
+        val_probs = np.asarray(val_probs, dtype=np.float32)
+        test_probs = np.asarray(test_probs, dtype=np.float32)
+        val_targets = np.asarray(val_targets, dtype=np.int64)
+        assert val_probs.ndim == 2 and test_probs.ndim == 2, "probabilities must be (N, C)"
+        assert val_probs.shape[1] == test_probs.shape[1], "val and test class counts differ"
+        assert len(val_keys) == len(val_probs) == len(val_targets), "val rows disagree"
+        npz, js = self._paths(candidate_id, fold)
+        buf = io.BytesIO()
+        np.savez(
+            buf, val_keys=val_keys, val_targets=val_targets, val_probs=val_probs,
+            test_probs=test_probs,
+        )
+        atomic_write_bytes(npz, buf.getvalue())
+        full = {
+            **manifest,
+            "candidate_id": candidate_id,
+            "fold": int(fold),
+            "num_classes": int(val_probs.shape[1]),
+            "n_val": int(len(val_keys)),
+            "n_test": int(len(test_probs)),
+        }
+        atomic_write_json(js, full)
+        return js
+
+    # ------------------------------------------------------------------ read
+    def candidates(self) -> list[str]:
+        """Candidate ids that have at least one finished fold, sorted."""
+        if not self.candidates_dir.is_dir():
+            return []
+        return sorted(
+            d.name for d in self.candidates_dir.iterdir() if d.is_dir() and self.folds(d.name)
+        )
+
+    def folds(self, candidate_id: str) -> list[int]:
+        """Finished folds of a candidate (those with a manifest and an array file)."""
+        d = self.candidate_dir(candidate_id)
+        out = []
+        for js in d.glob(f"{_FOLD_PREFIX}*.json"):
+            k = js.stem[len(_FOLD_PREFIX):]
+            if k.isdigit() and js.with_suffix(".npz").is_file():
+                out.append(int(k))
+        return sorted(out)
+
+    def has_fold(self, candidate_id: str, fold: int) -> bool:
+        npz, js = self._paths(candidate_id, fold)
+        return npz.is_file() and js.is_file()
+
+    def read_manifest(self, candidate_id: str, fold: int) -> dict[str, Any]:
+        _, js = self._paths(candidate_id, fold)
+        try:
+            return json.loads(js.read_text())
+        except FileNotFoundError:
+            raise StoreError(f"{js}: candidate {candidate_id} has no fold {fold}") from None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise StoreError(f"{js}: manifest is not valid JSON") from None
+
+    def read_fold(self, candidate_id: str, fold: int) -> FoldPrediction:
+        manifest = self.read_manifest(candidate_id, fold)
+        npz, _ = self._paths(candidate_id, fold)
+        try:
+            # allow_pickle=False: the store may come from another machine; never unpickle it.
+            with np.load(npz, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in ("val_keys", "val_targets", "val_probs", "test_probs")}
+        except FileNotFoundError:
+            raise StoreError(f"{npz}: candidate {candidate_id} has no fold {fold}") from None
+        except (KeyError, ValueError, OSError) as err:
+            raise StoreError(f"{npz}: unreadable prediction file ({err})") from None
+        return FoldPrediction(manifest=manifest, **arrays)
+
+    def completeness(self, candidate_id: str, train_keys: Iterable[str]) -> tuple[bool, str]:
+        """Whether the candidate's folds' validation rows cover every train row exactly once.
+
+        Returns (complete, reason); the reason names what is missing or duplicated.
+        """
+        train = list(train_keys)
+        folds = self.folds(candidate_id)
+        if not folds:
+            return False, f"candidate {candidate_id} has no finished fold"
+        n_folds = self.read_manifest(candidate_id, folds[0]).get("n_folds")
+        if n_folds is not None:
+            missing = sorted(set(range(int(n_folds))) - set(folds))
+            if missing:
+                return False, f"candidate {candidate_id} is missing fold(s) {missing}"
+        seen: dict[str, int] = {}
+        for k in folds:
+            npz, _ = self._paths(candidate_id, k)
+            with np.load(npz, allow_pickle=False) as z:
+                keys = z["val_keys"]
+            for key in keys.tolist():
+                if key in seen:
+                    return False, (
+                        f"candidate {candidate_id}: row {key!r} is in folds {seen[key]} and {k}"
+                    )
+                seen[key] = k
+        want = set(train)
+        have = set(seen)
+        if have != want:
+            lost = sorted(want - have)
+            extra = sorted(have - want)
+            if lost:
+                return False, (
+                    f"candidate {candidate_id}: {len(lost)} train row(s) have no OOF prediction "
+                    f"(first: {lost[0]!r})"
+                )
+            return False, (
+                f"candidate {candidate_id}: {len(extra)} OOF row(s) are not in train.csv "
+                f"(first: {extra[0]!r})"
+            )
+        return True, "complete"
+
+    def is_complete(self, candidate_id: str, train_keys: Iterable[str]) -> bool:
+        return self.completeness(candidate_id, train_keys)[0]
