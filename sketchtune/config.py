@@ -60,7 +60,7 @@ class OptimConfig(Strict):
 
 
 class SchedConfig(Strict):
-    name: Literal["cosine", "step", "plateau", "none"] = "cosine"
+    name: Literal["cosine", "step", "none"] = "cosine"
     warmup_epochs: int = Field(1, ge=0)
     warmup_lr: float = Field(1e-6, ge=0.0)
     min_lr: float = Field(1e-6, ge=0.0)
@@ -209,6 +209,9 @@ class SweepConfig(Strict):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
     storage_path: Path = Path("sweeps")
     tracking_uri: str | None = None  # default: sqlite:///<project root>/mlflow.db
+    # Keep each fold's best weights (safetensors) beside its predictions, for predicting new
+    # images later. A b36 model is ~400 MB a fold: turn off to save disk.
+    save_weights: bool = True
     data: DataConfig = DataConfig()
     train: TrainConfig = TrainConfig()
     search: SearchConfig = SearchConfig()
