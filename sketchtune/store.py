@@ -150,6 +150,14 @@ class PredictionStore:
         except (json.JSONDecodeError, UnicodeDecodeError):
             raise StoreError(f"{js}: manifest is not valid JSON") from None
 
+    def update_manifest(self, candidate_id: str, fold: int, **fields: Any) -> dict[str, Any]:
+        """Set fields of a finished fold's manifest (atomically); returns the new manifest."""
+        manifest = self.read_manifest(candidate_id, fold)
+        if any(manifest.get(k) != v for k, v in fields.items()):
+            manifest.update(fields)
+            atomic_write_json(self._paths(candidate_id, fold)[1], manifest)
+        return manifest
+
     def read_fold(self, candidate_id: str, fold: int) -> FoldPrediction:
         manifest = self.read_manifest(candidate_id, fold)
         npz, _ = self._paths(candidate_id, fold)

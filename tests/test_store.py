@@ -1,0 +1,104 @@
+"""The prediction store: round trip, atomic writes, and the completeness rule."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sketchtune.store import PredictionStore, StoreError
+
+KEYS = [f"train/c{i % 3}/img{i}.JPEG" for i in range(12)]
+FOLDS = np.arange(12) % 3  # 3 folds of 4 rows
+
+
+def write(store: PredictionStore, cid: str, fold: int, keys=None, n_folds: int = 3):
+    rng = np.random.default_rng(fold)
+    idx = np.flatnonzero(FOLDS == fold)
+    keys = [KEYS[i] for i in idx] if keys is None else keys
+    p = rng.dirichlet(np.ones(3), size=len(keys)).astype(np.float32)
+    return store.write_fold(cid, fold, val_keys=keys, val_targets=np.arange(len(keys)) % 3,
+                            val_probs=p, test_probs=p[:2],
+                            manifest={"n_folds": n_folds, "metrics": {"val_acc": 0.5}})
+
+
+def test_store_round_trip(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 1)
+    f = store.read_fold("abc", 1)
+    assert f.val_probs.dtype == np.float32 and f.val_probs.shape == (4, 3)
+    assert f.test_probs.shape == (2, 3)
+    assert list(f.val_keys) == [KEYS[i] for i in np.flatnonzero(FOLDS == 1)]
+    assert f.manifest["candidate_id"] == "abc" and f.manifest["fold"] == 1
+    assert f.manifest["num_classes"] == 3 and f.manifest["metrics"] == {"val_acc": 0.5}
+    assert store.candidates() == ["abc"] and store.folds("abc") == [1]
+
+
+def test_store_complete_only_when_folds_cover_every_row_once(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    write(store, "abc", 1)
+    ok, why = store.completeness("abc", KEYS)
+    assert not ok and "missing fold(s) [2]" in why
+    write(store, "abc", 2)
+    assert store.is_complete("abc", KEYS)
+
+
+def test_store_incomplete_when_a_row_is_in_two_folds(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    write(store, "abc", 1)
+    write(store, "abc", 2, keys=[KEYS[0], KEYS[2], KEYS[5], KEYS[8]])  # KEYS[0] is in fold 0
+    ok, why = store.completeness("abc", KEYS)
+    assert not ok and KEYS[0] in why
+
+
+def test_store_incomplete_when_a_train_row_has_no_prediction(tmp_path):
+    store = PredictionStore(tmp_path)
+    for k in range(3):
+        write(store, "abc", k)
+    ok, why = store.completeness("abc", KEYS + ["train/c0/extra.JPEG"])
+    assert not ok and "no OOF prediction" in why
+
+
+def test_store_fold_without_manifest_is_not_finished(tmp_path):
+    store = PredictionStore(tmp_path)
+    js = write(store, "abc", 0)
+    js.unlink()  # a crash between the array file and the manifest
+    assert store.folds("abc") == [] and not store.has_fold("abc", 0)
+    assert store.candidates() == []
+
+
+def test_store_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    store = PredictionStore(tmp_path)
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("sketchtune.store.os.fsync", boom)
+    with pytest.raises(OSError, match="No space"):
+        write(store, "abc", 0)
+    leftovers = list((tmp_path / "candidates").rglob("*"))
+    assert [p for p in leftovers if p.is_file()] == []
+
+
+def test_store_read_missing_fold_is_a_store_error(tmp_path):
+    with pytest.raises(StoreError, match="no fold 3"):
+        PredictionStore(tmp_path).read_fold("abc", 3)
+
+
+def test_store_refuses_pickled_arrays(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    npz = tmp_path / "candidates/abc/fold0.npz"
+    np.savez(npz, val_keys=np.array([object()], dtype=object), val_targets=np.zeros(1),
+             val_probs=np.zeros((1, 3)), test_probs=np.zeros((1, 3)))
+    with pytest.raises(StoreError, match="unreadable"):
+        store.read_fold("abc", 0)
+
+
+def test_store_update_manifest_is_atomic_and_persistent(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    store.update_manifest("abc", 0, mlflow_run_id="r1")
+    assert store.read_manifest("abc", 0)["mlflow_run_id"] == "r1"
+    assert not list((tmp_path / "candidates/abc").glob("*.tmp"))
