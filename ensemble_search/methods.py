@@ -1,0 +1,284 @@
+"""Ensemble methods behind one interface: `fit(probs, targets) -> self`, then `weights_`.
+
+Every method averages class probabilities with non-negative weights that sum to 1
+(`weights_`, shape (M,)), optionally followed by a temperature (`temperature_`, 1.0 =
+none). `METHODS` maps a name to its class; `build_method` makes one from the sweep's
+`ensemble` config section.
+"""
+
+from __future__ import annotations
+
+import logging
+from abc import ABC, abstractmethod
+from typing import ClassVar, Literal
+
+import numpy as np
+from scipy.optimize import minimize, minimize_scalar
+from scipy.special import logsumexp
+
+from sketchtune.config import EnsembleConfig
+
+from .correlation import prob_correlation
+from .greedy import greedy_accuracy, greedy_log_loss, selection_weights, single_scores
+from .metrics import EPS, log_loss_from_true, true_class_probs, weighted_probs
+
+__all__ = [
+    "METHODS",
+    "BestSingle",
+    "EnsembleMethod",
+    "GreedyEnsemble",
+    "MeanEnsemble",
+    "OptimizedEnsemble",
+    "PrunedEnsemble",
+    "apply_temperature",
+    "build_method",
+    "fit_temperature",
+]
+
+_log = logging.getLogger(__name__)
+
+Metric = Literal["log_loss", "accuracy"]
+
+
+def _check_metric(metric: str) -> None:
+    if metric not in ("log_loss", "accuracy"):
+        raise ValueError(f"metric must be 'log_loss' or 'accuracy' but got {metric!r}.")
+
+
+class EnsembleMethod(ABC):
+    """Probability averaging with learned weights. Subclasses set `weights_` in `fit`."""
+
+    name: ClassVar[str]
+    weights_: np.ndarray
+    temperature_: float = 1.0
+
+    @abstractmethod
+    def fit(self, probs: np.ndarray, targets: np.ndarray) -> EnsembleMethod:
+        """probs: (M, N, C) float32 candidates' probabilities; targets: (N,) int."""
+
+    def predict_proba(self, probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
+        """probs: (M, N, C) -> (N, C) float64 (or (len(rows), C) for the given rows)."""
+        out = weighted_probs(probs, self.weights_, rows)
+        return apply_temperature(out, self.temperature_)
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class MeanEnsemble(EnsembleMethod):
+    """The plain average of every candidate: the baseline every method is compared with."""
+
+    name = "mean"
+
+    def fit(self, probs: np.ndarray, targets: np.ndarray) -> MeanEnsemble:
+        m = probs.shape[0]
+        self.weights_ = np.full(m, 1.0 / m)
+        return self
+
+
+class BestSingle(EnsembleMethod):
+    """All weight on the candidate that scores best on the fitting rows (ties: lowest index)."""
+
+    name = "single"
+
+    def __init__(self, metric: Metric = "log_loss") -> None:
+        _check_metric(metric)
+        self.metric = metric
+
+    def fit(self, probs: np.ndarray, targets: np.ndarray) -> BestSingle:
+        losses = _single_losses(probs, targets, self.metric)
+        self.weights_ = np.zeros(probs.shape[0])
+        self.weights_[int(np.argmin(losses))] = 1.0
+        return self
+
+
+class GreedyEnsemble(EnsembleMethod):
+    """Forward selection with replacement (Caruana et al. 2004); weights = pick counts.
+
+    sorted_init: start from this many best single candidates; bagging: if > 0, run the
+    selection on this many random halves of the candidates and average their weights.
+    """
+
+    name = "greedy"
+
+    def __init__(
+        self, iterations: int = 25, metric: Metric = "log_loss", sorted_init: int = 0,
+        bagging: int = 0, seed: int = 42,
+    ) -> None:
+        if iterations < 1:
+            raise ValueError(f"iterations must be at least 1 but got {iterations}.")
+        if sorted_init < 0 or bagging < 0:
+            raise ValueError(f"sorted_init and bagging cannot be negative but got "
+                             f"{sorted_init} and {bagging}.")
+        _check_metric(metric)
+        self.iterations, self.metric = iterations, metric
+        self.sorted_init, self.bagging, self.seed = sorted_init, bagging, seed
+
+    def _select(self, probs: np.ndarray, targets: np.ndarray, q: np.ndarray | None) -> list[int]:
+        if self.metric == "log_loss":
+            return greedy_log_loss(q, self.iterations, self.sorted_init)
+        return greedy_accuracy(probs, targets, self.iterations, self.sorted_init)
+
+    def fit(self, probs: np.ndarray, targets: np.ndarray) -> GreedyEnsemble:
+        m = probs.shape[0]
+        q = true_class_probs(probs, targets) if self.metric == "log_loss" else None
+        if not self.bagging or m < 2:
+            self.selection_ = self._select(probs, targets, q)
+            self.weights_ = selection_weights(self.selection_, m)
+            return self
+        rng = np.random.default_rng(self.seed)
+        size = max(1, m // 2)
+        weights = np.zeros(m)
+        self.selection_ = []
+        for _ in range(self.bagging):
+            bag = np.sort(rng.choice(m, size=size, replace=False))
+            sub_q = None if q is None else q[:, bag]
+            sub_p = probs if q is not None else probs[bag]
+            sel = [int(bag[i]) for i in self._select(sub_p, targets, sub_q)]
+            self.selection_.append(sel)
+            weights += selection_weights(sel, m)
+        self.weights_ = weights / self.bagging
+        return self
+
+
+class OptimizedEnsemble(EnsembleMethod):
+    """Non-negative weights summing to 1 that minimise log loss (SLSQP from the mean).
+
+    The loss is convex in the weights, so the optimum is global; if the solver returns
+    anything worse than the plain mean, the mean is kept. temperature: also fit one
+    temperature on the weighted average.
+    """
+
+    name = "optimized"
+
+    def __init__(self, temperature: bool = False, tol: float = 1e-10) -> None:
+        self.temperature, self.tol = temperature, tol
+
+    def fit(self, probs: np.ndarray, targets: np.ndarray) -> OptimizedEnsemble:
+        q = true_class_probs(probs, targets)  # (N, M)
+        m = q.shape[1]
+        w0 = np.full(m, 1.0 / m)
+
+        def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+            s = np.clip(q @ w, EPS, None)
+            return float(-np.log(s).mean()), -(q / s[:, None]).mean(axis=0)
+
+        best_w, best = w0, log_loss_from_true(q @ w0)
+        if m > 1:
+            res = minimize(
+                loss_grad, w0, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
+                constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
+                              "jac": lambda w: np.ones_like(w)}],
+                options={"maxiter": 1000, "ftol": self.tol},
+            )
+            w = np.clip(res.x, 0.0, None)
+            w[w < 1e-8] = 0.0  # solver dust, not a weight anyone meant
+            if w.sum() > 0:
+                w = w / w.sum()
+                score = log_loss_from_true(q @ w)
+                if score <= best:
+                    best_w, best = w, score
+        self.weights_ = best_w
+        self.temperature_ = 1.0
+        if self.temperature:
+            self.temperature_ = fit_temperature(weighted_probs(probs, best_w), targets)
+        return self
+
+
+class PrunedEnsemble(EnsembleMethod):
+    """Drop candidates whose OOF probabilities correlate above `threshold` with a better one.
+
+    Candidates are visited best first (by `metric` on the fitting rows); one is kept if its
+    Pearson correlation with every kept candidate is at most `threshold`. The kept ones are
+    then averaged (`then="mean"`) or selected greedily (`then="greedy"`).
+    """
+
+    name = "pruned"
+
+    def __init__(
+        self, threshold: float = 0.95, metric: Metric = "log_loss",
+        then: Literal["mean", "greedy"] = "mean", iterations: int = 25,
+    ) -> None:
+        if not -1.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (-1, 1] but got {threshold}.")
+        if then not in ("mean", "greedy"):
+            raise ValueError(f"then must be 'mean' or 'greedy' but got {then!r}.")
+        _check_metric(metric)
+        self.threshold, self.metric = threshold, metric
+        self.then, self.iterations = then, iterations
+
+    def fit(self, probs: np.ndarray, targets: np.ndarray) -> PrunedEnsemble:
+        m = probs.shape[0]
+        order = np.argsort(_single_losses(probs, targets, self.metric), kind="stable")
+        corr = prob_correlation(probs)
+        kept: list[int] = []
+        for j in order:
+            if all(corr[j, k] <= self.threshold for k in kept):
+                kept.append(int(j))
+        self.kept_ = np.asarray(sorted(kept), dtype=np.int64)
+        self.weights_ = np.zeros(m)
+        if self.then == "mean":
+            self.weights_[self.kept_] = 1.0 / len(self.kept_)
+        else:
+            sub = GreedyEnsemble(self.iterations, self.metric).fit(probs[self.kept_], targets)
+            self.weights_[self.kept_] = sub.weights_
+        return self
+
+
+def _single_losses(probs: np.ndarray, targets: np.ndarray, metric: Metric) -> np.ndarray:
+    """(M,) per-candidate loss on these rows; lower is better."""
+    if metric == "log_loss":
+        return single_scores(true_class_probs(probs, targets), None)
+    return single_scores(None, probs.argmax(axis=2) == targets)
+
+
+def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:
+    """probs: (N, C) ensemble probabilities -> T minimising the log loss of softmax(log p / T).
+
+    Searched on log T in [1/20, 20]; returns 1.0 unless another T is strictly better.
+    """
+    logp = np.log(np.clip(probs, EPS, None))
+    ar = np.arange(len(targets))
+
+    def loss(log_t: float) -> float:
+        z = logp / np.exp(log_t)
+        return float((logsumexp(z, axis=1) - z[ar, targets]).mean())
+
+    res = minimize_scalar(loss, bounds=(-np.log(20.0), np.log(20.0)), method="bounded",
+                          options={"xatol": 1e-4})
+    return float(np.exp(res.x)) if res.fun < loss(0.0) else 1.0
+
+
+def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """probs: (N, C) -> softmax(log(probs) / T), (N, C) float64; T = 1 returns probs."""
+    if temperature == 1.0:
+        return probs
+    z = np.log(np.clip(probs, EPS, None)) / temperature
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z
+
+
+METHODS: dict[str, type[EnsembleMethod]] = {
+    cls.name: cls
+    for cls in (MeanEnsemble, GreedyEnsemble, OptimizedEnsemble, PrunedEnsemble, BestSingle)
+}
+
+
+def build_method(cfg: EnsembleConfig, name: str | None = None) -> EnsembleMethod:
+    """The method `name` (default `cfg.method`; not "auto") with its settings from `cfg`."""
+    name = name or cfg.method
+    if name == "mean":
+        return MeanEnsemble()
+    if name == "single":
+        return BestSingle(cfg.metric)
+    if name == "greedy":
+        return GreedyEnsemble(cfg.greedy_iterations, cfg.metric, cfg.greedy_sorted_init,
+                              cfg.greedy_bagging, cfg.seed)
+    if name == "optimized":
+        return OptimizedEnsemble(temperature=cfg.temperature)
+    if name == "pruned":
+        return PrunedEnsemble(cfg.prune_threshold, cfg.metric, "mean", cfg.greedy_iterations)
+    raise ValueError(f"unknown ensemble method {name!r}; choose from {sorted(METHODS)}.")

@@ -1,0 +1,66 @@
+"""Fast scores of probability-averaging ensembles: log loss and accuracy.
+
+With probability averaging, the ensemble's probability of the true class is the
+weighted sum of each candidate's probability of the true class, so log loss needs only
+the (N, M) true-class matrix `Q = true_class_probs(P, y)`; accuracy needs full rows.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "EPS",
+    "accuracy",
+    "argmax_correct",
+    "log_loss",
+    "log_loss_from_true",
+    "true_class_probs",
+    "weighted_probs",
+]
+
+# Same floor as AutoGluon's and sklearn's log loss: a zero probability costs 34.5 nats, not inf.
+EPS = 1e-15
+
+
+def true_class_probs(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """probs: (M, N, C), targets: (N,) int -> (N, M) float64, each candidate's p(true class)."""
+    m, n, _ = probs.shape
+    assert targets.shape == (n,), (targets.shape, probs.shape)
+    return np.ascontiguousarray(probs[:, np.arange(n), targets].T, dtype=np.float64)
+
+
+def log_loss_from_true(p_true: np.ndarray) -> float | np.ndarray:
+    """Mean negative log of p(true class) over axis 0: (N,) -> float, (N, M) -> (M,)."""
+    out = -np.log(np.clip(p_true, EPS, None)).mean(axis=0)
+    return float(out) if np.ndim(out) == 0 else out
+
+
+def log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
+    """probs: (N, C), targets: (N,) -> mean log loss (rows are assumed to sum to 1)."""
+    return log_loss_from_true(probs[np.arange(len(targets)), targets])
+
+
+def argmax_correct(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """probs: (..., N, C), targets: (N,) -> (..., N) bool, argmax == target (first max wins)."""
+    return probs.argmax(axis=-1) == targets
+
+
+def accuracy(probs: np.ndarray, targets: np.ndarray) -> float:
+    """probs: (N, C), targets: (N,) -> fraction of rows whose argmax is the target."""
+    return float(argmax_correct(probs, targets).mean())
+
+
+def weighted_probs(
+    probs: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None
+) -> np.ndarray:
+    """sum_j weights[j] * probs[j, rows] -> (n, C) float64; zero weights cost nothing.
+
+    probs: (M, N, C), weights: (M,), rows: optional (n,) row indices (default: all rows).
+    """
+    shape = probs.shape[1:] if rows is None else (len(rows), probs.shape[2])
+    out = np.zeros(shape, dtype=np.float64)
+    for j in np.flatnonzero(weights):
+        part = probs[j] if rows is None else probs[j, rows]
+        out += weights[j] * part
+    return out

@@ -1,0 +1,174 @@
+"""Run every ensemble method on an `OOFSet`, estimate each honestly, choose one.
+
+Each method is fitted twice over: on every OOF row (its final weights, and an optimistic
+OOF score) and inside the outer fold split (`nested.honest_estimate`). `auto` picks the
+method with the best honest estimate on the configured metric.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+import pandas as pd
+
+from sketchtune.config import EnsembleConfig
+
+from .correlation import error_overlap, prob_correlation
+from .load import OOFSet
+from .methods import build_method
+from .metrics import log_loss_from_true, true_class_probs
+from .nested import HonestScore, honest_estimate
+
+__all__ = ["AUTO_CHOICES", "MethodResult", "SearchResult", "candidate_table", "choose",
+           "ensemble_summary", "flat_metrics", "search"]
+
+_log = logging.getLogger(__name__)
+
+# Candidates for `auto`, in tie-break order (the simpler method wins a tie).
+AUTO_CHOICES = ("mean", "greedy", "optimized", "pruned")
+# Also reported: the best single candidate, chosen and scored the same way.
+REPORTED = (*AUTO_CHOICES, "single")
+# Prefix of each method's flat metric names (`mean_honest_acc`, `best_single_oof_log_loss`).
+PREFIX = {"single": "best_single"}
+
+
+@dataclass
+class MethodResult:
+    name: str
+    weights: np.ndarray  # (M,) fitted on every OOF row
+    temperature: float
+    oof_log_loss: float  # optimistic: the same rows chose the weights
+    oof_acc: float
+    honest: HonestScore
+
+
+@dataclass
+class SearchResult:
+    method: str  # the chosen one
+    requested: str  # cfg.method, possibly "auto"
+    metric: str
+    results: dict[str, MethodResult]
+    candidates: pd.DataFrame  # one row per candidate: candidate_table + weight
+    correlation: np.ndarray  # (M, M) Pearson of flattened OOF probabilities
+    error_overlap: np.ndarray  # (M, M) fraction of rows both get wrong
+    seconds: float
+
+    @property
+    def chosen(self) -> MethodResult:
+        return self.results[self.method]
+
+
+def candidate_table(oof: OOFSet) -> tuple[pd.DataFrame, np.ndarray]:
+    """Per candidate: id, name, backbone, oof_acc, oof_log_loss, fold<k>_acc; and (M, N) correct."""
+    correct = oof.probs.argmax(axis=2) == oof.targets  # (M, N)
+    q = true_class_probs(oof.probs, oof.targets)
+    df = pd.DataFrame({
+        "candidate_id": oof.candidate_ids,
+        "name": oof.names,
+        "backbone": [str((mf.get("config") or {}).get("model", {}).get("name", ""))
+                     for mf in oof.manifests] if oof.manifests else "",
+        "oof_acc": correct.mean(axis=1),
+        "oof_log_loss": log_loss_from_true(q),
+    })
+    for k in np.unique(oof.folds):
+        df[f"fold{k}_acc"] = correct[:, oof.folds == k].mean(axis=1)
+    return df, correct
+
+
+def choose(results: dict[str, MethodResult], metric: str) -> str:
+    """The AUTO_CHOICES method with the best honest estimate (accuracy ties: lower log loss)."""
+    names = [n for n in AUTO_CHOICES if n in results]
+    if metric == "accuracy":
+        key = [(-results[n].honest.acc, results[n].honest.log_loss) for n in names]
+    else:
+        key = [(results[n].honest.log_loss, -results[n].honest.acc) for n in names]
+    return names[min(range(len(names)), key=key.__getitem__)]
+
+
+def search(oof: OOFSet, cfg: EnsembleConfig) -> SearchResult:
+    """Fit and honestly estimate every REPORTED method; pick `cfg.method` or, if auto, the best."""
+    t0 = time.perf_counter()
+    probs, y = oof.probs, oof.targets
+    table, correct = candidate_table(oof)
+    factories = {name: partial(build_method, cfg, name) for name in REPORTED}
+    honest = honest_estimate(probs, y, oof.folds, factories)
+    results: dict[str, MethodResult] = {}
+    for name in REPORTED:
+        method = build_method(cfg, name).fit(probs, y)
+        pred = method.predict_proba(probs)
+        results[name] = MethodResult(
+            name=name, weights=np.asarray(method.weights_, dtype=np.float64),
+            temperature=float(method.temperature_),
+            oof_log_loss=log_loss_from_true(pred[np.arange(len(y)), y]),
+            oof_acc=float((pred.argmax(axis=1) == y).mean()), honest=honest[name],
+        )
+        _log.info("%s: oof_log_loss %.4f, honest_log_loss %.4f", name,
+                  results[name].oof_log_loss, honest[name].log_loss)
+    chosen = choose(results, cfg.metric) if cfg.method == "auto" else cfg.method
+    table["weight"] = results[chosen].weights
+    return SearchResult(
+        method=chosen, requested=cfg.method, metric=cfg.metric, results=results,
+        candidates=table, correlation=prob_correlation(probs),
+        error_overlap=error_overlap(correct), seconds=time.perf_counter() - t0,
+    )
+
+
+def flat_metrics(res: SearchResult) -> dict[str, float]:
+    """Flat metric names: `ensemble_*` for the chosen method, `<method>_*` for each one."""
+    out: dict[str, float] = {}
+    for prefix, r in [("ensemble", res.chosen)] + [(PREFIX.get(n, n), r)
+                                                    for n, r in res.results.items()]:
+        out[f"{prefix}_oof_acc"] = r.oof_acc
+        out[f"{prefix}_oof_log_loss"] = r.oof_log_loss
+        out[f"{prefix}_honest_acc"] = r.honest.acc
+        out[f"{prefix}_honest_log_loss"] = r.honest.log_loss
+    out["n_candidates"] = float(len(res.candidates))
+    out["n_chosen"] = float((res.chosen.weights > 0).sum())
+    out["ensemble_temperature"] = res.chosen.temperature
+    return out
+
+
+def _weights(r: MethodResult, ids: list[str]) -> dict[str, float]:
+    return {ids[j]: float(r.weights[j]) for j in np.flatnonzero(r.weights)}
+
+
+def ensemble_summary(res: SearchResult, oof: OOFSet, cfg: EnsembleConfig) -> dict:
+    """The content of ensemble.json: what predict needs, and the evidence for the choice."""
+    ids, names = oof.candidate_ids, oof.names
+    w = res.chosen.weights
+    chosen = [{"candidate_id": ids[j], "name": names[j], "weight": float(w[j])}
+              for j in sorted(np.flatnonzero(w), key=lambda j: (-w[j], j))]
+    n_test = [mf.get("n_test") for mf in oof.manifests]
+    return {
+        "format": 1,
+        "method": res.method,
+        "requested_method": res.requested,
+        "metric": res.metric,
+        "temperature": res.chosen.temperature,
+        "candidates": chosen,
+        "num_classes": oof.num_classes,
+        "n_train": len(oof.targets),
+        "n_folds": len(np.unique(oof.folds)),
+        "n_test": n_test[0] if n_test and len(set(n_test)) == 1 else None,
+        "scores": flat_metrics(res),
+        "note": "oof_* scores weights fitted on every OOF row (optimistic); honest_* scores "
+                "weights fitted on k-1 folds on the held-out fold.",
+        "methods": {
+            name: {
+                "weights": _weights(r, ids), "temperature": r.temperature,
+                "oof_acc": r.oof_acc, "oof_log_loss": r.oof_log_loss,
+                "honest_acc": r.honest.acc, "honest_log_loss": r.honest.log_loss,
+                "honest_fold_acc": r.honest.fold_acc,
+                "honest_fold_log_loss": r.honest.fold_log_loss,
+            }
+            for name, r in res.results.items()
+        },
+        "considered": [{"candidate_id": c, "name": n} for c, n in zip(ids, names, strict=True)],
+        "skipped": oof.skipped,
+        "ensemble_config": cfg.model_dump(mode="json"),
+        "seconds": res.seconds,
+    }

@@ -1,0 +1,167 @@
+"""Ensemble methods: facts that hold by construction."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ensemble_search.greedy import greedy_accuracy, greedy_log_loss
+from ensemble_search.methods import (
+    METHODS,
+    GreedyEnsemble,
+    MeanEnsemble,
+    OptimizedEnsemble,
+    PrunedEnsemble,
+    apply_temperature,
+)
+from ensemble_search.metrics import EPS, log_loss, true_class_probs
+from ensemble_search.nested import honest_estimate
+from tests.ensemble_fixtures import make_probs, softmax
+
+
+def slow_greedy(probs, y, iterations, metric="log_loss", sorted_init=0):
+    """The obvious implementation: score every candidate added to the full running sum."""
+    m, n, c = probs.shape
+    ar = np.arange(n)
+
+    def loss(total, k):
+        if metric == "log_loss":
+            return float(-np.log(np.clip(total[ar, y] / k, EPS, None)).mean())
+        return -float((total.argmax(axis=1) == y).sum())
+
+    order, traj, total = [], [], np.zeros((n, c))
+    if sorted_init:
+        singles = [loss(probs[j].astype(np.float64), 1) for j in range(m)]
+        for j in np.argsort(singles, kind="stable")[:sorted_init]:
+            total = total + probs[j]
+            order.append(int(j))
+            traj.append(loss(total, len(order)))
+    for _ in range(iterations - len(order)):
+        scores = [loss(total + probs[j], len(order) + 1) for j in range(m)]
+        tied = [j for j in range(m) if scores[j] == min(scores)]
+        pick = ([j for j in tied if j in order] or tied)[0]
+        total = total + probs[pick]
+        order.append(pick)
+        traj.append(scores[pick])
+    return order[: int(np.argmin(traj)) + 1]
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
+@pytest.mark.parametrize("sorted_init", [0, 2])
+def test_greedy_fast_equals_slow_on_random_data(metric, sorted_init):
+    rng = np.random.default_rng(7)
+    for _ in range(8):
+        m, n, c = int(rng.integers(2, 7)), int(rng.integers(20, 120)), int(rng.integers(2, 9))
+        probs, y = make_probs(rng, list(rng.uniform(0, 2, m)), n, c)
+        probs = softmax(np.log(probs) * rng.uniform(0.3, 3))  # vary sharpness
+        fast = (greedy_log_loss(true_class_probs(probs, y), 12, sorted_init) if metric == "log_loss"
+                else greedy_accuracy(probs, y, 12, sorted_init))
+        assert fast == slow_greedy(probs, y, 12, metric, sorted_init)
+
+
+@pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
+def test_greedy_finds_planted_best_and_ignores_useless(metric):
+    rng = np.random.default_rng(0)
+    n, c = 300, 5
+    probs, y = make_probs(rng, [0.3, 3.0, 0.3], n, c)  # candidate 1 is far better
+    wrong = np.zeros((n, c), dtype=np.float32)
+    wrong[np.arange(n), (y + 1) % c] = 1.0  # confidently wrong on every row
+    probs = np.concatenate([probs, wrong[None]])
+    g = GreedyEnsemble(iterations=10, metric=metric).fit(probs, y)
+    assert g.selection_[0] == 1
+    assert g.weights_[3] == 0.0
+    assert g.weights_[1] == g.weights_.max()
+
+
+def test_methods_weights_nonnegative_and_sum_to_one():
+    rng = np.random.default_rng(1)
+    probs, y = make_probs(rng, [1.0, 0.8, 0.2, 1.5], 200, 6)
+    for method in [MeanEnsemble(), GreedyEnsemble(), GreedyEnsemble(sorted_init=2, bagging=4),
+                   GreedyEnsemble(metric="accuracy"), OptimizedEnsemble(temperature=True),
+                   PrunedEnsemble(0.3), PrunedEnsemble(0.99, then="greedy"),
+                   METHODS["single"]()]:
+        w = method.fit(probs, y).weights_
+        assert w.shape == (4,)
+        assert (w >= 0).all(), method
+        assert w.sum() == pytest.approx(1.0, abs=1e-12), method
+        pred = method.predict_proba(probs)
+        assert np.allclose(pred.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_optimized_never_worse_than_mean():
+    rng = np.random.default_rng(2)
+    for trial in range(10):
+        m = int(rng.integers(1, 6))
+        probs, y = make_probs(rng, list(rng.uniform(-0.5, 2, m)), 80, 5)
+        mean = log_loss(MeanEnsemble().fit(probs, y).predict_proba(probs), y)
+        opt = log_loss(OptimizedEnsemble().fit(probs, y).predict_proba(probs), y)
+        assert opt <= mean + 1e-12, trial
+
+
+def test_optimized_temperature_never_raises_log_loss():
+    rng = np.random.default_rng(3)
+    probs, y = make_probs(rng, [0.5, 0.5], 200, 5)
+    probs = softmax(np.log(probs) * 4)  # overconfident: a temperature > 1 helps
+    plain = OptimizedEnsemble().fit(probs, y)
+    temp = OptimizedEnsemble(temperature=True).fit(probs, y)
+    assert temp.temperature_ > 1.0
+    assert log_loss(temp.predict_proba(probs), y) < log_loss(plain.predict_proba(probs), y)
+    assert np.array_equal(apply_temperature(probs[0], 1.0), probs[0])
+
+
+def test_pruned_drops_duplicate_of_better_candidate():
+    rng = np.random.default_rng(4)
+    probs, y = make_probs(rng, [2.0, 1.0, 0.5], 150, 5)
+    probs = np.concatenate([probs, probs[1:2]])  # candidate 3 copies candidate 1 (worse than 0)
+    p = PrunedEnsemble(threshold=0.99).fit(probs, y)
+    assert 1 in p.kept_ and 3 not in p.kept_
+    assert p.weights_[3] == 0.0
+
+
+class _Spy(MeanEnsemble):
+    seen: list[np.ndarray] = []
+
+    def fit(self, probs, targets):
+        _Spy.seen.append(probs[0, :, 0].copy())  # the row ids planted below
+        return super().fit(probs, targets)
+
+
+def test_nested_estimate_never_sees_held_out_fold():
+    n, c = 40, 3
+    probs = np.full((2, n, c), 0.25, dtype=np.float32)
+    probs[:, :, 0] = np.arange(n) / 1000.0  # plant each row's index in class 0
+    probs[:, :, 1] = 0.5 - probs[:, :, 0]
+    folds = np.arange(n) % 4
+    y = np.zeros(n, dtype=np.int64)
+    _Spy.seen = []
+    honest_estimate(probs, y, folds, {"spy": _Spy})
+    assert len(_Spy.seen) == 4
+    for k, seen in enumerate(_Spy.seen):
+        rows = np.rint(seen * 1000).astype(int)
+        assert set(rows) == set(np.flatnonzero(folds != k))
+
+
+def test_nested_estimate_scores_held_out_fold_with_other_folds_weights():
+    # Candidate 0 is perfect on fold 0 only and hopeless elsewhere; candidate 1 is decent
+    # everywhere. Weights fitted without fold 0 must pick candidate 1 for fold 0.
+    rng = np.random.default_rng(5)
+    n, c = 120, 4
+    folds = np.arange(n) % 3
+    probs, y = make_probs(rng, [0.0, 1.5], n, c)
+    onehot = np.eye(c, dtype=np.float32)[y] * 0.96 + 0.01
+    probs[0] = np.where((folds == 0)[:, None], onehot, np.eye(c, dtype=np.float32)[(y + 1) % c]
+                        * 0.96 + 0.01)
+    res = honest_estimate(probs, y, folds, {"greedy": GreedyEnsemble})["greedy"]
+    assert res.fold_weights[0][0] == 0.0
+    held = folds == 0
+    expected = float((probs[1, held].argmax(axis=1) == y[held]).mean())
+    assert res.fold_acc[0] == pytest.approx(expected)
+
+
+def test_methods_reject_bad_arguments():
+    with pytest.raises(ValueError, match="iterations"):
+        GreedyEnsemble(iterations=0)
+    with pytest.raises(ValueError, match="metric"):
+        GreedyEnsemble(metric="f1")
+    with pytest.raises(ValueError, match="threshold"):
+        PrunedEnsemble(threshold=2.0)
