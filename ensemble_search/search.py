@@ -106,7 +106,7 @@ def search(oof: OOFSet, cfg: EnsembleConfig) -> SearchResult:
             oof_log_loss=log_loss_from_true(pred[np.arange(len(y)), y]),
             oof_acc=float((pred.argmax(axis=1) == y).mean()), honest=honest[name],
         )
-        _log.info("%s: oof_log_loss %.4f, honest_log_loss %.4f", name,
+        _log.debug("%s: oof_log_loss %.4f, honest_log_loss %.4f", name,
                   results[name].oof_log_loss, honest[name].log_loss)
     chosen = choose(results, cfg.metric) if cfg.method == "auto" else cfg.method
     table["weight"] = results[chosen].weights
