@@ -1,0 +1,115 @@
+"""Fold assignment: StratifiedKFold on `target`, written once as data and read by every trial."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedKFold
+
+from .data import DataError
+from .store import atomic_write_bytes
+
+__all__ = ["load_or_make_folds", "make_folds"]
+
+_log = logging.getLogger(__name__)
+
+COLUMNS = ["image_path", "target", "fold"]
+
+
+def _check_class_sizes(df: pd.DataFrame, n_splits: int, source: str) -> None:
+    key = "class_name" if "class_name" in df.columns else "target"
+    counts = df[key].value_counts()
+    small = counts[counts < n_splits]
+    if len(small):
+        raise DataError(
+            f"{source}: class {small.index[0]!r} has {small.iloc[0]} row(s), fewer than "
+            f"n_splits={n_splits} ({len(small)} such class(es)); every fold needs each class"
+        )
+
+
+def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
+    """`df` (N rows: image_path, target) -> (N rows) image_path, target, fold int64, df order.
+
+    The reference pipeline's exact call, `StratifiedKFold(n_splits, shuffle=True,
+    random_state=seed).split(df, df.target)`, so the same CSV in the same order gets the
+    same fold for every row.
+    """
+    if n_splits < 2:
+        raise ValueError(f"n_splits must be at least 2 but got {n_splits}")
+    _check_class_sizes(df, n_splits, "train.csv")
+    fold = np.full(len(df), -1, dtype=np.int64)
+    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    for k, (_, val_idx) in enumerate(skf.split(df, df["target"])):
+        fold[val_idx] = k
+    assert (fold >= 0).all(), "every row belongs to exactly one validation fold"
+    out = df[["image_path", "target"]].reset_index(drop=True).copy()
+    out["target"] = out["target"].astype(np.int64)
+    out["fold"] = fold
+    return out
+
+
+def _read_folds(folds_csv: Path) -> pd.DataFrame:
+    hint = "delete it to re-split"
+    try:
+        got = pd.read_csv(folds_csv, dtype={"image_path": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
+        raise DataError(f"{folds_csv}: not a readable folds CSV; {hint}") from None
+    missing = [c for c in COLUMNS if c not in got.columns]
+    if missing:
+        found = ", ".join(map(str, got.columns))
+        raise DataError(f"{folds_csv}: missing column {missing[0]!r} (found: {found}); {hint}")
+    for col in ("target", "fold"):
+        if not pd.api.types.is_integer_dtype(got[col]):
+            raise DataError(f"{folds_csv}: column {col!r} is not all integers; {hint}")
+    return got[COLUMNS]
+
+
+def load_or_make_folds(
+    df: pd.DataFrame, folds_csv: Path, n_splits: int, seed: int
+) -> pd.DataFrame:
+    """The folds for `df` (image_path, target): read from `folds_csv`, or made and written once.
+
+    Returns (N rows) image_path, target, fold in `df` order. An existing file must hold
+    exactly df's image paths with the same targets and folds 0..n_splits-1; otherwise
+    DataError (a stale file would silently mix validation rows into training).
+    """
+    folds_csv = Path(folds_csv)
+    hint = "delete it to re-split"
+    if not folds_csv.is_file():
+        folds = make_folds(df, n_splits, seed)
+        atomic_write_bytes(folds_csv, folds.to_csv(index=False).encode())
+        _log.info("wrote %d-fold split (seed %d) to %s", n_splits, seed, folds_csv)
+        return folds
+    got = _read_folds(folds_csv)
+    if got["image_path"].duplicated().any():
+        dup = got.loc[got["image_path"].duplicated(), "image_path"].iloc[0]
+        raise DataError(f"{folds_csv}: image_path {dup!r} appears twice; {hint}")
+    want = df[["image_path", "target"]].astype({"target": np.int64})
+    merged = want.merge(got, on="image_path", how="outer", suffixes=("", "_file"),
+                        indicator=True)
+    only_csv = merged.loc[merged["_merge"] == "left_only", "image_path"]
+    only_file = merged.loc[merged["_merge"] == "right_only", "image_path"]
+    if len(only_csv) or len(only_file):
+        raise DataError(
+            f"{folds_csv}: does not match the train CSV ({len(only_csv)} train row(s) missing "
+            f"from it, {len(only_file)} extra); {hint}"
+        )
+    diff = merged[merged["target"] != merged["target_file"]]
+    if len(diff):
+        raise DataError(
+            f"{folds_csv}: target differs from the train CSV for {len(diff)} row(s) "
+            f"(first: {diff['image_path'].iloc[0]!r}); {hint}"
+        )
+    present = sorted(got["fold"].unique().tolist())
+    if present != list(range(n_splits)):
+        raise DataError(
+            f"{folds_csv}: has folds {present}, expected 0..{n_splits - 1} for n_splits="
+            f"{n_splits}; {hint}"
+        )
+    _check_class_sizes(df, n_splits, "train.csv")
+    out = want.reset_index(drop=True).merge(got[["image_path", "fold"]], on="image_path",
+                                            how="left", validate="1:1")
+    return out[COLUMNS].astype({"fold": np.int64})

@@ -1,0 +1,275 @@
+"""CSV validation, image decoding, the decoded-image cache and the dataset."""
+
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import sketchtune.data as data
+from sketchtune.data import (
+    CachedImages,
+    DataError,
+    SketchDataset,
+    load_images,
+    read_image,
+    read_test_csv,
+    read_train_csv,
+    resize_square,
+    resolve_image_path,
+)
+from tests.data_fixtures import make_dataset, write_csv
+
+HEADER = "class_name,image_path,target\n"
+
+
+@pytest.fixture
+def ds(tmp_path: Path) -> tuple[Path, Path]:
+    return make_dataset(tmp_path), tmp_path
+
+
+def bad_train(tmp_path: Path, text: str, *, check_images: bool = False) -> str:
+    csv = write_csv(tmp_path / "bad.csv", text)
+    with pytest.raises(DataError) as err:
+        read_train_csv(csv, tmp_path, check_images=check_images)
+    msg = str(err.value)
+    assert str(csv) in msg and "\n" not in msg
+    return msg
+
+
+# ---------------------------------------------------------------- CSV validation
+
+
+def test_read_train_csv_accepts_valid_data(ds):
+    csv, root = ds
+    df = read_train_csv(csv, root)
+    assert list(df.columns) == ["class_name", "image_path", "target"]
+    assert len(df) == 15 and df["target"].dtype == np.int64
+    assert sorted(df["target"].unique()) == [0, 1, 2]
+
+
+def test_read_train_csv_missing_file(tmp_path):
+    with pytest.raises(DataError, match="nope.csv: file not found"):
+        read_train_csv(tmp_path / "nope.csv", tmp_path)
+
+
+def test_read_train_csv_empty_file(tmp_path):
+    assert "empty file" in bad_train(tmp_path, "")
+
+
+def test_read_train_csv_header_only(tmp_path):
+    assert "no rows" in bad_train(tmp_path, HEADER)
+
+
+def test_read_train_csv_binary_is_not_utf8(tmp_path):
+    csv = tmp_path / "bad.csv"
+    csv.write_bytes(b"\xff\xd8\xff\xe0" + bytes(range(256)))
+    with pytest.raises(DataError, match=r"bad.csv: not UTF-8"):
+        read_train_csv(csv, tmp_path)
+
+
+def test_read_train_csv_ragged_rows_are_not_a_csv(tmp_path):
+    assert "not a valid CSV" in bad_train(tmp_path, HEADER + "a,x.jpg,0,1,2,3\n")
+
+
+def test_read_train_csv_missing_column_names_it_and_lists_found(tmp_path):
+    msg = bad_train(tmp_path, "class_name,path,target\na,x.jpg,0\n")
+    assert "missing column 'image_path'" in msg and "found: class_name, path, target" in msg
+
+
+def test_read_train_csv_non_integer_target(tmp_path):
+    msg = bad_train(tmp_path, HEADER + "a,x.jpg,0\nb,y.jpg,1.5\nc,z.jpg,dog\n")
+    assert "integer" in msg and "2 (first: '1.5', 'dog')" in msg
+
+
+def test_read_train_csv_target_out_of_range(tmp_path):
+    # Two classes must be targets 0 and 1; a 2 means a gap (0..C-1 is not contiguous).
+    msg = bad_train(tmp_path, HEADER + "a,x.jpg,0\nb,y.jpg,2\n")
+    assert "[0, 2)" in msg and "'2'" in msg
+
+
+def test_read_train_csv_negative_target(tmp_path):
+    assert "out of range" in bad_train(tmp_path, HEADER + "a,x.jpg,-1\nb,y.jpg,1\n")
+
+
+def test_read_train_csv_class_with_two_targets(tmp_path):
+    msg = bad_train(tmp_path, HEADER + "a,x.jpg,0\na,y.jpg,1\nb,z.jpg,1\n")
+    assert "class_name 'a' maps to several targets (0, 1)" in msg
+
+
+def test_read_train_csv_target_with_two_classes(tmp_path):
+    msg = bad_train(tmp_path, HEADER + "a,x.jpg,0\nb,y.jpg,0\nc,z.jpg,1\n")
+    assert "maps to several" in msg
+
+
+def test_read_train_csv_duplicate_image_path(tmp_path):
+    msg = bad_train(tmp_path, HEADER + "a,x.jpg,0\na,x.jpg,0\nb,y.jpg,1\n")
+    assert "duplicate image_path: 1 (first: 'x.jpg')" in msg
+
+
+@pytest.mark.parametrize("rel", ["../outside.jpg", "/etc/passwd", "a/../../x.jpg"])
+def test_read_train_csv_path_escaping_root(tmp_path, rel):
+    root = tmp_path / "root"
+    root.mkdir()
+    csv = write_csv(root / "bad.csv", HEADER + f"a,{rel},0\nb,y.jpg,1\n")
+    with pytest.raises(DataError, match="outside the image root"):
+        read_train_csv(csv, root, check_images=False)
+
+
+def test_resolve_image_path_refuses_symlink_out(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "secret"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "x.jpg").write_bytes(b"1")
+    (root / "link").symlink_to(outside)
+    with pytest.raises(DataError, match="escapes the image root"):
+        resolve_image_path(root, "link/x.jpg")
+    assert resolve_image_path(root, "./y.jpg") == (root / "y.jpg").resolve()
+
+
+def test_read_train_csv_missing_images_are_counted(ds):
+    csv, root = ds
+    for p in sorted((root / "train").rglob("*.JPEG"))[:4]:
+        p.unlink()
+    with pytest.raises(DataError, match=r"train.csv: images not found under .*: 4 \(first: "):
+        read_train_csv(csv, root)
+    assert len(read_train_csv(csv, root, check_images=False)) == 15
+
+
+def test_read_train_csv_zero_byte_image(ds):
+    csv, root = ds
+    next((root / "train").rglob("*.JPEG")).write_bytes(b"")
+    with pytest.raises(DataError, match=r"train.csv: empty \(0-byte\) images: 1"):
+        read_train_csv(csv, root)
+
+
+def test_read_train_csv_min_per_class(ds):
+    csv, root = ds
+    with pytest.raises(DataError, match="class 'n00000000' has 5 row"):
+        read_train_csv(csv, root, min_per_class=6)
+
+
+def test_read_test_csv_missing_column(tmp_path):
+    csv = write_csv(tmp_path / "test.csv", "path\nx.jpg\n")
+    with pytest.raises(DataError, match=r"test.csv: missing column 'image_path' \(found: path\)"):
+        read_test_csv(csv, tmp_path)
+
+
+def test_read_test_csv_keeps_file_order(ds):
+    _, root = ds
+    rels = sorted(str(p.relative_to(root)) for p in (root / "train").rglob("*.JPEG"))[::-1]
+    csv = write_csv(root / "test.csv", "image_path\n" + "\n".join(rels) + "\n")
+    assert read_test_csv(csv, root)["image_path"].tolist() == rels
+
+
+# ---------------------------------------------------------------- decoding
+
+
+def test_read_image_colour_png_is_rgb(tmp_path):
+    bgr = np.zeros((5, 7, 3), np.uint8)
+    bgr[..., 2] = 255  # pure red in OpenCV's BGR order
+    cv2.imwrite(str(tmp_path / "red.png"), bgr)
+    img = read_image(tmp_path / "red.png")
+    assert img.shape == (5, 7, 3) and img.dtype == np.uint8
+    assert (img[..., 0] == 255).all() and (img[..., 1:] == 0).all()
+
+
+def test_read_image_grey_jpeg_replicates_channels(tmp_path):
+    grey = np.tile(np.arange(0, 250, 10, dtype=np.uint8), (8, 1))
+    cv2.imwrite(str(tmp_path / "g.JPEG"), grey)
+    img = read_image(tmp_path / "g.JPEG")
+    assert img.shape == (8, 25, 3)
+    assert (img[..., 0] == img[..., 1]).all() and (img[..., 1] == img[..., 2]).all()
+
+
+def test_read_image_alpha_composited_on_white_and_16bit_scaled(tmp_path):
+    rgba = np.zeros((4, 4, 4), np.uint8)  # black, fully transparent
+    cv2.imwrite(str(tmp_path / "a.png"), rgba)
+    assert (read_image(tmp_path / "a.png") == 255).all()
+    cv2.imwrite(str(tmp_path / "w.png"), np.full((4, 4), 65535, np.uint16))
+    assert (read_image(tmp_path / "w.png") == 255).all()
+
+
+def test_read_image_corrupt_file(tmp_path):
+    (tmp_path / "bad.JPEG").write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match="bad.JPEG: cannot be decoded"):
+        read_image(tmp_path / "bad.JPEG")
+
+
+def test_read_image_refuses_huge_image(tmp_path, monkeypatch):
+    cv2.imwrite(str(tmp_path / "big.png"), np.zeros((20, 30), np.uint8))
+    monkeypatch.setattr(data, "MAX_PIXELS", 500)  # the header check, without a 50 MP file
+    with pytest.raises(DataError, match=r"big.png: 30x20 image exceeds 500 pixels"):
+        read_image(tmp_path / "big.png")
+
+
+# ---------------------------------------------------------------- cache
+
+
+def _paths(csv: Path, root: Path) -> list[Path]:
+    return [root / p for p in read_train_csv(csv, root)["image_path"]]
+
+
+def test_load_images_equals_direct_decode_and_resize(ds, tmp_path):
+    paths = _paths(*ds)
+    arr = load_images(paths, 24, tmp_path / "cache", progress=False)
+    assert isinstance(arr, CachedImages) and arr.shape == (15, 24, 24, 3) and arr.dtype == np.uint8
+    direct = np.stack([resize_square(read_image(p), 24) for p in paths])
+    np.testing.assert_array_equal(arr, direct)
+
+
+def test_load_images_cache_hit_reuses_file_and_change_invalidates(ds, tmp_path):
+    paths = _paths(*ds)
+    cache = tmp_path / "cache"
+    a = load_images(paths, 24, cache, progress=False)
+    files = sorted(cache.glob("*.npy"))
+    stamp = files[0].stat().st_mtime_ns
+    b = load_images(paths, 24, cache, progress=False)
+    assert sorted(cache.glob("*.npy")) == files and files[0].stat().st_mtime_ns == stamp
+    assert b.filename == a.filename
+    # Change one image's pixels (and so its size/mtime): a new cache with the new pixels.
+    cv2.imwrite(str(paths[0]), np.zeros((40, 40), np.uint8))
+    os.utime(paths[0], ns=(stamp + 10**9, stamp + 10**9))
+    c = load_images(paths, 24, cache, progress=False)
+    assert c.filename != a.filename and (c[0] == 0).all() and not (a[0] == 0).all()
+    assert not list(cache.glob(".*tmp")), "no temporary file is left behind"
+
+
+def test_load_images_corrupt_image_lists_file_and_count(ds, tmp_path):
+    paths = _paths(*ds)
+    paths[3].write_bytes(b"garbage, not a JPEG")
+    paths[7].write_bytes(b"\xff\xd8\xff" + b"\0" * 50)
+    with pytest.raises(DataError, match=r"cannot be used: 2 \(first: .*JPEG"):
+        load_images(paths, 24, tmp_path / "cache", progress=False)
+    assert not list((tmp_path / "cache").iterdir()), "a failed build leaves no file"
+
+
+def test_cached_images_pickle_by_path_not_data(ds, tmp_path):
+    arr = load_images(_paths(*ds), 64, tmp_path / "cache", progress=False)
+    blob = pickle.dumps(arr)
+    assert len(blob) < 1000 < arr.nbytes
+    back = pickle.loads(blob)
+    assert isinstance(back, CachedImages)
+    np.testing.assert_array_equal(back, arr)
+    view = pickle.loads(pickle.dumps(arr[2:4]))  # a view pickles as its own data
+    np.testing.assert_array_equal(view, arr[2:4])
+
+
+# ---------------------------------------------------------------- dataset
+
+
+def test_sketch_dataset_items_and_unlabelled_target(ds, tmp_path):
+    arr = load_images(_paths(*ds), 16, tmp_path / "cache", progress=False)
+    targets = np.arange(15) % 3
+    x, y = SketchDataset(arr, targets)[4]
+    assert x.shape == (3, 16, 16) and x.dtype == torch.float32 and y == 1
+    assert 0.0 <= float(x.min()) and float(x.max()) <= 1.0
+    _, y = SketchDataset(arr, None)[0]
+    assert y == -1
+    batch = next(iter(torch.utils.data.DataLoader(SketchDataset(arr, targets), batch_size=5)))
+    assert batch[0].shape == (5, 3, 16, 16) and batch[1].tolist() == [0, 1, 2, 0, 1]
