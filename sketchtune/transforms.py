@@ -44,10 +44,14 @@ class Unsharp(A.ImageOnlyTransform):
         if self.amount == 0:
             return img
         src = img.astype(np.float32)
-        diff = src - cv2.GaussianBlur(src, (self.kernel, self.kernel), self.sigma)
-        sharp = src + self.amount * diff
-        if self.threshold > 0:
-            sharp = np.where(np.abs(diff) > self.threshold, sharp, src)
+        blurred = cv2.GaussianBlur(src, (self.kernel, self.kernel), self.sigma)
+        if self.threshold == 0:
+            # (1 + a) * image - a * blurred, rounded and saturated to uint8 in one OpenCV
+            # call: the same formula, about twice as fast as the NumPy path below.
+            return cv2.addWeighted(src, 1.0 + self.amount, blurred, -self.amount, 0.0,
+                                   dtype=cv2.CV_8U)
+        diff = src - blurred
+        sharp = np.where(np.abs(diff) > self.threshold, src + self.amount * diff, src)
         return np.clip(np.rint(sharp), 0, 255).astype(np.uint8)
 
     def get_transform_init_args_names(self) -> tuple[str, ...]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -82,3 +83,12 @@ def test_unsharp_threshold_keeps_small_differences():
     img[:, 15] = 205  # a faint line: |image - blurred| stays small
     out = Unsharp(amount=1.5, threshold=20.0, p=1.0)(image=img)["image"]
     assert out[10, 15, 0] == 205 and out[10, 9, 0] < 60
+
+
+def test_unsharp_fast_path_matches_formula(image):
+    # threshold 0 takes cv2.addWeighted; the formula in float, rounded, must agree to 1 level.
+    out = Unsharp(kernel=7, sigma=1.5, amount=1.5, p=1.0)(image=image)["image"]
+    src = image.astype(np.float32)
+    blurred = cv2.GaussianBlur(src, (7, 7), 1.5)
+    want = np.clip(np.rint(src + 1.5 * (src - blurred)), 0, 255)
+    assert np.abs(out.astype(np.float32) - want).max() <= 1
