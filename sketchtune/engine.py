@@ -1,4 +1,4 @@
-"""Training engine: train_one_epoch / evaluate / predict / fit. No Ray, no MLflow, no config files."""
+"""Training engine: train_one_epoch / evaluate / predict / fit; no Ray, MLflow or config files."""
 
 from __future__ import annotations
 

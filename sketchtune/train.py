@@ -1,0 +1,255 @@
+"""One (candidate, fold) trial end to end; `python -m sketchtune.train CONFIG --fold K`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import timm.utils
+import torch
+from torch.utils.data import DataLoader
+
+from .config import ConfigError, SweepConfig, TrainConfig, candidate_id, load_config
+from .data import DataError, SketchDataset, load_images, read_test_csv, read_train_csv
+from .engine import (
+    FitState,
+    build_optimizer,
+    build_scheduler,
+    fit,
+    load_best,
+    predict,
+    select_device,
+)
+from .folds import load_or_make_folds
+from .losses import build_loss
+from .model import ModelError, build_model
+from .store import PredictionStore, StoreError, atomic_write_bytes
+from .transforms import build_eval_transform, build_train_transform
+
+__all__ = ["PreparedData", "TrialResult", "main", "prepare_data", "run_trial"]
+
+_log = logging.getLogger(__name__)
+
+# Errors a user can fix; the CLIs print them as one line.
+USER_ERRORS = (ConfigError, DataError, ModelError, StoreError)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """Validated CSVs, the folds every trial reads, and decoded image caches."""
+
+    train: pd.DataFrame  # class_name, image_path, target, fold (train.csv order)
+    test: pd.DataFrame  # image_path (test.csv order)
+    num_classes: int
+    train_images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
+    test_images: np.ndarray  # (N_test, S, S, 3) uint8, memory-mapped
+
+
+def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False) -> PreparedData:
+    """Read and validate the CSVs, make or read the folds, and build the image caches."""
+    d = cfg.data
+    train = read_train_csv(d.train_csv, d.image_root)
+    test = read_test_csv(d.test_csv, d.image_root)
+    folds = load_or_make_folds(train, d.folds_csv, d.n_folds, d.fold_seed)
+    train = train.merge(folds[["image_path", "fold"]], on="image_path", how="left", validate="1:1")
+    num_classes = int(train["target"].max()) + 1
+    root = Path(d.image_root)
+    train_images = load_images([root / p for p in train["image_path"]], img_size, d.cache_dir,
+                               progress=progress)
+    test_images = load_images([root / p for p in test["image_path"]], img_size, d.cache_dir,
+                              progress=progress)
+    return PreparedData(train, test, num_classes, train_images, test_images)
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    candidate_id: str
+    fold: int
+    best_epoch: int
+    epochs_run: int
+    metrics: dict[str, float]  # val_acc, val_loss of the best epoch
+    manifest_path: Path
+
+
+def _loader(images, targets, transform, batch_size, *, train: bool, workers: int, seed: int,
+            device: torch.device) -> DataLoader:
+    if hasattr(transform, "set_random_seed"):
+        transform.set_random_seed(seed)  # albumentations draws from its own generator
+    ds = SketchDataset(images, targets, transform)
+    g = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        shuffle=train,
+        # A last batch of one sample breaks BatchNorm; drop it when training.
+        drop_last=train and len(ds) > batch_size,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=device.type == "cuda",
+        generator=g,
+        worker_init_fn=_seed_worker,
+    )
+
+
+def _seed_worker(worker_id: int) -> None:
+    # Every worker starts with a copy of the same augmentation generator; reseed each from
+    # torch's per-worker seed (drawn from the loader's seeded generator each epoch), so workers
+    # differ from each other and a run repeats exactly.
+    info = torch.utils.data.get_worker_info()
+    tf = getattr(info.dataset, "transform", None)
+    if hasattr(tf, "set_random_seed"):
+        tf.set_random_seed(info.seed % 2**32)
+
+
+def run_trial(
+    cfg: SweepConfig,
+    train_cfg: TrainConfig,
+    fold: int,
+    *,
+    report: Callable[[dict[str, float]], None] | None = None,
+    resume: dict[str, Any] | None = None,
+    on_state: Callable[[FitState], None] | None = None,
+    extra_manifest: dict[str, Any] | None = None,
+    data: PreparedData | None = None,
+    device: torch.device | None = None,
+    progress: bool = False,
+) -> TrialResult:
+    """Train `train_cfg` on every fold but `fold`, keep the best epoch, write its predictions.
+
+    `report(metrics)` gets each epoch's metrics; `on_state(state)` is called before each
+    report, so a caller (Ray) can checkpoint the state beside the metrics. `resume` is a
+    `FitState.state_dict()` to continue from.
+    """
+    if not 0 <= fold < cfg.data.n_folds:
+        raise ConfigError(f"--fold {fold}: must be in [0, {cfg.data.n_folds})")
+    cid = candidate_id(train_cfg)
+    device = device or select_device()
+    timm.utils.random_seed(train_cfg.seed)
+    data = data or prepare_data(cfg, train_cfg.img_size, progress)
+    is_val = (data.train["fold"] == fold).to_numpy()
+    tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
+    targets = data.train["target"].to_numpy(np.int64)
+    workers = cfg.data.num_workers
+    train_tf = build_train_transform(train_cfg.aug, train_cfg.img_size)
+    eval_tf = build_eval_transform(train_cfg.img_size)
+    kw = dict(workers=workers, seed=train_cfg.seed, device=device)
+    train_loader = _loader(_Subset(data.train_images, tr_idx), targets[tr_idx], train_tf,
+                           train_cfg.batch_size, train=True, **kw)
+    val_loader = _loader(_Subset(data.train_images, va_idx), targets[va_idx], eval_tf,
+                         train_cfg.batch_size, train=False, **kw)
+
+    model = build_model(train_cfg.model, data.num_classes, train_cfg.img_size).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(model, train_cfg.optim)
+    scheduler = build_scheduler(optimizer, train_cfg.sched, train_cfg.epochs, len(train_loader))
+    scaler = None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        scaler = torch.amp.GradScaler("cuda")  # fp16 needs loss scaling; bf16 does not
+    state = FitState(model, optimizer, scheduler, scaler)
+    if resume is not None:
+        state.load_state_dict(resume)
+        _log.info("resumed %s fold %d at epoch %d", cid, fold, state.epoch)
+
+    def _report(metrics: dict[str, float]) -> None:
+        if on_state is not None:
+            on_state(state)
+        if report is not None:
+            report(metrics)
+        else:
+            _log.info("epoch %d: %s", metrics["epoch"],
+                      " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
+
+    t0 = time.perf_counter()
+    fit(state, train_loader, val_loader, targets[va_idx], build_loss(train_cfg.loss),
+        epochs=train_cfg.epochs, patience=train_cfg.patience, device=device, report=_report,
+        tta_hflip=train_cfg.tta_hflip, progress=progress)
+    model = load_best(state)
+
+    # OOF and test predictions both come from the best epoch's weights.
+    val_probs = predict(model, val_loader, device, train_cfg.tta_hflip)
+    test_loader = _loader(data.test_images, None, eval_tf, train_cfg.batch_size, train=False, **kw)
+    test_probs = predict(model, test_loader, device, train_cfg.tta_hflip, progress, "test")
+
+    store = PredictionStore(cfg.sweep_dir)
+    weights_name = None
+    if cfg.save_weights:
+        from safetensors.torch import save as st_save
+
+        weights_name = f"fold{fold}.safetensors"
+        sd = {k: v.contiguous() for k, v in (state.best_weights or model.state_dict()).items()}
+        atomic_write_bytes(store.candidate_dir(cid) / weights_name, st_save(sd))
+    manifest = {
+        "config": train_cfg.model_dump(mode="json"),
+        "backbone": train_cfg.model.name,
+        "n_folds": cfg.data.n_folds,
+        "best_epoch": state.best_epoch,
+        "epochs_run": state.epoch,
+        "stopped_early": state.stopped_early,
+        "metrics": state.best_metrics,
+        "history": state.history,
+        "train_seconds": time.perf_counter() - t0,
+        "weights_file": weights_name,
+        "test_csv": str(cfg.data.test_csv),
+        "folds_csv": str(cfg.data.folds_csv),
+        "mlflow_run_id": None,
+        **(extra_manifest or {}),
+    }
+    path = store.write_fold(
+        cid, fold, val_keys=data.train["image_path"].to_numpy()[va_idx],
+        val_targets=targets[va_idx], val_probs=val_probs, test_probs=test_probs, manifest=manifest,
+    )
+    return TrialResult(cid, fold, state.best_epoch, state.epoch, dict(state.best_metrics), path)
+
+
+class _Subset:
+    """Rows `idx` of a (memory-mapped) image array, without copying them into memory."""
+
+    def __init__(self, images: np.ndarray, idx: np.ndarray) -> None:
+        self.images, self.idx = images, idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.images[self.idx[i]]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m sketchtune.train",
+        description="Train one (candidate, fold) trial and write its predictions to the store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("config", nargs="?", default="configs/sweep.yaml", help="sweep YAML")
+    p.add_argument("--fold", type=int, default=0, help="validation fold")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="dotted override, e.g. --set train.optim.lr=3e-4 (repeatable)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
+                        format="%(message)s")
+    try:
+        cfg = load_config(args.config, args.overrides)
+        res = run_trial(cfg, cfg.train, args.fold, device=select_device(args.device),
+                        progress=not args.quiet)
+    except USER_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"candidate {res.candidate_id} fold {res.fold}: best epoch {res.best_epoch}, "
+          f"val_acc {res.metrics['val_acc']:.4f}, val_loss {res.metrics['val_loss']:.4f} -> "
+          f"{res.manifest_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
