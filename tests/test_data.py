@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -247,6 +248,14 @@ def test_load_images_corrupt_image_lists_file_and_count(ds, tmp_path):
     with pytest.raises(DataError, match=r"cannot be used: 2 \(first: .*JPEG"):
         load_images(paths, 24, tmp_path / "cache", progress=False)
     assert not list((tmp_path / "cache").iterdir()), "a failed build leaves no file"
+
+
+def test_load_images_concurrent_builders_agree(ds, tmp_path):
+    paths, cache = _paths(*ds), tmp_path / "cache"
+    with ThreadPoolExecutor(2) as pool:
+        a, b = pool.map(lambda _: load_images(paths, 24, cache, progress=False), range(2))
+    np.testing.assert_array_equal(a, b)
+    assert len(list(cache.iterdir())) == 1, "one cache file, no temporary left"
 
 
 def test_cached_images_pickle_by_path_not_data(ds, tmp_path):
