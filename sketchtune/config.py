@@ -125,21 +125,27 @@ class DataConfig(Strict):
 
     train_csv: Path = Path("data/demo/train.csv")
     test_csv: Path = Path("data/demo/test.csv")
-    image_root: Path | None = None  # default: the folder of train_csv
+    image_root: Path | None = None  # train image_path is relative to it; default: CSV's folder
+    # test image_path is relative to it; default: image_root. (Some releases of the competition
+    # data list train paths relative to train/ and test paths relative to test/.)
+    test_image_root: Path | None = None
     n_folds: int = Field(5, ge=2)
     fold_seed: int = 42
-    folds_csv: Path | None = None  # default: <image_root>/folds/k{n}_seed{s}.csv
-    cache_dir: Path | None = None  # default: <image_root>/.cache
+    folds_csv: Path | None = None  # default: <train_csv folder>/folds/k{n}_seed{s}.csv
+    cache_dir: Path | None = None  # default: <train_csv folder>/.cache
     num_workers: int = Field(2, ge=0)
 
     @model_validator(mode="after")
     def _defaults(self) -> DataConfig:
         if self.image_root is None:
             self.image_root = self.train_csv.parent
+        if self.test_image_root is None:
+            self.test_image_root = self.image_root
         if self.folds_csv is None:
-            self.folds_csv = self.image_root / "folds" / f"k{self.n_folds}_seed{self.fold_seed}.csv"
+            name = f"k{self.n_folds}_seed{self.fold_seed}.csv"
+            self.folds_csv = self.train_csv.parent / "folds" / name
         if self.cache_dir is None:
-            self.cache_dir = self.image_root / ".cache"
+            self.cache_dir = self.train_csv.parent / ".cache"
         return self
 
 
@@ -336,7 +342,8 @@ def resolve_paths(cfg: SweepConfig, base: Path | None = None) -> SweepConfig:
     data = d.model_copy(
         update={
             k: absolute(getattr(d, k))
-            for k in ("train_csv", "test_csv", "image_root", "folds_csv", "cache_dir")
+            for k in ("train_csv", "test_csv", "image_root", "test_image_root", "folds_csv",
+                      "cache_dir")
         }
     )
     upd: dict[str, Any] = {"data": data}

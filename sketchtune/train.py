@@ -57,14 +57,15 @@ def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False) -> Pre
     """Read and validate the CSVs, make or read the folds, and build the image caches."""
     d = cfg.data
     train = read_train_csv(d.train_csv, d.image_root)
-    test = read_test_csv(d.test_csv, d.image_root)
+    test = read_test_csv(d.test_csv, d.test_image_root)
     folds = load_or_make_folds(train, d.folds_csv, d.n_folds, d.fold_seed)
     train = train.merge(folds[["image_path", "fold"]], on="image_path", how="left", validate="1:1")
     num_classes = int(train["target"].max()) + 1
     root = Path(d.image_root)
     train_images = load_images([root / p for p in train["image_path"]], img_size, d.cache_dir,
                                progress=progress)
-    test_images = load_images([root / p for p in test["image_path"]], img_size, d.cache_dir,
+    test_root = Path(d.test_image_root)
+    test_images = load_images([test_root / p for p in test["image_path"]], img_size, d.cache_dir,
                               progress=progress)
     return PreparedData(train, test, num_classes, train_images, test_images)
 

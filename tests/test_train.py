@@ -1,0 +1,58 @@
+"""One (candidate, fold) trial end to end on the demo data, through the CLI and the function."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from sketchtune.config import candidate_id
+from sketchtune.predict import predict_csv
+from sketchtune.store import PredictionStore
+from sketchtune.train import main, run_trial
+
+pytestmark = pytest.mark.slow
+
+
+def test_train_cli_writes_fold_predictions_above_chance(tiny_cfg, capsys):
+    cfg, path = tiny_cfg(**{"train.epochs": 3})
+    assert main([str(path), "--fold", "2", "--quiet"]) == 0
+    cid = candidate_id(cfg.train)
+    store = PredictionStore(cfg.sweep_dir)
+    assert store.folds(cid) == [2]
+    f = store.read_fold(cid, 2)
+    folds = pd.read_csv(cfg.data.folds_csv)
+    want = folds.loc[folds["fold"] == 2, "image_path"].tolist()
+    test = pd.read_csv(cfg.data.test_csv)
+    n_classes = folds["target"].nunique()
+    assert sorted(f.val_keys.tolist()) == sorted(want)
+    assert f.val_probs.shape == (len(want), n_classes) and f.val_probs.dtype == np.float32
+    assert f.test_probs.shape == (len(test), n_classes)
+    assert np.allclose(f.val_probs.sum(1), 1, atol=1e-4)
+    assert np.allclose(f.test_probs.sum(1), 1, atol=1e-4)
+    by_key = dict(zip(folds["image_path"], folds["target"], strict=True))
+    assert f.val_targets.tolist() == [by_key[k] for k in f.val_keys]
+    acc = float((f.val_probs.argmax(1) == f.val_targets).mean())
+    assert acc == pytest.approx(f.manifest["metrics"]["val_acc"])
+    assert acc > 1.0 / n_classes + 0.15, f"val_acc {acc} is not above chance"
+    assert f.manifest["n_folds"] == 5 and 1 <= f.manifest["best_epoch"] <= 3
+    # The saved best weights reproduce the stored test predictions exactly.
+    again = predict_csv(cfg, cid, cfg.data.test_csv)
+    assert np.allclose(again, f.test_probs, atol=1e-5)
+    assert f"candidate {cid} fold 2" in capsys.readouterr().out
+
+
+def test_run_trial_reports_each_epoch(tiny_cfg):
+    cfg, _ = tiny_cfg(save_weights=False)
+    seen: list[dict] = []
+    res = run_trial(cfg, cfg.train, 0, report=seen.append)
+    assert [m["epoch"] for m in seen] == [1, 2]
+    assert res.best_epoch in (1, 2) and res.metrics["val_acc"] == max(m["val_acc"] for m in seen)
+    assert PredictionStore(cfg.sweep_dir).read_manifest(res.candidate_id, 0)["weights_file"] is None
+
+
+def test_train_cli_bad_fold_is_one_line(tiny_cfg, capsys):
+    _, path = tiny_cfg()
+    assert main([str(path), "--fold", "7", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error:") and "--fold 7" in err and "\n" not in err
