@@ -15,6 +15,7 @@ from typing import ClassVar, Literal
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import logsumexp
+from threadpoolctl import threadpool_limits
 
 from sketchtune.config import EnsembleConfig
 
@@ -53,8 +54,12 @@ class EnsembleMethod(ABC):
     temperature_: float = 1.0
 
     @abstractmethod
-    def fit(self, probs: np.ndarray, targets: np.ndarray) -> EnsembleMethod:
-        """probs: (M, N, C) float32 candidates' probabilities; targets: (N,) int."""
+    def fit(self, probs: np.ndarray, targets: np.ndarray,
+            corr: np.ndarray | None = None) -> EnsembleMethod:
+        """probs: (M, N, C) float32 candidates' probabilities; targets: (N,) int.
+
+        corr: optional (M, M) `prob_correlation(probs)`, precomputed on these same rows.
+        """
 
     def predict_proba(self, probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """probs: (M, N, C) -> (N, C) float64 (or (len(rows), C) for the given rows)."""
@@ -71,7 +76,8 @@ class MeanEnsemble(EnsembleMethod):
 
     name = "mean"
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray) -> MeanEnsemble:
+    def fit(self, probs: np.ndarray, targets: np.ndarray,
+            corr: np.ndarray | None = None) -> MeanEnsemble:
         m = probs.shape[0]
         self.weights_ = np.full(m, 1.0 / m)
         return self
@@ -86,7 +92,8 @@ class BestSingle(EnsembleMethod):
         _check_metric(metric)
         self.metric = metric
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray) -> BestSingle:
+    def fit(self, probs: np.ndarray, targets: np.ndarray,
+            corr: np.ndarray | None = None) -> BestSingle:
         losses = _single_losses(probs, targets, self.metric)
         self.weights_ = np.zeros(probs.shape[0])
         self.weights_[int(np.argmin(losses))] = 1.0
@@ -120,7 +127,8 @@ class GreedyEnsemble(EnsembleMethod):
             return greedy_log_loss(q, self.iterations, self.sorted_init)
         return greedy_accuracy(probs, targets, self.iterations, self.sorted_init)
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray) -> GreedyEnsemble:
+    def fit(self, probs: np.ndarray, targets: np.ndarray,
+            corr: np.ndarray | None = None) -> GreedyEnsemble:
         m = probs.shape[0]
         q = true_class_probs(probs, targets) if self.metric == "log_loss" else None
         if not self.bagging or m < 2:
@@ -155,7 +163,8 @@ class OptimizedEnsemble(EnsembleMethod):
     def __init__(self, temperature: bool = False, tol: float = 1e-10) -> None:
         self.temperature, self.tol = temperature, tol
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray) -> OptimizedEnsemble:
+    def fit(self, probs: np.ndarray, targets: np.ndarray,
+            corr: np.ndarray | None = None) -> OptimizedEnsemble:
         q = true_class_probs(probs, targets)  # (N, M)
         m = q.shape[1]
         w0 = np.full(m, 1.0 / m)
@@ -166,12 +175,15 @@ class OptimizedEnsemble(EnsembleMethod):
 
         best_w, best = w0, log_loss_from_true(q @ w0)
         if m > 1:
-            res = minimize(
-                loss_grad, w0, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
-                constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
-                              "jac": lambda w: np.ones_like(w)}],
-                options={"maxiter": 1000, "ftol": self.tol},
-            )
+            # One BLAS thread: SLSQP's small products gain nothing from more, and scipy's own
+            # OpenBLAS threads left spinning afterwards slow numpy's next product ~10x.
+            with threadpool_limits(1, user_api="blas"):
+                res = minimize(
+                    loss_grad, w0, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
+                    constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
+                                  "jac": lambda w: np.ones_like(w)}],
+                    options={"maxiter": 1000, "ftol": self.tol},
+                )
             w = np.clip(res.x, 0.0, None)
             w[w < 1e-8] = 0.0  # solver dust, not a weight anyone meant
             if w.sum() > 0:
@@ -208,10 +220,11 @@ class PrunedEnsemble(EnsembleMethod):
         self.threshold, self.metric = threshold, metric
         self.then, self.iterations = then, iterations
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray) -> PrunedEnsemble:
+    def fit(self, probs: np.ndarray, targets: np.ndarray,
+            corr: np.ndarray | None = None) -> PrunedEnsemble:
         m = probs.shape[0]
         order = np.argsort(_single_losses(probs, targets, self.metric), kind="stable")
-        corr = prob_correlation(probs)
+        corr = prob_correlation(probs) if corr is None else corr
         kept: list[int] = []
         for j in order:
             if all(corr[j, k] <= self.threshold for k in kept):

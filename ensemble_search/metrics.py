@@ -60,7 +60,9 @@ def weighted_probs(
     """
     shape = probs.shape[1:] if rows is None else (len(rows), probs.shape[2])
     out = np.zeros(shape, dtype=np.float64)
+    tmp = np.empty(shape, dtype=np.float64)  # reused: a fresh temporary per term costs page faults
     for j in np.flatnonzero(weights):
         part = probs[j] if rows is None else probs[j, rows]
-        out += weights[j] * part
+        np.multiply(part, weights[j], out=tmp)
+        out += tmp
     return out

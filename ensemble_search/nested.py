@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .correlation import corr_from_gram, fold_gram
 from .methods import EnsembleMethod
 from .metrics import EPS
 
@@ -49,6 +50,10 @@ def honest_estimate(
     """
     m, n, c = probs.shape
     fold_ids = [int(k) for k in np.unique(folds)]
+    if fold_ids[0] < 0:
+        raise ValueError(f"fold ids must be non-negative but got {fold_ids[0]}.")
+    # Correlations for "every fold but k" from per-fold sums: one pass instead of k.
+    gram, sums = fold_gram(probs, folds)
     if len(fold_ids) < 2:
         raise ValueError(f"the honest estimate needs at least 2 folds but got {fold_ids}.")
     n_train_max = max(int((folds != k).sum()) for k in fold_ids)
@@ -63,8 +68,10 @@ def honest_estimate(
         for j in range(m):
             np.take(probs[j], train, axis=0, out=view[j])
         y_train, y_held = targets[train], targets[held]
+        others = [f for f in fold_ids if f != k]
+        corr = corr_from_gram(gram[others].sum(axis=0), sums[others].sum(axis=0), len(train) * c)
         for name, make in methods.items():
-            method = make().fit(view, y_train)
+            method = make().fit(view, y_train, corr=corr)
             pred = method.predict_proba(probs, rows=held)  # (n_k, C)
             pt = pred[np.arange(len(held)), y_held]
             ok = pred.argmax(axis=1) == y_held

@@ -96,9 +96,10 @@ def search(oof: OOFSet, cfg: EnsembleConfig) -> SearchResult:
     table, correct = candidate_table(oof)
     factories = {name: partial(build_method, cfg, name) for name in REPORTED}
     honest = honest_estimate(probs, y, oof.folds, factories)
+    corr = prob_correlation(probs)
     results: dict[str, MethodResult] = {}
     for name in REPORTED:
-        method = build_method(cfg, name).fit(probs, y)
+        method = build_method(cfg, name).fit(probs, y, corr=corr)
         pred = method.predict_proba(probs)
         results[name] = MethodResult(
             name=name, weights=np.asarray(method.weights_, dtype=np.float64),
@@ -112,7 +113,7 @@ def search(oof: OOFSet, cfg: EnsembleConfig) -> SearchResult:
     table["weight"] = results[chosen].weights
     return SearchResult(
         method=chosen, requested=cfg.method, metric=cfg.metric, results=results,
-        candidates=table, correlation=prob_correlation(probs),
+        candidates=table, correlation=corr,
         error_overlap=error_overlap(correct), seconds=time.perf_counter() - t0,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from ensemble_search.correlation import corr_from_gram, fold_gram
 from ensemble_search.greedy import greedy_accuracy, greedy_log_loss
 from ensemble_search.methods import (
     METHODS,
@@ -121,9 +122,9 @@ def test_pruned_drops_duplicate_of_better_candidate():
 class _Spy(MeanEnsemble):
     seen: list[np.ndarray] = []
 
-    def fit(self, probs, targets):
+    def fit(self, probs, targets, corr=None):
         _Spy.seen.append(probs[0, :, 0].copy())  # the row ids planted below
-        return super().fit(probs, targets)
+        return super().fit(probs, targets, corr)
 
 
 def test_nested_estimate_never_sees_held_out_fold():
@@ -165,3 +166,14 @@ def test_methods_reject_bad_arguments():
         GreedyEnsemble(metric="f1")
     with pytest.raises(ValueError, match="threshold"):
         PrunedEnsemble(threshold=2.0)
+
+
+def test_fold_gram_correlation_equals_direct_on_other_folds():
+    rng = np.random.default_rng(6)
+    probs, _ = make_probs(rng, [1.0, 0.5, 0.0], 90, 4)
+    folds = np.arange(90) % 3
+    gram, sums = fold_gram(probs, folds, rows=7)
+    rows = folds != 1
+    got = corr_from_gram(gram[[0, 2]].sum(axis=0), sums[[0, 2]].sum(axis=0), rows.sum() * 4)
+    flat = probs[:, rows].reshape(3, -1).astype(np.float64)
+    assert np.allclose(got, np.corrcoef(flat), atol=1e-5)
