@@ -188,3 +188,27 @@ def test_sweep_unreachable_tracking_server_fails_before_any_trial(tiny_cfg, caps
     err = capsys.readouterr().err
     assert "MLflow is not reachable" in err and "127.0.0.1:9" in err
     assert not cfg.sweep_dir.exists()
+
+
+def test_sweep_joins_a_cluster_with_address_auto(tiny_cfg):
+    """The cluster path on one machine: `ray start --head`, then the sweep with address auto."""
+    # The head advertises 3 CPUs on this 2-core machine and each trial asks for 3: only a
+    # driver that joined that cluster can run them (a local Ray would have 2 and refuse).
+    cfg, path = tiny_cfg(**{"data.n_folds": 2, "ray": {"address": "auto", "verbose": 0},
+                            "resources": {"cpu": 3}})
+    bindir = Path(sys.executable).parent
+    ray_cli = str(bindir / "ray")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    started = subprocess.run([ray_cli, "start", "--head", "--num-cpus=3", "--port=0",
+                              "--include-dashboard=false", "--disable-usage-stats"],
+                             env=env, capture_output=True, text=True, timeout=120)
+    assert started.returncode == 0, started.stderr[-2000:]
+    try:
+        done = subprocess.run([sys.executable, "-m", "sketchtune.sweep", str(path), "--quiet"],
+                              env=env, cwd=path.parent, capture_output=True, text=True,
+                              timeout=400)
+        assert done.returncode == 0, done.stderr[-2000:]
+    finally:
+        subprocess.run([ray_cli, "stop"], env=env, capture_output=True, timeout=120)
+    assert PredictionStore(cfg.sweep_dir).is_complete(candidate_id(cfg.train), train_keys(cfg))
