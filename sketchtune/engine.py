@@ -221,16 +221,21 @@ def fit(
     report: Report,
     tta_hflip: bool = False,
     progress: bool = False,
+    on_epoch_start: Callable[[int], None] | None = None,
 ) -> FitState:
     """Train from `state.epoch` to `epochs` (or early stop), keeping the best weights.
 
     `report(metrics)` is called once per epoch with flat names: epoch, train_loss, val_loss,
     val_acc, lr, images_per_s, epoch_time_s, best_val_acc. It may raise to stop training
     (a scheduler's decision); the state is consistent whenever it is called.
+    `on_epoch_start(epoch)` runs before each epoch (the caller reseeds its randomness there,
+    so an epoch's randomness depends on the epoch alone and a resumed run repeats exactly).
     """
     bar = tqdm(range(state.epoch, epochs), desc="epochs", disable=not progress,
                initial=state.epoch, total=epochs)
     for epoch in bar:
+        if on_epoch_start is not None:
+            on_epoch_start(epoch)
         t0 = time.perf_counter()
         metrics = train_one_epoch(state, train_loader, loss_fn, device)
         val, _ = evaluate(state.model, val_loader, val_targets, device, tta_hflip)

@@ -93,7 +93,9 @@ def _loader(images, targets, transform, batch_size, *, train: bool, workers: int
         # A last batch of one sample breaks BatchNorm; drop it when training.
         drop_last=train and len(ds) > batch_size,
         num_workers=workers,
-        persistent_workers=workers > 0,
+        # Not persistent: workers are forked anew each epoch and reseeded from the loader's
+        # generator, which is reseeded per epoch, so a resumed epoch repeats exactly.
+        persistent_workers=False,
         pin_memory=device.type == "cuda",
         generator=g,
         worker_init_fn=_seed_worker,
@@ -169,10 +171,18 @@ def run_trial(
             _log.info("epoch %d: %s", metrics["epoch"],
                       " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
 
+    def reseed(epoch: int) -> None:
+        # Epoch e's shuffling, augmentation and dropout depend on (seed, e) only, so a trial
+        # resumed from a checkpoint trains exactly as an uninterrupted one (on CPU).
+        s = train_cfg.seed * 10_007 + epoch
+        torch.manual_seed(s)
+        train_loader.generator.manual_seed(s)
+        train_tf.set_random_seed(s)
+
     t0 = time.perf_counter()
     fit(state, train_loader, val_loader, targets[va_idx], build_loss(train_cfg.loss),
         epochs=train_cfg.epochs, patience=train_cfg.patience, device=device, report=_report,
-        tta_hflip=train_cfg.tta_hflip, progress=progress)
+        tta_hflip=train_cfg.tta_hflip, progress=progress, on_epoch_start=reseed)
     model = load_best(state)
 
     # OOF and test predictions both come from the best epoch's weights.

@@ -56,3 +56,37 @@ def test_train_cli_bad_fold_is_one_line(tiny_cfg, capsys):
     assert main([str(path), "--fold", "7", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error:") and "--fold 7" in err and "\n" not in err
+
+
+def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg):
+    """Stop after epoch 1, resume from the saved state: the same predictions as one go."""
+    import torch
+
+    cfg, _ = tiny_cfg(save_weights=False)
+    cid = candidate_id(cfg.train)
+    store = PredictionStore(cfg.sweep_dir)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_first(metrics):
+        if metrics["epoch"] == 1:
+            raise Stop
+
+    def keep(state):  # what the sweep's Ray checkpoint holds
+        torch.save(state.state_dict(), cfg.sweep_dir / "state.pt")
+
+    with pytest.raises(Stop):
+        run_trial(cfg, cfg.train, 3, report=stop_after_first, on_state=keep)
+    state = torch.load(cfg.sweep_dir / "state.pt", weights_only=True)
+    run_trial(cfg, cfg.train, 3, resume=state)
+    run_trial(cfg.model_copy(update={"name": "other"}), cfg.train, 3)  # uninterrupted
+    resumed = store.read_fold(cid, 3)
+    straight = PredictionStore(cfg.storage_path / "other").read_fold(cid, 3)
+    assert np.abs(resumed.val_probs - straight.val_probs).max() < 1e-6
+    assert np.abs(resumed.test_probs - straight.test_probs).max() < 1e-6
+    def curve(f):
+        return [(h["epoch"], round(h["train_loss"], 5), round(h["val_loss"], 5), h["val_acc"])
+                for h in f.manifest["history"]]
+
+    assert curve(resumed) == curve(straight)
