@@ -65,6 +65,7 @@ def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg):
     cfg, _ = tiny_cfg(save_weights=False)
     cid = candidate_id(cfg.train)
     store = PredictionStore(cfg.sweep_dir)
+    cfg.storage_path.mkdir(parents=True)
 
     class Stop(Exception):
         pass
@@ -74,11 +75,11 @@ def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg):
             raise Stop
 
     def keep(state):  # what the sweep's Ray checkpoint holds
-        torch.save(state.state_dict(), cfg.sweep_dir / "state.pt")
+        torch.save(state.state_dict(), cfg.storage_path / "state.pt")
 
     with pytest.raises(Stop):
         run_trial(cfg, cfg.train, 3, report=stop_after_first, on_state=keep)
-    state = torch.load(cfg.sweep_dir / "state.pt", weights_only=True)
+    state = torch.load(cfg.storage_path / "state.pt", weights_only=True)
     run_trial(cfg, cfg.train, 3, resume=state)
     run_trial(cfg.model_copy(update={"name": "other"}), cfg.train, 3)  # uninterrupted
     resumed = store.read_fold(cid, 3)
