@@ -293,5 +293,6 @@ def build_method(cfg: EnsembleConfig, name: str | None = None) -> EnsembleMethod
     if name == "optimized":
         return OptimizedEnsemble(temperature=cfg.temperature)
     if name == "pruned":
-        return PrunedEnsemble(cfg.prune_threshold, cfg.metric, "mean", cfg.greedy_iterations)
+        return PrunedEnsemble(cfg.prune_threshold, cfg.metric, cfg.prune_then,
+                              cfg.greedy_iterations)
     raise ValueError(f"unknown ensemble method {name!r}; choose from {sorted(METHODS)}.")

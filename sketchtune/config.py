@@ -208,6 +208,7 @@ class EnsembleConfig(Strict):
     greedy_bagging: int = Field(0, ge=0)
     temperature: bool = False
     prune_threshold: float = Field(0.95, gt=-1.0, le=1.0)
+    prune_then: Literal["mean", "greedy"] = "mean"  # what `pruned` does with the survivors
     seed: int = 42
 
 

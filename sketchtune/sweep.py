@@ -370,7 +370,8 @@ def run_sweep(
     """Both stages, tracked in MLflow; returns one summary per chosen candidate."""
     import ray
 
-    from .tracking import MlflowSweepCallback, Tracker, check_tracking
+    from .callback import MlflowSweepCallback
+    from .tracking import Tracker, check_tracking
 
     fixed = check_sweep(cfg, source)
     check_tracking(cfg.tracking_uri)
