@@ -456,6 +456,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(message)s")
+    # Library chatter that says nothing a user acts on (table creation, "study created").
+    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     from .tracking import TrackingError
 
     try:
