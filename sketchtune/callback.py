@@ -84,10 +84,18 @@ class MlflowSweepCallback(Callback):
             self.tracker.set_tags(run_id, {"stopped_by_scheduler": "true"})
         self.tracker.end(run_id, "FINISHED")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Failed, and Ray retries it from its last checkpoint: this attempt's run ends FAILED
+        # and the retry gets a run of its own.
+        self._fail(trial, "failed; Ray retries it from its last checkpoint")
+
     def on_trial_error(self, iteration, trials, trial, **info):
+        self._fail(trial, "failed after every retry (FailureConfig.max_failures)")
+
+    def _fail(self, trial, why: str) -> None:
         run_id = self.runs.pop(trial.trial_id, None)
         if run_id is not None:
-            self.tracker.set_tags(run_id, {"error": "trial raised; Ray may retry it"})
+            self.tracker.set_tags(run_id, {"error": why})
             self.tracker.end(run_id, "FAILED")
 
     def _log_files(self, run_id: str, cfg: dict, history: list[dict] | None) -> None:

@@ -44,15 +44,27 @@ class FoldPrediction:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename (POSIX-atomic)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write `data` to `path` through a temporary file and a rename (POSIX-atomic).
+
+    A full disk or a read-only folder is a StoreError naming the path; the temporary file
+    is removed, so no half-written file is ever left where a later run would trust it.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise StoreError(f"{path}: cannot write ({err.strerror or err}); make the folder "
+                         "writable or point storage_path elsewhere") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise StoreError(f"{path}: cannot write ({err.strerror or err}); free some space or "
+                         "make it writable, then run again: nothing was half-written") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

@@ -40,7 +40,7 @@ from .config import (  # noqa: E402
 )
 from .model import check_model_name  # noqa: E402
 from .store import PredictionStore  # noqa: E402
-from .train import USER_ERRORS, prepare_data, run_trial  # noqa: E402
+from .train import USER_ERRORS, load_state, prepare_data, run_trial  # noqa: E402
 
 __all__ = ["Candidate", "main", "plan_cv_jobs", "run_sweep", "search_space"]
 
@@ -81,6 +81,7 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
     line naming the key, before any trial starts.
     """
     check_model_name(cfg.train.model.name)
+    _check_weights_file(cfg.train, f"{source}: train")
     for key, spec in cfg.search.space.items():
         for value in _probe_values(spec):
             train = with_train_overrides(cfg.train, {key: value},
@@ -94,8 +95,16 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
     for i, overrides in enumerate(cfg.candidates):
         train = with_train_overrides(cfg.train, overrides, f"{source}: candidates[{i}]")
         check_model_name(train.model.name)
+        _check_weights_file(train, f"{source}: candidates[{i}]")
         fixed.append(Candidate(dict(overrides), train, "fixed"))
     return fixed
+
+
+def _check_weights_file(train: TrainConfig, where: str) -> None:
+    w = train.model.weights_file
+    if train.model.pretrained and w is not None and not Path(w).is_file():
+        raise ConfigError(f"{where}.model.weights_file: {str(w)!r} not found; download the "
+                          "weights there or set model.pretrained=false")
 
 
 def search_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
@@ -154,7 +163,7 @@ def _trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
     ckpt = tune.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+            resume = load_state(Path(d) / "state.pt")
     latest: dict[str, Any] = {}
 
     def report(metrics: dict[str, float]) -> None:
@@ -228,8 +237,12 @@ def _ray_storage(cfg: SweepConfig) -> str:
     return f"{s}/ray"
 
 
-def run_search(cfg: SweepConfig, callbacks: list, quiet: bool) -> list[Candidate]:
-    """Stage 1: Optuna + ASHA on one fold; returns the top-k configs per backbone."""
+def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
+               failures: dict[str, int] | None = None) -> list[Candidate]:
+    """Stage 1: Optuna + ASHA on one fold; returns the top-k configs per backbone.
+
+    `failures["search"]` gets the number of trials that failed even after their retries.
+    """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
@@ -252,6 +265,8 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool) -> list[Candidate
     )
     space = {"params": search_space(s.space), "fold": s.fold}
     results = _tuner(cfg, "search", "search", space, tune_config, callbacks, quiet).fit()
+    if failures is not None:
+        failures["search"] = results.num_errors
     scored = []
     for i, r in enumerate(results):
         if r.error is not None or not r.metrics:
@@ -278,8 +293,9 @@ def plan_cv_jobs(cfg: SweepConfig, candidates: list[Candidate],
     ]
 
 
-def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet: bool) -> None:
-    """Stage 2: every chosen candidate on every fold, to the end."""
+def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet: bool,
+           failures: dict[str, int] | None = None) -> None:
+    """Stage 2: every chosen candidate on every fold, to the end (failures as in run_search)."""
     from ray import tune
 
     store = PredictionStore(cfg.sweep_dir)
@@ -294,10 +310,20 @@ def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet
     tune_config = tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials)
     # One grid point per pending (candidate, fold): Ray's grid search over whole jobs.
     space = {"job": tune.grid_search(jobs)}
-    _tuner(cfg, "cv", name, space, tune_config, callbacks, quiet).fit()
+    results = _tuner(cfg, "cv", name, space, tune_config, callbacks, quiet).fit()
+    if failures is not None:
+        failures["cv"] = results.num_errors
 
 
 # ---------------------------------------------------------------- the whole sweep
+
+
+class SweepError(RuntimeError):
+    """Trials failed even after their retries; the sweep's other results stand."""
+
+    def __init__(self, message: str, summaries: list[CandidateSummary]):
+        super().__init__(message)
+        self.summaries = summaries
 
 
 @dataclass(frozen=True)
@@ -404,19 +430,28 @@ def run_sweep(
     store = PredictionStore(cfg.sweep_dir)
     describe = _describe(cfg)
     status = "FAILED"
+    failed: dict[str, int] = {}
     try:
         chosen: list[Candidate] = []
         if cfg.search.enabled and cfg.search.space:
             cb = MlflowSweepCallback(tracker, parent, "search", store, describe)
-            chosen = run_search(cfg, [cb], quiet)
+            chosen = run_search(cfg, [cb], quiet, failed)
         elif not fixed:
             chosen = [Candidate({}, cfg.train, "base")]
         seen = {c.id for c in chosen}
         chosen += [c for c in fixed if c.id not in seen and not seen.add(c.id)]
         cb = MlflowSweepCallback(tracker, parent, "cv", store, describe)
-        run_cv(cfg, chosen, [cb], quiet)
+        run_cv(cfg, chosen, [cb], quiet, failed)
         summaries = summarise(cfg, chosen)
         _log_summaries(tracker, parent, summaries)
+        if failed.get("cv"):
+            raise SweepError(
+                f"{failed['cv']} cv trial(s) failed after {cfg.ray.max_failures} retries; their "
+                f"errors are under {_ray_storage(cfg)}. Fix the cause and run the same command "
+                "again: finished folds are kept", summaries)
+        if failed.get("search"):
+            _log.warning("%d search trial(s) failed and were left out of the ranking",
+                         failed["search"])
         status = "FINISHED"
         return summaries
     except KeyboardInterrupt:
@@ -472,6 +507,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted: run the same command again to resume", file=sys.stderr)
         return 130
+    except SweepError as err:
+        print(format_table(err.summaries, cfg.data.n_folds))
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     print()
     print(format_table(summaries, cfg.data.n_folds))
     root = Path(cfg.tracking_uri.removeprefix("sqlite:///")).parent \

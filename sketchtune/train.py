@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import pickle
 import sys
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from .engine import (
     predict,
     select_device,
 )
+from .faults import maybe_fail
 from .folds import load_or_make_folds
 from .losses import build_loss
 from .model import ModelError, build_model
@@ -163,6 +165,7 @@ def run_trial(
         _log.info("resumed %s fold %d at epoch %d", cid, fold, state.epoch)
 
     def _report(metrics: dict[str, float]) -> None:
+        maybe_fail(int(metrics["epoch"]))  # a no-op unless a reliability test asks for a fault
         if on_state is not None:
             on_state(state)
         if report is not None:
@@ -219,6 +222,20 @@ def run_trial(
         val_targets=targets[va_idx], val_probs=val_probs, test_probs=test_probs, manifest=manifest,
     )
     return TrialResult(cid, fold, state.best_epoch, state.epoch, dict(state.best_metrics), path)
+
+
+def load_state(path: Path) -> dict[str, Any]:
+    """A `FitState.state_dict()` saved with torch.save, read without running any pickle code.
+
+    `weights_only=True` lets through tensors and plain containers only; anything else in the
+    file (a planted object whose unpickling would run code) is refused with a StoreError.
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0][:160]
+        raise StoreError(f"{path}: refused to load a checkpoint that holds more than tensors "
+                         f"({first})") from None
 
 
 class _Subset:

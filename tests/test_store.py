@@ -75,7 +75,7 @@ def test_store_failed_write_leaves_no_file(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr("sketchtune.store.os.fsync", boom)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StoreError, match="No space left"):
         write(store, "abc", 0)
     leftovers = list((tmp_path / "candidates").rglob("*"))
     assert [p for p in leftovers if p.is_file()] == []

@@ -1,0 +1,169 @@
+"""Faults injected on purpose: crashed trials, a tracking server that goes away, a store that
+cannot be written, untrusted files; and runs that repeat exactly."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import pickle
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from sketchtune.config import ConfigError, candidate_id, load_config
+from sketchtune.faults import ENV
+from sketchtune.folds import make_folds
+from sketchtune.store import PredictionStore, StoreError
+from sketchtune.train import load_state, prepare_data, run_trial
+from sketchtune.train import main as train_main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cv_runs(cfg):
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.name)
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    return runs, [r for r in runs if r.data.tags.get("stage") == "cv"]
+
+
+def run_sweep_cli(path: Path, fault: str | None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(ENV, None)
+    if fault:
+        env[ENV] = fault
+    return subprocess.run([sys.executable, "-m", "sketchtune.sweep", str(path), "--quiet"],
+                          env=env, cwd=path.parent, capture_output=True, text=True, timeout=400)
+
+
+def no_temp_files(root: Path) -> bool:
+    return not [p for p in root.rglob("*.tmp")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["raise", "exit"])
+def test_crashed_trial_is_retried_and_its_failed_attempt_marked(tiny_cfg, tmp_path, kind):
+    """An exception, or the trial's process dying, at epoch 2 of one trial: Ray retries it."""
+    cfg, path = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 3})
+    done = run_sweep_cli(path, f"{kind}:2:{tmp_path / 'fault-fired'}")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "fault-fired").exists()  # the fault really happened
+    store = PredictionStore(cfg.sweep_dir)
+    keys = pd.read_csv(cfg.data.folds_csv)["image_path"].tolist()
+    assert store.is_complete(candidate_id(cfg.train), keys)
+    assert no_temp_files(cfg.sweep_dir)
+    _, cv = cv_runs(cfg)
+    status = Counter(r.info.status for r in cv)
+    assert status == {"FINISHED": 2, "FAILED": 1}, status
+    failed = next(r for r in cv if r.info.status == "FAILED")
+    # The retry is a new run for the same (candidate, fold) and trial; the failed one stays.
+    same = [r for r in cv if r.data.tags["fold"] == failed.data.tags["fold"]]
+    assert {r.info.status for r in same} == {"FAILED", "FINISHED"}
+    assert len({r.data.tags["ray_trial_id"] for r in same}) == 1
+
+
+@pytest.mark.slow
+def test_trial_failing_every_retry_fails_the_sweep_with_one_line(tiny_cfg):
+    cfg, path = tiny_cfg(**{"data.n_folds": 2, "ray": {"max_failures": 1, "verbose": 0}})
+    done = run_sweep_cli(path, "raise:1:-")
+    assert done.returncode == 1
+    err = done.stderr.strip().splitlines()[-1]
+    assert err.startswith("error:") and "2 cv trial(s) failed after 1 retries" in err
+    assert "Traceback" not in done.stdout
+    runs, cv = cv_runs(cfg)
+    parent = next(r for r in runs if r.data.tags.get("sketchtune.role") == "sweep")
+    assert parent.info.status == "FAILED"
+    assert cv and all(r.info.status == "FAILED" for r in cv)
+    assert PredictionStore(cfg.sweep_dir).candidates() == []  # nothing partial in the store
+
+
+@pytest.mark.slow
+def test_tracking_server_lost_mid_sweep_training_goes_on(tiny_cfg, monkeypatch, caplog):
+    """MLflow goes away after the sweep started: every fold is still trained and stored, and
+    one warning names what could not be logged."""
+    import ray
+    from mlflow.tracking import MlflowClient as Client
+
+    from sketchtune.sweep import run_sweep
+
+    cfg, _ = tiny_cfg(**{"data.n_folds": 2})
+    real, calls = Client.log_batch, {"n": 0}
+
+    def flaky(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 2:  # the sweep's params got through; everything after fails
+            raise ConnectionError("tracking server went away")
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Client, "log_batch", flaky)
+    try:
+        with caplog.at_level(logging.WARNING):
+            summaries = run_sweep(cfg, quiet=True)
+    finally:
+        ray.shutdown()
+    assert [s.folds_done for s in summaries] == [2] and summaries[0].oof_acc is not None
+    assert "tracking call(s) failed" in caplog.text and "log metrics" in caplog.text
+    assert calls["n"] > 2
+
+
+def test_read_only_store_is_one_line_and_leaves_nothing(tiny_cfg, monkeypatch, capsys):
+    cfg, path = tiny_cfg(save_weights=False)
+    prepare_data(cfg, cfg.train.img_size)  # the folds file and image cache exist already
+
+    def read_only(src, dst):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr("sketchtune.store.os.replace", read_only)
+    assert train_main([str(path), "--fold", "0", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    assert "Read-only file system" in err and str(cfg.sweep_dir) in err
+    assert not [p for p in cfg.sweep_dir.rglob("*") if p.is_file()]
+
+
+def test_malicious_checkpoint_is_refused_without_running_it(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "state.pt"
+    with open(path, "wb") as f:
+        pickle.dump({"model": Payload()}, f)
+    with pytest.raises(StoreError, match="refused"):
+        load_state(path)
+    assert not (tmp_path / "pwned").exists()
+    # A real state dict of tensors and plain values loads.
+    torch.save({"epoch": 3, "w": torch.ones(2)}, path)
+    assert load_state(path)["epoch"] == 3
+
+
+def test_yaml_with_python_tags_is_refused(tmp_path):
+    bad = tmp_path / "evil.yaml"
+    bad.write_text(f"name: !!python/object/apply:os.system ['touch {tmp_path / 'pwned'}']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.slow
+def test_same_seed_same_folds_and_oof_predictions(tiny_cfg, tmp_path):
+    cfg, _ = tiny_cfg(save_weights=False)
+    train = pd.read_csv(cfg.data.train_csv)
+    a, b = make_folds(train, 5, 42), make_folds(train.copy(), 5, 42)
+    assert a.equals(b)
+    outs = []
+    for name in ("first", "second"):
+        run = cfg.model_copy(update={"name": name})
+        res = run_trial(run, cfg.train, 4)
+        outs.append(PredictionStore(run.sweep_dir).read_fold(res.candidate_id, 4))
+    assert outs[0].val_keys.tolist() == outs[1].val_keys.tolist()
+    assert np.abs(outs[0].val_probs - outs[1].val_probs).max() < 1e-6
+    assert np.abs(outs[0].test_probs - outs[1].test_probs).max() < 1e-6
