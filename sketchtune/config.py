@@ -267,7 +267,7 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     for item in items or []:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ConfigError(f"--set {item!r}: expected key=value")
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=5")
         try:
             out[key.strip()] = yaml.safe_load(value) if value.strip() else None
         except yaml.YAMLError:
@@ -281,12 +281,13 @@ def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     for dotted, value in overrides.items():
         parts = dotted.split(".")
         cur = raw
-        for part in parts[:-1]:
+        for i, part in enumerate(parts[:-1]):
             nxt = cur.get(part)
             if nxt is None:
                 nxt = cur[part] = {}
             if not isinstance(nxt, dict):
-                raise ConfigError(f"override {dotted!r}: {part!r} is not a section")
+                raise ConfigError(f"override {dotted!r}: {part!r} is a value, not a section; "
+                                  f"set {'.'.join(parts[:i + 1])!r} itself")
             cur = nxt
         cur[parts[-1]] = value
     return raw
@@ -320,8 +321,12 @@ def load_config(
 ) -> Any:
     """Read YAML, apply `--set` overrides, validate, and make every path absolute."""
     path = Path(path)
-    raw = apply_overrides(read_yaml(path), parse_overrides(overrides))
+    raw = read_yaml(path)
     source = f"{path}" + (" (with --set overrides)" if overrides else "")
+    try:
+        raw = apply_overrides(raw, parse_overrides(overrides))
+    except ConfigError as err:  # name the config the bad --set was meant for
+        raise ConfigError(f"{source}: {err}") from None
     cfg = validate(model, raw, source)
     if isinstance(cfg, SweepConfig):
         cfg = resolve_paths(cfg)
