@@ -19,13 +19,18 @@ class ModelError(ValueError):
     """A model cannot be built as configured; one-line message."""
 
 
-def check_model_name(name: str) -> None:
-    """Raise ModelError unless timm knows `name` (an architecture, optionally `.tag`)."""
+def check_model_name(name: str, source: str | None = None) -> None:
+    """Raise ModelError unless timm knows `name` (an architecture, optionally `.tag`).
+
+    `source` (the config file, and where in it) starts the message when given.
+    """
     arch = name.split(".", 1)[0]
     if not timm.is_model(arch):
         close = timm.list_models(f"*{arch[:6]}*")[:5]
-        hint = f" (did you mean one of {close}?)" if close else ""
-        raise ModelError(f"model.name {name!r}: timm has no such model{hint}")
+        hint = (f"did you mean one of {close}?" if close
+                else "`python -c 'import timm; print(timm.list_models())'` lists them")
+        where = f"{source}: " if source else ""
+        raise ModelError(f"{where}model.name {name!r}: timm has no such model; {hint}")
 
 
 def build_model(cfg: ModelConfig, num_classes: int, img_size: int | None = None) -> nn.Module:
