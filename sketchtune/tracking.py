@@ -49,6 +49,16 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
 
 def check_tracking(tracking_uri: str) -> None:
     """Fail fast, before any trial, when the tracking store cannot be reached."""
+    if tracking_uri.startswith("sqlite:///"):
+        db = Path(tracking_uri.removeprefix("sqlite:///"))
+        if not db.exists():
+            # Connecting would create the database (and log about it) before the data is
+            # validated, so a bad input would leave it behind; a writable folder is enough.
+            if not db.parent.is_dir() or not os.access(db.parent, os.W_OK | os.X_OK):
+                raise TrackingError(f"tracking_uri {tracking_uri!r}: cannot create the database "
+                                    f"in {db.parent}; make that folder writable or set "
+                                    "tracking_uri elsewhere")
+            return
     if tracking_uri.startswith(("http://", "https://")):
         # One quick try instead of MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
