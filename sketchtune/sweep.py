@@ -80,21 +80,21 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
     and validated, so an unknown key, a wrong range or a backbone timm does not know is one
     line naming the key, before any trial starts.
     """
-    check_model_name(cfg.train.model.name)
+    check_model_name(cfg.train.model.name, f"{source}: train")
     _check_weights_file(cfg.train, f"{source}: train")
     for key, spec in cfg.search.space.items():
         for value in _probe_values(spec):
             train = with_train_overrides(cfg.train, {key: value},
                                          f"{source}: search.space[{key!r}]={value!r}")
             if key == "model.name":
-                check_model_name(train.model.name)
+                check_model_name(train.model.name, f"{source}: search.space[{key!r}]")
     if cfg.search.fold >= cfg.data.n_folds:
         raise ConfigError(f"{source}: search.fold: must be below data.n_folds={cfg.data.n_folds} "
                           f"(got {cfg.search.fold})")
     fixed = []
     for i, overrides in enumerate(cfg.candidates):
         train = with_train_overrides(cfg.train, overrides, f"{source}: candidates[{i}]")
-        check_model_name(train.model.name)
+        check_model_name(train.model.name, f"{source}: candidates[{i}]")
         _check_weights_file(train, f"{source}: candidates[{i}]")
         fixed.append(Candidate(dict(overrides), train, "fixed"))
     return fixed
