@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -68,7 +69,8 @@ def resolve_image_path(image_root: Path, rel: str) -> Path:
 def _read_csv(csv: Path, required: list[str]) -> pd.DataFrame:
     csv = Path(csv)
     if not csv.is_file():
-        raise DataError(f"{csv}: file not found")
+        raise DataError(f"{csv}: file not found; fix the path in the config (demo data: "
+                        "python -m sketchtune.demo)")
     try:
         # utf-8-sig: spreadsheets save a byte-order mark that would glue onto the first column.
         # index_col=False + the warning as an error: a row with extra fields is refused rather
@@ -126,9 +128,11 @@ def _check_paths(csv: Path, df: pd.DataFrame, image_root: Path, check_images: bo
         elif st.st_size == 0:
             empty.append(rel)
     if missing:
-        raise DataError(f"{csv}: images not found under {image_root}: {_first(missing)}")
+        raise DataError(f"{csv}: images not found under {image_root}: {_first(missing)}; fix "
+                        "image_path or the config's data.image_root")
     if empty:
-        raise DataError(f"{csv}: empty (0-byte) images: {_first(empty)}")
+        raise DataError(f"{csv}: empty (0-byte) images under {image_root}: {_first(empty)}; "
+                        "copy them again or drop their rows")
 
 
 def read_train_csv(
@@ -165,7 +169,8 @@ def read_train_csv(
     if len(small):
         raise DataError(
             f"{csv}: class {small.index[0]!r} has {small.iloc[0]} row(s), fewer than "
-            f"{min_per_class} ({len(small)} such class(es))"
+            f"{min_per_class} ({len(small)} such class(es)); every fold needs each class: "
+            "lower data.n_folds or add rows"
         )
     _check_paths(csv, df, image_root, check_images)
     return df
@@ -183,12 +188,15 @@ def read_test_csv(csv: Path, image_root: Path, *, check_images: bool = True) -> 
 
 
 def _header_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file header without decoding pixels; None if PIL can't tell."""
+    """(width, height) from the file header without decoding pixels; None if PIL can't tell.
+
+    DataError when the header claims more pixels than PIL's own bomb guard allows.
+    """
     try:
         with Image.open(path) as im:
             return im.size
-    except Image.DecompressionBombError:
-        return (MAX_PIXELS, 2)  # PIL's own bomb guard fired: beyond our limit too
+    except Image.DecompressionBombError as err:  # PIL's own guard: beyond our limit too
+        raise DataError(f"{path}: image exceeds {MAX_PIXELS:,} pixels ({err})") from None
     except Exception:  # noqa: BLE001 - unknown to PIL; cv2 may still decode it
         return None
 
@@ -202,6 +210,10 @@ def read_image(path: Path) -> np.ndarray:
     size = _header_size(path)
     if size is not None and size[0] * size[1] > MAX_PIXELS:
         raise DataError(f"{path}: {size[0]}x{size[1]} image exceeds {MAX_PIXELS:,} pixels")
+    if size is None and path.suffix.lower() in (".jpg", ".jpeg"):
+        # PIL reads every valid JPEG header; handing a broken one to cv2 only adds libjpeg's
+        # own complaint ("Premature end of JPEG file") to the user's terminal.
+        raise DataError(f"{path}: cannot be decoded as an image (no valid JPEG header)")
     if path.suffix.lower() in (".jpg", ".jpeg"):
         # IMREAD_COLOR, as the reference pipeline: applies EXIF orientation, grey -> 3 channels.
         img = cv2.imread(str(path), cv2.IMREAD_COLOR)
@@ -302,6 +314,7 @@ def load_images(
         except (OSError, ValueError):
             pass
         _log.warning("image cache %s is unreadable; rebuilding it", final)
+    made_dir = not cache_dir.is_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache_dir / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     bad: list[str] = []
@@ -313,7 +326,7 @@ def load_images(
             try:
                 out[i] = resize_square(read_image(paths[i]), img_size)
             except DataError as err:
-                bad.append(f"{paths[i]} ({str(err).rsplit(': ', 1)[-1]})")
+                bad.append(f"{paths[i]} ({str(err).removeprefix(f'{paths[i]}: ')})")
             except cv2.error:
                 bad.append(f"{paths[i]} (cannot be decoded as an image)")
 
@@ -325,11 +338,15 @@ def load_images(
                           disable=not progress, leave=False):
                 pass
         if bad:
-            raise DataError(f"images that cannot be used: {_first(sorted(bad))}")
+            raise DataError(f"images that cannot be used: {_first(sorted(bad))}; replace or "
+                            "drop them")
         out.flush()
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
+        if made_dir and not final.is_file():
+            with contextlib.suppress(OSError):  # a failed first build leaves no empty folder
+                cache_dir.rmdir()  # (only if empty: a concurrent builder may be using it)
     _log.info("image cache built: %s (%.1f MB)", final, final.stat().st_size / 1e6)
     return _open_cache(final)
 

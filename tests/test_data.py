@@ -145,7 +145,7 @@ def test_read_train_csv_missing_images_are_counted(ds):
 def test_read_train_csv_zero_byte_image(ds):
     csv, root = ds
     next((root / "train").rglob("*.JPEG")).write_bytes(b"")
-    with pytest.raises(DataError, match=r"train.csv: empty \(0-byte\) images: 1"):
+    with pytest.raises(DataError, match=r"train.csv: empty \(0-byte\) images under .*: 1"):
         read_train_csv(csv, root)
 
 
@@ -247,7 +247,7 @@ def test_load_images_corrupt_image_lists_file_and_count(ds, tmp_path):
     paths[7].write_bytes(b"\xff\xd8\xff" + b"\0" * 50)
     with pytest.raises(DataError, match=r"cannot be used: 2 \(first: .*JPEG"):
         load_images(paths, 24, tmp_path / "cache", progress=False)
-    assert not list((tmp_path / "cache").iterdir()), "a failed build leaves no file"
+    assert not (tmp_path / "cache").exists(), "a failed first build leaves no file or folder"
 
 
 def test_load_images_concurrent_builders_agree(ds, tmp_path):
