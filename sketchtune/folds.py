@@ -12,7 +12,7 @@ from sklearn.model_selection import StratifiedKFold
 from .data import DataError
 from .store import atomic_write_bytes
 
-__all__ = ["load_or_make_folds", "make_folds"]
+__all__ = ["load_or_make_folds", "make_folds", "write_folds"]
 
 _log = logging.getLogger(__name__)
 
@@ -67,21 +67,29 @@ def _read_folds(folds_csv: Path) -> pd.DataFrame:
     return got[COLUMNS]
 
 
+def write_folds(folds: pd.DataFrame, folds_csv: Path) -> None:
+    """Write `make_folds`' output to `folds_csv` atomically."""
+    atomic_write_bytes(Path(folds_csv), folds[COLUMNS].to_csv(index=False).encode())
+    _log.info("wrote %d-fold split to %s", folds["fold"].max() + 1, folds_csv)
+
+
 def load_or_make_folds(
-    df: pd.DataFrame, folds_csv: Path, n_splits: int, seed: int
+    df: pd.DataFrame, folds_csv: Path, n_splits: int, seed: int, *, write: bool = True
 ) -> pd.DataFrame:
     """The folds for `df` (image_path, target): read from `folds_csv`, or made and written once.
 
     Returns (N rows) image_path, target, fold in `df` order. An existing file must hold
     exactly df's image paths with the same targets and folds 0..n_splits-1; otherwise
-    DataError (a stale file would silently mix validation rows into training).
+    DataError (a stale file would silently mix validation rows into training). With
+    `write=False` a new split is only returned: the caller writes it (`write_folds`) once the
+    rest of its input has been checked.
     """
     folds_csv = Path(folds_csv)
     hint = "delete it to re-split"
     if not folds_csv.is_file():
         folds = make_folds(df, n_splits, seed)
-        atomic_write_bytes(folds_csv, folds.to_csv(index=False).encode())
-        _log.info("wrote %d-fold split (seed %d) to %s", n_splits, seed, folds_csv)
+        if write:
+            write_folds(folds, folds_csv)
         return folds
     got = _read_folds(folds_csv)
     if got["image_path"].duplicated().any():
