@@ -19,12 +19,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import OptimConfig, SchedConfig
+from .config import ConfigError, OptimConfig, SchedConfig
 
 __all__ = [
     "FitState",
     "build_optimizer",
     "build_scheduler",
+    "check_optimizer",
     "evaluate",
     "fit",
     "load_best",
@@ -37,8 +38,17 @@ Report = Callable[[dict[str, float]], None]
 
 
 def select_device(prefer: str | None = None) -> torch.device:
+    """`prefer` ("cpu", "cuda:1", ...) or the best device here; ConfigError if it cannot work."""
     if prefer:
-        return torch.device(prefer)
+        try:
+            device = torch.device(prefer)
+        except RuntimeError as err:
+            first = (str(err).strip().splitlines() or ["unknown device"])[0]
+            raise ConfigError(f"--device {prefer!r}: {first}") from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ConfigError(f"--device {prefer!r}: this machine has no CUDA device; "
+                              "use --device cpu")
+        return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -47,6 +57,15 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer
     return timm.optim.create_optimizer_v2(
         model, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
     )
+
+
+def check_optimizer(cfg: OptimConfig, source: str) -> None:
+    """ConfigError naming `source` unless timm can build this optimizer (tried on one layer)."""
+    try:
+        build_optimizer(nn.Linear(1, 1), cfg)
+    except ValueError as err:  # timm: "Optimizer x not found in registry"
+        raise ConfigError(f"{source}: optim.name {cfg.name!r}: {err}; "
+                          "timm.optim.list_optimizers() lists them") from None
 
 
 def build_scheduler(
