@@ -24,15 +24,16 @@ from .engine import (
     FitState,
     build_optimizer,
     build_scheduler,
+    check_optimizer,
     fit,
     load_best,
     predict,
     select_device,
 )
 from .faults import maybe_fail
-from .folds import load_or_make_folds
+from .folds import load_or_make_folds, write_folds
 from .losses import build_loss
-from .model import ModelError, build_model
+from .model import ModelError, build_model, check_model_name
 from .store import PredictionStore, StoreError, atomic_write_bytes
 from .transforms import build_eval_transform, build_train_transform
 
@@ -58,9 +59,11 @@ class PreparedData:
 def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False) -> PreparedData:
     """Read and validate the CSVs, make or read the folds, and build the image caches."""
     d = cfg.data
-    train = read_train_csv(d.train_csv, d.image_root)
+    # min_per_class: a class with fewer rows than folds is named here, with the CSV's path.
+    train = read_train_csv(d.train_csv, d.image_root, min_per_class=d.n_folds)
     test = read_test_csv(d.test_csv, d.test_image_root)
-    folds = load_or_make_folds(train, d.folds_csv, d.n_folds, d.fold_seed)
+    # A new split is written only after every image has decoded: bad input leaves nothing.
+    folds = load_or_make_folds(train, d.folds_csv, d.n_folds, d.fold_seed, write=False)
     train = train.merge(folds[["image_path", "fold"]], on="image_path", how="left", validate="1:1")
     num_classes = int(train["target"].max()) + 1
     root = Path(d.image_root)
@@ -69,7 +72,18 @@ def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False) -> Pre
     test_root = Path(d.test_image_root)
     test_images = load_images([test_root / p for p in test["image_path"]], img_size, d.cache_dir,
                               progress=progress)
+    if not Path(d.folds_csv).is_file():
+        write_folds(folds, d.folds_csv)
     return PreparedData(train, test, num_classes, train_images, test_images)
+
+
+def check_trial(cfg: SweepConfig, fold: int, source: str) -> None:
+    """What a trial can check without its data, before it writes anything; errors name `source`."""
+    if not 0 <= fold < cfg.data.n_folds:
+        raise ConfigError(f"{source}: --fold {fold}: must be in [0, {cfg.data.n_folds}) for "
+                          f"data.n_folds={cfg.data.n_folds}")
+    check_model_name(cfg.train.model.name, f"{source}: train")
+    check_optimizer(cfg.train.optim, f"{source}: train")
 
 
 @dataclass(frozen=True)
@@ -268,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(message)s")
     try:
         cfg = load_config(args.config, args.overrides)
+        check_trial(cfg, args.fold, str(args.config))
         res = run_trial(cfg, cfg.train, args.fold, device=select_device(args.device),
                         progress=not args.quiet)
     except USER_ERRORS as err:
