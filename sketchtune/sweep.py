@@ -38,6 +38,7 @@ from .config import (  # noqa: E402
     load_config,
     with_train_overrides,
 )
+from .engine import check_optimizer  # noqa: E402
 from .model import check_model_name  # noqa: E402
 from .store import PredictionStore  # noqa: E402
 from .train import USER_ERRORS, load_state, prepare_data, run_trial  # noqa: E402
@@ -81,6 +82,7 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
     line naming the key, before any trial starts.
     """
     check_model_name(cfg.train.model.name, f"{source}: train")
+    check_optimizer(cfg.train.optim, f"{source}: train")
     _check_weights_file(cfg.train, f"{source}: train")
     for key, spec in cfg.search.space.items():
         for value in _probe_values(spec):
@@ -88,6 +90,8 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
                                          f"{source}: search.space[{key!r}]={value!r}")
             if key == "model.name":
                 check_model_name(train.model.name, f"{source}: search.space[{key!r}]")
+            if key == "optim.name":
+                check_optimizer(train.optim, f"{source}: search.space[{key!r}]")
     if cfg.search.fold >= cfg.data.n_folds:
         raise ConfigError(f"{source}: search.fold: must be below data.n_folds={cfg.data.n_folds} "
                           f"(got {cfg.search.fold})")
@@ -95,6 +99,7 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
     for i, overrides in enumerate(cfg.candidates):
         train = with_train_overrides(cfg.train, overrides, f"{source}: candidates[{i}]")
         check_model_name(train.model.name, f"{source}: candidates[{i}]")
+        check_optimizer(train.optim, f"{source}: candidates[{i}]")
         _check_weights_file(train, f"{source}: candidates[{i}]")
         fixed.append(Candidate(dict(overrides), train, "fixed"))
     return fixed
