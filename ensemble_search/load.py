@@ -146,11 +146,13 @@ def _complete_ids(store: PredictionStore, keys: np.ndarray,
             raise EnsembleError(f"{store.candidate_dir(cid)}: {why}")
         else:
             skipped[cid] = why
-            _log.warning("skipped: %s", why)
     if not complete:
         detail = f"; {len(skipped)} incomplete, e.g. {next(iter(skipped.values()))}" if skipped \
             else ""
-        raise EnsembleError(f"{store.candidates_dir}: no complete candidate{detail}")
+        raise EnsembleError(f"{store.candidates_dir}: no complete candidate{detail}; run the "
+                            "sweep again to finish their folds (it resumes)")
+    for why in skipped.values():  # only now: with nothing complete, the error says it once
+        _log.warning("skipped: %s", why)
     return complete, skipped
 
 
@@ -169,6 +171,7 @@ def load_oof(store: PredictionStore, rows: TrainRows, candidate_ids: list[str] |
     probs: np.ndarray | None = None
     tests: list[np.ndarray] = []
     manifests, names, ref = [], [], None  # ref: the candidate the others are compared with
+    first_fold = ""  # the first fold file read: its class count is the one all must have
     for j, cid in enumerate(ids):
         cand_folds = np.full(n, -1, dtype=np.int64)
         cand_targets = np.full(n, -1, dtype=np.int64)
@@ -180,9 +183,10 @@ def load_oof(store: PredictionStore, rows: TrainRows, candidate_ids: list[str] |
             c = fp.val_probs.shape[1]
             if probs is None:
                 probs = np.empty((len(ids), n, c), dtype=np.float32)
+                first_fold = where
             if c != probs.shape[2]:
-                raise EnsembleError(f"{where}: candidate {cid} has {c} classes but candidate "
-                                    f"{ids[0]} has {probs.shape[2]}")
+                raise EnsembleError(f"{where}: val_probs has {c} classes but {first_fold} has "
+                                    f"{probs.shape[2]}")
             if fp.test_probs.shape[1] != c:
                 raise EnsembleError(f"{where}: test_probs has {fp.test_probs.shape[1]} classes "
                                     f"but val_probs has {c}")
@@ -247,7 +251,7 @@ def load_test_probs(store: PredictionStore, candidate_ids: list[str],
         missing = sorted(set(range(int(want or len(have)))) - set(have))
         if missing:
             raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} is missing "
-                                f"fold(s) {missing}")
+                                f"fold(s) {missing}; run the sweep again to finish them")
         total = None
         for k in have:
             fp = store.read_fold(cid, k)

@@ -66,7 +66,7 @@ def _check_candidates(store: PredictionStore, spec: dict, path: Path) -> list[st
     for cid in ids:
         if cid not in have:
             raise EnsembleError(f"{path}: names candidate {cid}, which is not in the store "
-                                f"{store.candidates_dir}")
+                                f"{store.candidates_dir}; run ensemble_search.optimize again")
     return ids
 
 
@@ -100,7 +100,8 @@ def _body(args: argparse.Namespace) -> int:
         stem = "submission"
     if probs.shape[1] != len(keys):
         raise EnsembleError(f"{csv}: {len(keys)} rows, but the predictions of candidate "
-                            f"{ids[0]} have {probs.shape[1]}")
+                            f"{ids[0]} have {probs.shape[1]}; pass the test.csv the sweep "
+                            "predicted (--test-csv)")
     c = spec.get("num_classes")
     if c is not None and probs.shape[2] != int(c):
         raise EnsembleError(f"{path}: {c} classes, but the stored predictions have "

@@ -68,7 +68,8 @@ def test_load_oof_rejects_different_class_counts(tmp_path):
     sw = make_sweep(tmp_path, skills=(1.0,))
     other = np.full((len(sw.keys), 5), 0.2, dtype=np.float32)
     write_candidate(sw, 0, probs=other, test_probs=np.full((12, 5), 0.2), cid="five12345")
-    with pytest.raises(EnsembleError, match="has 5 classes but candidate c00abcdef has 4"):
+    want = r"five12345/fold0\.npz: val_probs has 5 classes but .*c00abcdef/fold0\.npz has 4"
+    with pytest.raises(EnsembleError, match=want):
         load_oof(sw.store, _rows(sw))
 
 
