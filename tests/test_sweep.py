@@ -75,6 +75,8 @@ def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
     assert cv and all(len(client.get_metric_history(r.info.run_id, "val_acc")) >= 1 for r in cv)
     artifacts = {a.path for a in client.list_artifacts(cv[0].info.run_id)}
     assert {"config.yaml", "training_curve.png"} <= artifacts
+    # Finished trials' Ray checkpoints are gone: the store holds what is worth keeping.
+    assert not list((cfg.sweep_dir / "ray").glob("*/trial_*/checkpoint_*"))
 
     # Every chosen candidate is complete in the store, and its folds point at their runs.
     store = PredictionStore(cfg.sweep_dir)
