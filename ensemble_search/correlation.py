@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 __all__ = ["corr_from_gram", "error_overlap", "fold_gram", "prob_correlation"]
 
@@ -35,21 +36,29 @@ def fold_gram(probs: np.ndarray, folds: np.ndarray,
     Sums of these over any set of folds give that set's correlation (`corr_from_gram`) without
     another pass over the data: the nested estimate's k "all but one fold" correlations.
     """
-    m, n, _ = probs.shape
+    m, n, c = probs.shape
     k = int(folds.max()) + 1
     gram = np.zeros((k, m, m), dtype=np.float64)
     sums = np.zeros((k, m), dtype=np.float64)
     order = np.argsort(folds, kind="stable")
     bounds = np.searchsorted(folds[order], np.arange(k + 1))
-    for f in range(k):
-        idx = order[bounds[f] : bounds[f + 1]]
-        for a in range(0, len(idx), rows):
-            block = probs[:, idx[a : a + rows]].reshape(m, -1)
-            # Products of tiny softmax outputs underflow to subnormal floats, which slow
-            # float32 BLAS ~15x. Values below 1e-15 move no correlation: treat them as 0.
-            block[block < _FLOOR] = 0.0
-            gram[f] += block @ block.T
-            sums[f] += block.sum(axis=1, dtype=np.float64)
+    buf = np.empty(m * min(rows, n) * c, dtype=probs.dtype)  # one block, reused
+    # One BLAS thread: a (M, rows * C) product is too thin to split, and on 2 busy cores
+    # OpenBLAS's threads spent ~10x the CPU of the product itself waiting for each other.
+    with threadpool_limits(1, user_api="blas"):
+        for f in range(k):
+            idx = order[bounds[f] : bounds[f + 1]]
+            for a in range(0, len(idx), rows):
+                part = idx[a : a + rows]
+                block = buf[: m * len(part) * c].reshape(m, len(part), c)  # contiguous
+                for j in range(m):  # whole rows per candidate: a plain copy, no strided gather
+                    np.take(probs[j], part, axis=0, out=block[j])
+                block = block.reshape(m, -1)
+                # Products of tiny softmax outputs underflow to subnormal floats, which slow
+                # float32 BLAS ~15x. Values below 1e-15 move no correlation: treat them as 0.
+                block[block < _FLOOR] = 0.0
+                gram[f] += block @ block.T
+                sums[f] += block.sum(axis=1, dtype=np.float64)
     return gram, sums
 
 
