@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use("Agg")  # headless: trials and CI have no display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 __all__ = ["plot_training_curve"]
 
@@ -28,6 +29,8 @@ def plot_training_curve(history: Sequence[dict[str, float]], path: Path, title: 
     ax_a.set_ylabel("val_acc")
     ax_a.set_ylim(0, 1)
     ax_a.legend()
+    for ax in (ax_l, ax_a):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     if title:
         fig.suptitle(title)
     fig.tight_layout()
