@@ -15,17 +15,21 @@ from __future__ import annotations
 import numpy as np
 
 from .metrics import EPS
+from .oofview import OOFView
 
 __all__ = [
     "Selection",
     "greedy_accuracy",
     "greedy_log_loss",
+    "select_accuracy",
     "selection_weights",
     "single_scores",
 ]
 
 # Rows whose argmax is decided in full per chunk of (candidate, row) pairs: bounds memory.
 _CHUNK = 4096
+# Rows of the (n, C) float64 running sum updated at a time: 2 MB at C = 500, stays in cache.
+_ROWS = 512
 
 Selection = list[int]  # candidate indices in the order they were added (repeats allowed)
 
@@ -89,38 +93,56 @@ def greedy_log_loss(q: np.ndarray, iterations: int, sorted_init: int = 0) -> Sel
 
 
 class _AccuracyState:
-    """Per-candidate facts that do not change between rounds (on the fitting rows)."""
+    """The running sum of the chosen candidates on the view's rows, and the fixed facts.
 
-    def __init__(self, probs: np.ndarray, targets: np.ndarray) -> None:
-        m, n, _ = probs.shape
-        self.probs, self.targets, self.ar = probs, targets, np.arange(n)
-        self.p_true = np.empty((m, n), dtype=np.float64)
-        self.p_other = np.empty((m, n), dtype=np.float64)  # best wrong class's probability
-        self.c_other = np.empty((m, n), dtype=np.int64)  # and that class
-        for j in range(m):
-            pj = probs[j].copy()
-            self.p_true[j] = pj[self.ar, targets]
-            pj[self.ar, targets] = -np.inf
-            self.c_other[j] = pj.argmax(axis=1)
-            self.p_other[j] = pj[self.ar, self.c_other[j]]
+    The sum is kept as its true-class column `r_true` (n,) and the rest `r_wrong` (n, C) with
+    -inf in the true class, so each round needs one cache-sized pass over it: add the pick
+    and find each row's best wrong class (`c_r`, value `r_other`). No (n, C) copy is made.
+    """
 
-    def correct_counts(self, r_sum: np.ndarray) -> np.ndarray:
-        """r_sum: (N, C) float64 running sum -> (M,) rows right when each candidate is added."""
-        ar, y, probs = self.ar, self.targets, self.probs
-        r_true = r_sum[ar, y]
-        masked = r_sum.copy()
-        masked[ar, y] = -np.inf
-        c_r = masked.argmax(axis=1)
-        r_other = masked[ar, c_r]
-        true = r_true + self.p_true  # (M, N), the same float sums as a full row would give
+    def __init__(self, view: OOFView) -> None:
+        n, c = view.n, view.probs.shape[2]
+        self.view, self.y, self.ar = view, view.targets, np.arange(n)
+        self.cands = np.arange(view.m) if view.cands is None else view.cands
+        self.rows = self.ar if view.rows is None else view.rows
+        self.p_true = np.ascontiguousarray(view.q.T)  # (m, n)
+        self.p_other, self.c_other = view.p_other, view.c_other  # (m, n)
+        self.r_true = np.zeros(n)
+        self.r_wrong = np.zeros((n, c))
+        self.r_wrong[self.ar, self.y] = -np.inf
+        self.c_r = self.r_wrong.argmax(axis=1)
+        self.r_other = self.r_wrong[self.ar, self.c_r]
+
+    def add(self, j: int) -> None:
+        """Add candidate j (index into the view) to the running sum."""
+        self.r_true += self.p_true[j]
+        p = self.view.probs[self.cands[j]]
+        for a in range(0, len(self.ar), _ROWS):
+            blk = self.r_wrong[a : a + _ROWS]
+            blk += p[self.rows[a : a + _ROWS]]  # -inf stays -inf in the true class
+            self.c_r[a : a + _ROWS] = blk.argmax(axis=1)
+        self.r_other = self.r_wrong[self.ar, self.c_r]
+
+    def n_correct(self) -> int:
+        """Rows whose argmax of the running sum is the target (first maximum wins)."""
+        r, o = self.r_true, self.r_other
+        return int(((r > o) | ((r == o) & (self.c_r > self.y))).sum())
+
+    def correct_counts(self) -> np.ndarray:
+        """(m,) rows right when each candidate is added to the running sum."""
+        ar, y, r_wrong, c_r, r_other = self.ar, self.y, self.r_wrong, self.c_r, self.r_other
+        probs = self.view.probs
+        true = self.r_true + self.p_true  # (m, n), the same float sums as a full row would give
         # Upper bound on every wrong class: rounding is monotone, so fl(a+b) <= fl(max a + max b).
         upper = r_other + self.p_other
-        lower = np.maximum(r_other + probs[:, ar, c_r], r_sum[ar, self.c_other] + self.p_other)
+        lower = np.maximum(r_other + probs[self.cands[:, None], self.rows, c_r],
+                           r_wrong[ar, self.c_other] + self.p_other)
         counts = (true > upper).sum(axis=1)
         jj, nn = np.nonzero((true >= lower) & (true <= upper))
         for a in range(0, len(jj), _CHUNK):
             j, i = jj[a : a + _CHUNK], nn[a : a + _CHUNK]
-            full = r_sum[i] + probs[j, i]
+            full = r_wrong[i] + probs[self.cands[j], self.rows[i]]
+            full[np.arange(len(i)), y[i]] = true[j, i]
             hit = full.argmax(axis=1) == y[i]
             counts += np.bincount(j[hit], minlength=len(counts))
         return counts
@@ -129,31 +151,34 @@ class _AccuracyState:
 def greedy_accuracy(
     probs: np.ndarray, targets: np.ndarray, iterations: int, sorted_init: int = 0
 ) -> Selection:
-    """probs: (M, N, C), targets: (N,) -> best prefix of the selection order by accuracy.
+    """probs: (M, N, C), targets: (N,) -> best prefix of the selection order by accuracy."""
+    return select_accuracy(OOFView(probs, targets), iterations, sorted_init)
+
+
+def select_accuracy(view: OOFView, iterations: int, sorted_init: int = 0) -> Selection:
+    """The view's (m, n, C) rows -> best prefix of the selection order by accuracy.
 
     The ensemble's argmax is that of the running sum of the chosen probabilities (dividing
     by the count changes no argmax). Scores are integer counts of right rows, so ties are
     exact.
     """
-    m, n, c = probs.shape
-    state = _AccuracyState(probs, targets)
-    r_sum = np.zeros((n, c), dtype=np.float64)
+    m = view.m
+    state = _AccuracyState(view)
     used = np.zeros(m, dtype=bool)
     order: list[int] = []
     trajectory: list[float] = []
     init: list[int] = []
     if sorted_init:
-        singles = single_scores(None, probs.argmax(axis=2) == targets)
-        init = _sorted_init(singles, min(sorted_init, m))
+        init = _sorted_init(single_scores(None, view.correct), min(sorted_init, m))
     for j in init:
-        r_sum += probs[j]
+        state.add(j)
         used[j] = True
         order.append(j)
-        trajectory.append(-float((r_sum.argmax(axis=1) == targets).sum()))
+        trajectory.append(-float(state.n_correct()))
     for _ in range(iterations - len(order)):
-        counts = state.correct_counts(r_sum)
+        counts = state.correct_counts()
         best = _pick(counts, used, better_low=False)
-        r_sum += probs[best]
+        state.add(best)
         used[best] = True
         order.append(best)
         trajectory.append(-float(counts[best]))

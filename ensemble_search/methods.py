@@ -1,5 +1,8 @@
 """Ensemble methods behind one interface: `fit(probs, targets) -> self`, then `weights_`.
 
+`fit_view(OOFView)` is the same fit on some rows and candidates without copying them (the
+nested estimate's k-1 folds); `fit` is `fit_view` on every row.
+
 Every method averages class probabilities with non-negative weights that sum to 1
 (`weights_`, shape (M,)), optionally followed by a temperature (`temperature_`, 1.0 =
 none). `METHODS` maps a name to its class; `build_method` makes one from the sweep's
@@ -20,8 +23,9 @@ from threadpoolctl import threadpool_limits
 from sketchtune.config import EnsembleConfig
 
 from .correlation import prob_correlation
-from .greedy import greedy_accuracy, greedy_log_loss, selection_weights, single_scores
-from .metrics import EPS, log_loss_from_true, true_class_probs, weighted_probs
+from .greedy import greedy_log_loss, select_accuracy, selection_weights, single_scores
+from .metrics import EPS, log_loss_from_true, weighted_probs
+from .oofview import OOFView
 
 __all__ = [
     "METHODS",
@@ -34,6 +38,7 @@ __all__ = [
     "apply_temperature",
     "build_method",
     "fit_temperature",
+    "fit_view",
 ]
 
 _log = logging.getLogger(__name__)
@@ -47,24 +52,40 @@ def _check_metric(metric: str) -> None:
 
 
 class EnsembleMethod(ABC):
-    """Probability averaging with learned weights. Subclasses set `weights_` in `fit`."""
+    """Probability averaging with learned weights. Subclasses set `weights_` in `fit_view`."""
 
     name: ClassVar[str]
     weights_: np.ndarray
     temperature_: float = 1.0
 
-    @abstractmethod
     def fit(self, probs: np.ndarray, targets: np.ndarray,
             corr: np.ndarray | None = None) -> EnsembleMethod:
         """probs: (M, N, C) float32 candidates' probabilities; targets: (N,) int.
 
         corr: optional (M, M) `prob_correlation(probs)`, precomputed on these same rows.
         """
+        return self.fit_view(OOFView(probs, targets), corr)
+
+    @abstractmethod
+    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> EnsembleMethod:
+        """Fit on the view's rows and candidates without copying them; corr: (m, m) on them."""
 
     def predict_proba(self, probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """probs: (M, N, C) -> (N, C) float64 (or (len(rows), C) for the given rows)."""
         out = weighted_probs(probs, self.weights_, rows)
         return apply_temperature(out, self.temperature_)
+
+    def score_view(self, data: OOFView) -> tuple[np.ndarray, np.ndarray]:
+        """(n,) float64 p(true class) and (n,) bool argmax == target on the view's rows.
+
+        Exactly what `predict_proba` gives; without a temperature it is read from the view's
+        per-row facts instead of summing (n, C) probabilities.
+        """
+        assert data.cands is None, "scores need every candidate"
+        if self.temperature_ == 1.0 and type(self).predict_proba is EnsembleMethod.predict_proba:
+            return data.scores(self.weights_)
+        pred = self.predict_proba(data.probs, data.rows)
+        return pred[np.arange(data.n), data.targets], pred.argmax(axis=1) == data.targets
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.endswith("_"))
@@ -76,10 +97,8 @@ class MeanEnsemble(EnsembleMethod):
 
     name = "mean"
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray,
-            corr: np.ndarray | None = None) -> MeanEnsemble:
-        m = probs.shape[0]
-        self.weights_ = np.full(m, 1.0 / m)
+    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> MeanEnsemble:
+        self.weights_ = np.full(data.m, 1.0 / data.m)
         return self
 
 
@@ -92,10 +111,9 @@ class BestSingle(EnsembleMethod):
         _check_metric(metric)
         self.metric = metric
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray,
-            corr: np.ndarray | None = None) -> BestSingle:
-        losses = _single_losses(probs, targets, self.metric)
-        self.weights_ = np.zeros(probs.shape[0])
+    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> BestSingle:
+        losses = _single_losses(data, self.metric)
+        self.weights_ = np.zeros(data.m)
         self.weights_[int(np.argmin(losses))] = 1.0
         return self
 
@@ -122,17 +140,16 @@ class GreedyEnsemble(EnsembleMethod):
         self.iterations, self.metric = iterations, metric
         self.sorted_init, self.bagging, self.seed = sorted_init, bagging, seed
 
-    def _select(self, probs: np.ndarray, targets: np.ndarray, q: np.ndarray | None) -> list[int]:
+    def _select(self, data: OOFView, q: np.ndarray | None) -> list[int]:
         if self.metric == "log_loss":
             return greedy_log_loss(q, self.iterations, self.sorted_init)
-        return greedy_accuracy(probs, targets, self.iterations, self.sorted_init)
+        return select_accuracy(data, self.iterations, self.sorted_init)
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray,
-            corr: np.ndarray | None = None) -> GreedyEnsemble:
-        m = probs.shape[0]
-        q = true_class_probs(probs, targets) if self.metric == "log_loss" else None
+    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> GreedyEnsemble:
+        m = data.m
+        q = data.q if self.metric == "log_loss" else None
         if not self.bagging or m < 2:
-            self.selection_ = self._select(probs, targets, q)
+            self.selection_ = self._select(data, q)
             self.weights_ = selection_weights(self.selection_, m)
             return self
         rng = np.random.default_rng(self.seed)
@@ -142,8 +159,7 @@ class GreedyEnsemble(EnsembleMethod):
         for _ in range(self.bagging):
             bag = np.sort(rng.choice(m, size=size, replace=False))
             sub_q = None if q is None else q[:, bag]
-            sub_p = probs if q is not None else probs[bag]
-            sel = [int(bag[i]) for i in self._select(sub_p, targets, sub_q)]
+            sel = [int(bag[i]) for i in self._select(data.select(bag), sub_q)]
             self.selection_.append(sel)
             weights += selection_weights(sel, m)
         self.weights_ = weights / self.bagging
@@ -163,9 +179,8 @@ class OptimizedEnsemble(EnsembleMethod):
     def __init__(self, temperature: bool = False, tol: float = 1e-10) -> None:
         self.temperature, self.tol = temperature, tol
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray,
-            corr: np.ndarray | None = None) -> OptimizedEnsemble:
-        q = true_class_probs(probs, targets)  # (N, M)
+    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> OptimizedEnsemble:
+        q = data.q  # (n, m)
         m = q.shape[1]
         w0 = np.full(m, 1.0 / m)
 
@@ -194,7 +209,7 @@ class OptimizedEnsemble(EnsembleMethod):
         self.weights_ = best_w
         self.temperature_ = 1.0
         if self.temperature:
-            self.temperature_ = fit_temperature(weighted_probs(probs, best_w), targets)
+            self.temperature_ = fit_temperature(data.weighted(best_w), data.targets)
         return self
 
 
@@ -220,11 +235,10 @@ class PrunedEnsemble(EnsembleMethod):
         self.threshold, self.metric = threshold, metric
         self.then, self.iterations = then, iterations
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray,
-            corr: np.ndarray | None = None) -> PrunedEnsemble:
-        m = probs.shape[0]
-        order = np.argsort(_single_losses(probs, targets, self.metric), kind="stable")
-        corr = prob_correlation(probs) if corr is None else corr
+    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> PrunedEnsemble:
+        m = data.m
+        order = np.argsort(_single_losses(data, self.metric), kind="stable")
+        corr = prob_correlation(data.take()) if corr is None else corr
         kept: list[int] = []
         for j in order:
             if all(corr[j, k] <= self.threshold for k in kept):
@@ -234,16 +248,25 @@ class PrunedEnsemble(EnsembleMethod):
         if self.then == "mean":
             self.weights_[self.kept_] = 1.0 / len(self.kept_)
         else:
-            sub = GreedyEnsemble(self.iterations, self.metric).fit(probs[self.kept_], targets)
+            sub = GreedyEnsemble(self.iterations, self.metric).fit_view(data.select(self.kept_))
             self.weights_[self.kept_] = sub.weights_
         return self
 
 
-def _single_losses(probs: np.ndarray, targets: np.ndarray, metric: Metric) -> np.ndarray:
-    """(M,) per-candidate loss on these rows; lower is better."""
+def _single_losses(data: OOFView, metric: Metric) -> np.ndarray:
+    """(m,) per-candidate loss on the view's rows; lower is better."""
     if metric == "log_loss":
-        return single_scores(true_class_probs(probs, targets), None)
-    return single_scores(None, probs.argmax(axis=2) == targets)
+        return single_scores(data.q, None)
+    return single_scores(None, data.correct)
+
+
+def fit_view(method: EnsembleMethod, data: OOFView,
+             corr: np.ndarray | None = None) -> EnsembleMethod:
+    """Fit `method` on a view. A subclass that overrides `fit` gets the rows copied, as its
+    `fit(probs, targets)` expects; the methods here read the view in place."""
+    if type(method).fit is not EnsembleMethod.fit:
+        return method.fit(data.take(), data.targets, corr)
+    return method.fit_view(data, corr)
 
 
 def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:

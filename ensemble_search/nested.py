@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .correlation import corr_from_gram, fold_gram
-from .methods import EnsembleMethod
+from .methods import EnsembleMethod, fit_view
 from .metrics import EPS
+from .oofview import OOFView, RowFacts
 
 __all__ = ["HonestScore", "honest_estimate"]
 
@@ -41,14 +42,15 @@ def honest_estimate(
     targets: np.ndarray,
     folds: np.ndarray,
     methods: Mapping[str, Callable[[], EnsembleMethod]],
+    facts: RowFacts | None = None,
 ) -> dict[str, HonestScore]:
     """probs: (M, N, C) float32, targets: (N,), folds: (N,) -> {method name: HonestScore}.
 
-    `methods` maps a name to a factory of fresh, unfitted methods. The training rows of
-    each outer fold are copied into one reused buffer (a fresh 1 GB array per fold would
-    cost more in page faults than in copying).
+    `methods` maps a name to a factory of fresh, unfitted methods. Each fits on a view of
+    the other folds' rows (`OOFView`, no copy) and is scored on the held-out rows from the
+    per-row facts; facts: `RowFacts(probs, targets)` if the caller has them already.
     """
-    m, n, c = probs.shape
+    _, n, c = probs.shape
     fold_ids = [int(k) for k in np.unique(folds)]
     if fold_ids[0] < 0:
         raise ValueError(f"fold ids must be non-negative but got {fold_ids[0]}.")
@@ -56,25 +58,20 @@ def honest_estimate(
     gram, sums = fold_gram(probs, folds)
     if len(fold_ids) < 2:
         raise ValueError(f"the honest estimate needs at least 2 folds but got {fold_ids}.")
-    n_train_max = max(int((folds != k).sum()) for k in fold_ids)
-    buf = np.empty((m, n_train_max, c), dtype=probs.dtype)
+    facts = RowFacts(probs, targets) if facts is None else facts
     p_true = {name: np.empty(n) for name in methods}
     right = {name: np.empty(n, dtype=bool) for name in methods}
     out = {name: HonestScore(0.0, 0.0, folds=fold_ids) for name in methods}
     for k in fold_ids:
         train = np.flatnonzero(folds != k)
         held = np.flatnonzero(folds == k)
-        view = buf[:, : len(train)]
-        for j in range(m):
-            np.take(probs[j], train, axis=0, out=view[j])
-        y_train, y_held = targets[train], targets[held]
+        fit_rows = OOFView(probs, targets, train, facts=facts)
+        held_rows = OOFView(probs, targets, held, facts=facts)
         others = [f for f in fold_ids if f != k]
         corr = corr_from_gram(gram[others].sum(axis=0), sums[others].sum(axis=0), len(train) * c)
         for name, make in methods.items():
-            method = make().fit(view, y_train, corr=corr)
-            pred = method.predict_proba(probs, rows=held)  # (n_k, C)
-            pt = pred[np.arange(len(held)), y_held]
-            ok = pred.argmax(axis=1) == y_held
+            method = fit_view(make(), fit_rows, corr)
+            pt, ok = method.score_view(held_rows)
             p_true[name][held], right[name][held] = pt, ok
             s = out[name]
             s.fold_log_loss.append(float(-np.log(np.clip(pt, EPS, None)).mean()))

@@ -19,9 +19,10 @@ from sketchtune.config import EnsembleConfig
 
 from .correlation import error_overlap, prob_correlation
 from .load import OOFSet
-from .methods import build_method
-from .metrics import log_loss_from_true, true_class_probs
+from .methods import build_method, fit_view
+from .metrics import log_loss_from_true
 from .nested import HonestScore, honest_estimate
+from .oofview import OOFView, RowFacts
 
 __all__ = ["AUTO_CHOICES", "MethodResult", "SearchResult", "candidate_table", "choose",
            "ensemble_summary", "flat_metrics", "search"]
@@ -62,10 +63,11 @@ class SearchResult:
         return self.results[self.method]
 
 
-def candidate_table(oof: OOFSet) -> tuple[pd.DataFrame, np.ndarray]:
+def candidate_table(oof: OOFSet,
+                    facts: RowFacts | None = None) -> tuple[pd.DataFrame, np.ndarray]:
     """Per candidate: id, name, backbone, oof_acc, oof_log_loss, fold<k>_acc; and (M, N) correct."""
-    correct = oof.probs.argmax(axis=2) == oof.targets  # (M, N)
-    q = true_class_probs(oof.probs, oof.targets)
+    facts = RowFacts(oof.probs, oof.targets) if facts is None else facts
+    correct, q = facts.correct, facts.q  # (M, N), (N, M)
     df = pd.DataFrame({
         "candidate_id": oof.candidate_ids,
         "name": oof.names,
@@ -93,19 +95,21 @@ def search(oof: OOFSet, cfg: EnsembleConfig) -> SearchResult:
     """Fit and honestly estimate every REPORTED method; pick `cfg.method` or, if auto, the best."""
     t0 = time.perf_counter()
     probs, y = oof.probs, oof.targets
-    table, correct = candidate_table(oof)
+    facts = RowFacts(probs, y)  # per-row facts, computed once for every method and fold
+    table, correct = candidate_table(oof, facts)
     factories = {name: partial(build_method, cfg, name) for name in REPORTED}
-    honest = honest_estimate(probs, y, oof.folds, factories)
+    honest = honest_estimate(probs, y, oof.folds, factories, facts)
     corr = prob_correlation(probs)
+    every_row = OOFView(probs, y, facts=facts)
     results: dict[str, MethodResult] = {}
     for name in REPORTED:
-        method = build_method(cfg, name).fit(probs, y, corr=corr)
-        pred = method.predict_proba(probs)
+        method = fit_view(build_method(cfg, name), every_row, corr)
+        p_true, right = method.score_view(every_row)
         results[name] = MethodResult(
             name=name, weights=np.asarray(method.weights_, dtype=np.float64),
             temperature=float(method.temperature_),
-            oof_log_loss=log_loss_from_true(pred[np.arange(len(y)), y]),
-            oof_acc=float((pred.argmax(axis=1) == y).mean()), honest=honest[name],
+            oof_log_loss=log_loss_from_true(p_true), oof_acc=float(right.mean()),
+            honest=honest[name],
         )
         _log.debug("%s: oof_log_loss %.4f, honest_log_loss %.4f", name,
                   results[name].oof_log_loss, honest[name].log_loss)
