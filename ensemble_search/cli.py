@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sketchtune.config import ConfigError, SweepConfig, load_config
+from sketchtune.cli import base_parser as shared_parser
+from sketchtune.cli import fail, setup_logging
+from sketchtune.cli import load_sweep_config as shared_load
+from sketchtune.config import ConfigError, SweepConfig
 from sketchtune.store import StoreError, atomic_write_bytes
 
 from .load import EnsembleError
@@ -20,28 +22,16 @@ USER_ERRORS = (ConfigError, StoreError, EnsembleError)
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=prog, description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("config", nargs="?", default="configs/sweep.yaml", help="the sweep's config")
-    p.add_argument("--sweep", metavar="DIR", default=None,
-                   help="the sweep folder (overrides storage_path/name of the config)")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="dotted override of the config, repeatable (e.g. ensemble.method=greedy)")
+    """The options every sketchtune CLI takes, plus --out."""
+    p = shared_parser(prog, description)
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default: <sweep folder>/ensemble)")
-    p.add_argument("--quiet", action="store_true", help="print only warnings and errors")
     return p
 
 
 def load_sweep_config(args: argparse.Namespace) -> SweepConfig:
-    """The config with --set applied; --sweep DIR makes DIR the sweep folder (name = its name)."""
-    cfg = load_config(args.config, args.set or None)
-    if args.sweep:
-        d = Path(args.sweep).resolve()
-        if not d.is_dir():
-            raise EnsembleError(f"{d}: --sweep folder not found")
-        cfg = cfg.model_copy(update={"storage_path": d.parent, "name": d.name})
-    return cfg
+    """The config with --set applied; --sweep DIR (which must exist) is the sweep folder."""
+    return shared_load(args, must_exist=True)
 
 
 def out_dir(args: argparse.Namespace, cfg: SweepConfig) -> Path:
@@ -60,13 +50,11 @@ def write_files(folder: Path, files: dict[str, bytes]) -> list[Path]:
 def run_main(prog: str, body: Callable[[argparse.Namespace], int],
              args: argparse.Namespace) -> int:
     """Run a CLI body: user errors and unwritable outputs become one stderr line and status 2."""
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format=f"{prog}: %(message)s", stream=sys.stderr)
+    setup_logging(args.quiet, prog)
     try:
         return body(args)
     except USER_ERRORS as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+        return fail(prog, err)
     except OSError as err:  # a full disk or a read-only folder, named by the OS error
         print(f"{prog}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
         return 2

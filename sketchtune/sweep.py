@@ -17,7 +17,6 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
 # is what resume needs; its warning about that would repeat every few seconds.
 os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
-import argparse  # noqa: E402
 import hashlib  # noqa: E402
 import json  # noqa: E402
 import logging  # noqa: E402
@@ -29,13 +28,13 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from .cli import base_parser, fail, load_sweep_config, setup_logging  # noqa: E402
 from .config import (  # noqa: E402
     ConfigError,
     ParamSpec,
     SweepConfig,
     TrainConfig,
     candidate_id,
-    load_config,
     with_train_overrides,
 )
 from .engine import check_optimizer  # noqa: E402
@@ -484,37 +483,27 @@ def _pythonpath() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m sketchtune.sweep",
-        description="Run a sweep: Optuna search on one fold, then the top configs on every fold.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("config", nargs="?", default="configs/sweep.yaml", help="sweep YAML")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set search.num_samples=8 (repeatable)")
-    p.add_argument("--quiet", action="store_true", help="no progress table or bars (CI logs)")
+    prog = "sketchtune.sweep"
+    p = base_parser(prog, "Run a sweep: Optuna search (ASHA early stopping) on one fold, then "
+                          "the top configs per backbone on every fold; resumes when re-run.")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s")
-    # Library chatter that says nothing a user acts on (table creation, "study created").
-    logging.getLogger("mlflow").setLevel(logging.WARNING)
+    setup_logging(args.quiet, prog)
     import optuna
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # "a new study created", per stage
     from .tracking import TrackingError
 
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_sweep_config(args)
         summaries = run_sweep(cfg, str(args.config), quiet=args.quiet)
     except (*USER_ERRORS, TrackingError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(prog, err)
     except KeyboardInterrupt:
-        print("interrupted: run the same command again to resume", file=sys.stderr)
+        print(f"{prog}: interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     except SweepError as err:
         print(format_table(err.summaries, cfg.data.n_folds))
-        print(f"error: {err}", file=sys.stderr)
+        fail(prog, err)
         return 1
     print()
     print(format_table(summaries, cfg.data.n_folds))

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import argparse
 import logging
 import pickle
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +16,8 @@ import timm.utils
 import torch
 from torch.utils.data import DataLoader
 
-from .config import ConfigError, SweepConfig, TrainConfig, candidate_id, load_config
+from .cli import base_parser, fail, load_sweep_config, setup_logging
+from .config import ConfigError, SweepConfig, TrainConfig, candidate_id
 from .data import DataError, SketchDataset, load_images, read_test_csv, read_train_csv
 from .engine import (
     FitState,
@@ -266,28 +265,20 @@ class _Subset:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(
-        prog="python -m sketchtune.train",
-        description="Train one (candidate, fold) trial and write its predictions to the store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    p.add_argument("config", nargs="?", default="configs/sweep.yaml", help="sweep YAML")
+    prog = "sketchtune.train"
+    p = base_parser(prog, "Train one (candidate, fold) trial of the config's `train` section "
+                          "and write its predictions to the store (no Ray).")
     p.add_argument("--fold", type=int, default=0, help="validation fold")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="dotted override, e.g. --set train.optim.lr=3e-4 (repeatable)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(message)s")
+    setup_logging(args.quiet, prog)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_sweep_config(args)
         check_trial(cfg, args.fold, str(args.config))
         res = run_trial(cfg, cfg.train, args.fold, device=select_device(args.device),
                         progress=not args.quiet)
     except USER_ERRORS as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return fail(prog, err)
     print(f"candidate {res.candidate_id} fold {res.fold}: best epoch {res.best_epoch}, "
           f"val_acc {res.metrics['val_acc']:.4f}, val_loss {res.metrics['val_loss']:.4f} -> "
           f"{res.manifest_path}")

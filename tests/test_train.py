@@ -55,7 +55,7 @@ def test_train_cli_bad_fold_is_one_line(tiny_cfg, capsys):
     _, path = tiny_cfg()
     assert main([str(path), "--fold", "7", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error:") and "--fold 7" in err and "\n" not in err
+    assert err.startswith("sketchtune.train: error:") and "--fold 7" in err and "\n" not in err
 
 
 def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg):
