@@ -214,6 +214,8 @@ class EnsembleConfig(Strict):
 
 class SweepConfig(Strict):
     name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
+    # A local folder, or on a cluster a folder every node mounts (NFS). The prediction store
+    # is plain files, so cloud URIs (s3://, gs://) are refused rather than half supported.
     storage_path: Path = Path("sweeps")
     tracking_uri: str | None = None  # default: sqlite:///<project root>/mlflow.db
     # Keep each fold's best weights (safetensors) beside its predictions, for predicting new
@@ -227,6 +229,14 @@ class SweepConfig(Strict):
     resources: ResourcesConfig = ResourcesConfig()
     ray: RayConfig = RayConfig()
     ensemble: EnsembleConfig = EnsembleConfig()
+
+    @field_validator("storage_path", mode="before")
+    @classmethod
+    def _no_uri(cls, v: Any) -> Any:
+        if "://" in str(v):
+            raise ValueError("cloud storage URIs are not supported (the prediction store is "
+                             "plain files): use a folder every node mounts, e.g. NFS")
+        return v
 
     @property
     def sweep_dir(self) -> Path:
@@ -353,8 +363,7 @@ def resolve_paths(cfg: SweepConfig, base: Path | None = None) -> SweepConfig:
         }
     )
     upd: dict[str, Any] = {"data": data}
-    if "://" not in str(cfg.storage_path):
-        upd["storage_path"] = absolute(cfg.storage_path)
+    upd["storage_path"] = absolute(cfg.storage_path)
     if cfg.tracking_uri is None:
         upd["tracking_uri"] = f"sqlite:///{base / 'mlflow.db'}"
     mw = cfg.train.model.weights_file
