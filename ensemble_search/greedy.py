@@ -26,10 +26,11 @@ __all__ = [
     "single_scores",
 ]
 
-# Rows whose argmax is decided in full per chunk of (candidate, row) pairs: bounds memory.
-_CHUNK = 4096
-# Rows of the (n, C) float64 running sum updated at a time: 2 MB at C = 500, stays in cache.
-_ROWS = 512
+# (candidate, row) pairs summed in full at a time: 2 MB at C = 500, stays in cache (4096
+# pairs, 16 MB, ran ~4x slower).
+_CHUNK = 512
+# Rows of the (n, C) float64 running sum updated at a time: 1 MB at C = 500, stays in cache.
+_ROWS = 256
 
 Selection = list[int]  # candidate indices in the order they were added (repeats allowed)
 
@@ -97,7 +98,8 @@ class _AccuracyState:
 
     The sum is kept as its true-class column `r_true` (n,) and the rest `r_wrong` (n, C) with
     -inf in the true class, so each round needs one cache-sized pass over it: add the pick
-    and find each row's best wrong class (`c_r`, value `r_other`). No (n, C) copy is made.
+    and find each row's best wrong class (`c_r`, value `r_other`) and the runner-up's value
+    (`r_second`). No (n, C) copy is made.
     """
 
     def __init__(self, view: OOFView) -> None:
@@ -105,23 +107,41 @@ class _AccuracyState:
         self.view, self.y, self.ar = view, view.targets, np.arange(n)
         self.cands = np.arange(view.m) if view.cands is None else view.cands
         self.rows = self.ar if view.rows is None else view.rows
-        self.p_true = np.ascontiguousarray(view.q.T)  # (m, n)
-        self.p_other, self.c_other = view.p_other, view.c_other  # (m, n)
+        # (n, m) layout: each row's m facts sit together, so the gathers from the (n, C)
+        # running sum below stay within one row.
+        self.p_true = view.q  # (n, m)
+        self.p_other = np.ascontiguousarray(view.p_other.T)  # (n, m)
+        self.c_other = np.ascontiguousarray(view.c_other.T) + (self.ar * c)[:, None]  # flat
         self.r_true = np.zeros(n)
         self.r_wrong = np.zeros((n, c))
         self.r_wrong[self.ar, self.y] = -np.inf
-        self.c_r = self.r_wrong.argmax(axis=1)
-        self.r_other = self.r_wrong[self.ar, self.c_r]
+        self.c_r = np.empty(n, dtype=np.int64)
+        self.r_other, self.r_second = np.empty(n), np.empty(n)
+        self._scan(None)
+        # probs[j, row, c_r] per (row, candidate): gathered again only where c_r moved.
+        self._at_c_r = self._gather(self.ar)
+        self._at_c = self.c_r.copy()
+
+    def _scan(self, p: np.ndarray | None) -> None:
+        for a in range(0, len(self.ar), _ROWS):
+            blk = self.r_wrong[a : a + _ROWS]
+            if p is not None:
+                blk += p[self.rows[a : a + _ROWS]]  # -inf stays -inf in the true class
+            ar = np.arange(len(blk))
+            c = blk.argmax(axis=1)
+            best = blk[ar, c]
+            blk[ar, c] = -np.inf
+            self.r_second[a : a + _ROWS] = blk.max(axis=1)
+            blk[ar, c] = best
+            self.c_r[a : a + _ROWS], self.r_other[a : a + _ROWS] = c, best
+
+    def _gather(self, i: np.ndarray) -> np.ndarray:
+        return self.view.probs[self.cands, self.rows[i][:, None], self.c_r[i][:, None]]
 
     def add(self, j: int) -> None:
         """Add candidate j (index into the view) to the running sum."""
-        self.r_true += self.p_true[j]
-        p = self.view.probs[self.cands[j]]
-        for a in range(0, len(self.ar), _ROWS):
-            blk = self.r_wrong[a : a + _ROWS]
-            blk += p[self.rows[a : a + _ROWS]]  # -inf stays -inf in the true class
-            self.c_r[a : a + _ROWS] = blk.argmax(axis=1)
-        self.r_other = self.r_wrong[self.ar, self.c_r]
+        self.r_true += self.p_true[:, j]
+        self._scan(self.view.probs[self.cands[j]])
 
     def n_correct(self) -> int:
         """Rows whose argmax of the running sum is the target (first maximum wins)."""
@@ -130,19 +150,25 @@ class _AccuracyState:
 
     def correct_counts(self) -> np.ndarray:
         """(m,) rows right when each candidate is added to the running sum."""
-        ar, y, r_wrong, c_r, r_other = self.ar, self.y, self.r_wrong, self.c_r, self.r_other
-        probs = self.view.probs
-        true = self.r_true + self.p_true  # (m, n), the same float sums as a full row would give
-        # Upper bound on every wrong class: rounding is monotone, so fl(a+b) <= fl(max a + max b).
-        upper = r_other + self.p_other
-        lower = np.maximum(r_other + probs[self.cands[:, None], self.rows, c_r],
-                           r_wrong[ar, self.c_other] + self.p_other)
-        counts = (true > upper).sum(axis=1)
-        jj, nn = np.nonzero((true >= lower) & (true <= upper))
+        y, r_wrong = self.y, self.r_wrong
+        moved = np.flatnonzero(self.c_r != self._at_c)
+        if len(moved):
+            self._at_c_r[moved] = self._gather(moved)
+            self._at_c[moved] = self.c_r[moved]
+        # (n, m) each: the same float sums as a full row of the sum with candidate j added.
+        true = self.r_true[:, None] + self.p_true
+        at_c_r = self.r_other[:, None] + self._at_c_r  # class c_r
+        at_c_other = np.take(r_wrong, self.c_other) + self.p_other  # candidate j's best wrong
+        # Every other wrong class c has r_c <= r_second and p_c <= p_other; rounding is
+        # monotone, so fl(r_c + p_c) <= fl(r_second + p_other): an upper bound on all of them.
+        upper = np.maximum(at_c_r, self.r_second[:, None] + self.p_other)
+        lower = np.maximum(at_c_r, at_c_other)
+        counts = (true > upper).sum(axis=0)
+        nn, jj = np.nonzero((true >= lower) & (true <= upper))
         for a in range(0, len(jj), _CHUNK):
             j, i = jj[a : a + _CHUNK], nn[a : a + _CHUNK]
-            full = r_wrong[i] + probs[self.cands[j], self.rows[i]]
-            full[np.arange(len(i)), y[i]] = true[j, i]
+            full = r_wrong[i] + self.view.probs[self.cands[j], self.rows[i]]
+            full[np.arange(len(i)), y[i]] = true[i, j]
             hit = full.argmax(axis=1) == y[i]
             counts += np.bincount(j[hit], minlength=len(counts))
         return counts
