@@ -146,15 +146,6 @@ class OOFView:
         """Candidate index (or indices) of this view -> index into the full M."""
         return j if self.cands is None else self.cands[j]
 
-    def row_index(self, i: np.ndarray | slice) -> np.ndarray | slice:
-        """Row index (or indices) of this view -> index into the full N."""
-        return i if self.rows is None else self.rows[i]
-
-    def candidate(self, j: int) -> np.ndarray:
-        """(n, C) float32: candidate j's probabilities on these rows (a copy unless all rows)."""
-        p = self.probs[self.cand_index(j)]
-        return p if self.rows is None else p[self.rows]
-
     def take(self) -> np.ndarray:
         """(m, n, C) float32: these rows of these candidates (a copy unless that is all)."""
         if self.rows is None and self.cands is None:

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from ensemble_search.correlation import corr_from_gram, fold_gram
-from ensemble_search.greedy import greedy_accuracy, greedy_log_loss
+from ensemble_search.greedy import greedy_accuracy, greedy_log_loss, select_accuracy
 from ensemble_search.methods import (
     METHODS,
     GreedyEnsemble,
@@ -17,6 +17,7 @@ from ensemble_search.methods import (
 )
 from ensemble_search.metrics import EPS, log_loss, true_class_probs
 from ensemble_search.nested import honest_estimate
+from ensemble_search.oofview import OOFView
 from tests.ensemble_fixtures import make_probs, softmax
 
 
@@ -177,3 +178,39 @@ def test_fold_gram_correlation_equals_direct_on_other_folds():
     got = corr_from_gram(gram[[0, 2]].sum(axis=0), sums[[0, 2]].sum(axis=0), rows.sum() * 4)
     flat = probs[:, rows].reshape(3, -1).astype(np.float64)
     assert np.allclose(got, np.corrcoef(flat), atol=1e-5)
+
+
+@pytest.mark.parametrize("coarse", [False, True])
+def test_score_view_equals_predict_proba_on_rows(coarse):
+    # score_view decides most rows from bounds; it must agree exactly with the full sum,
+    # ties included (coarse probabilities tie often).
+    rng = np.random.default_rng(8)
+    for _ in range(6):
+        m, n, c = int(rng.integers(1, 6)), int(rng.integers(30, 150)), int(rng.integers(1, 9))
+        probs, y = make_probs(rng, list(rng.uniform(0, 2, m)), n, c)
+        if coarse:
+            probs = (np.round(probs * 4) / 4).astype(np.float32)
+        w = rng.uniform(size=m) * (rng.uniform(size=m) < 0.7)
+        if not w.any():
+            w[0] = 1.0
+        method = MeanEnsemble().fit(probs, y)
+        method.weights_ = w / w.sum()
+        rows = np.sort(rng.choice(n, n // 2, replace=False))
+        p_true, right = method.score_view(OOFView(probs, y, rows))
+        pred = method.predict_proba(probs, rows)
+        assert np.array_equal(p_true, pred[np.arange(len(rows)), y[rows]])
+        assert np.array_equal(right, pred.argmax(axis=1) == y[rows])
+
+
+def test_greedy_accuracy_on_view_equals_slow_on_copy():
+    # Bagging and pruned->greedy select candidates of a view of some rows: the same
+    # selection as on the copied sub-array.
+    rng = np.random.default_rng(9)
+    for _ in range(6):
+        m, n, c = int(rng.integers(3, 8)), int(rng.integers(40, 120)), int(rng.integers(2, 9))
+        probs, y = make_probs(rng, list(rng.uniform(0, 2, m)), n, c)
+        rows = np.sort(rng.choice(n, 2 * n // 3, replace=False))
+        cands = np.sort(rng.choice(m, m - 1, replace=False))
+        view = OOFView(probs, y, rows).select(cands)
+        assert select_accuracy(view, 10, 1) == slow_greedy(probs[cands][:, rows], y[rows], 10,
+                                                           "accuracy", 1)
