@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -121,17 +120,25 @@ class MlflowSweepCallback(Callback):
                     self.tracker.log_artifact(run_id, png)
 
 
+RELEASED = "released"  # the key of the stub that replaces a finished trial's checkpoint
+
+
 def _drop_checkpoints(trial) -> None:
-    """Delete a finished trial's Ray checkpoints.
+    """Replace a finished trial's Ray checkpoint state with a few-byte stub.
 
     A checkpoint holds the model, the optimizer state and the best weights, about 4x the
-    model's size (1.6 GB for caformer_b36). Ray never reloads a finished trial: one that ran
-    to the end has its predictions and best weights in the store (and a trial run again after
-    a restart finds its fold there before it looks for a checkpoint); one that ASHA stopped
-    is never continued.
+    model's size (1.6 GB for caformer_b36). A trial that ran to the end has its predictions
+    and best weights in the store; one that ASHA stopped is never continued. The folder
+    stays: if the driver dies before Tune records the trial as finished, a restart restores
+    the trial from this folder, finds its fold in the store and trains nothing (or, for a
+    stopped trial, sees the stub and starts it afresh).
     """
-    path = trial.path
-    if path and os.path.isdir(path):  # local or NFS storage; leave cloud storage to Ray
-        for ckpt in Path(path).glob("checkpoint_*"):
-            shutil.rmtree(ckpt, ignore_errors=True)
+    import torch
 
+    path = trial.path
+    if not (path and os.path.isdir(path)):  # cloud storage: left to Ray
+        return
+    for state in Path(path).glob("checkpoint_*/state.pt"):
+        stub = state.with_name(".state.pt.tmp")
+        torch.save({RELEASED: True}, stub)
+        os.replace(stub, state)

@@ -197,6 +197,9 @@ class RayConfig(Strict):
     address: str | None = None  # None: a local Ray; "auto": join `ray start --head`
     max_concurrent_trials: int | None = Field(None, ge=1)
     max_failures: int = Field(2, ge=0)
+    # Run the next trial in the process of the last one: saves ~5 s of start-up and imports
+    # per trial (benchmarks/RESULTS-sweep.md); every trial rebuilds all it uses anyway.
+    reuse_actors: bool = True
     verbose: int = Field(1, ge=0, le=3)
 
 

@@ -28,6 +28,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 
+from .callback import RELEASED  # noqa: E402
 from .cli import base_parser, fail, load_sweep_config, setup_logging  # noqa: E402
 from .config import (  # noqa: E402
     ConfigError,
@@ -91,6 +92,11 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
                 check_model_name(train.model.name, f"{source}: search.space[{key!r}]")
             if key == "optim.name":
                 check_optimizer(train.optim, f"{source}: search.space[{key!r}]")
+    if cfg.search.enabled and cfg.search.asha and \
+            cfg.search.grace_period <= cfg.train.sched.warmup_epochs:
+        _log.warning("%s: search.grace_period=%d is within the %d warm-up epoch(s): ASHA will "
+                     "compare trials before their learning rate has warmed up",
+                     source, cfg.search.grace_period, cfg.train.sched.warmup_epochs)
     if cfg.search.fold >= cfg.data.n_folds:
         raise ConfigError(f"{source}: search.fold: must be below data.n_folds={cfg.data.n_folds} "
                           f"(got {cfg.search.fold})")
@@ -168,6 +174,8 @@ def _trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
     if ckpt is not None:
         with ckpt.as_directory() as d:
             resume = load_state(Path(d) / "state.pt")
+        if resume.get(RELEASED):  # a stopped trial whose state was released: start afresh
+            resume = None
     latest: dict[str, Any] = {}
 
     def report(metrics: dict[str, float]) -> None:
@@ -266,6 +274,7 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
         search_alg=OptunaSearch(seed=cfg.train.seed),
         scheduler=scheduler, num_samples=s.num_samples,
         max_concurrent_trials=cfg.ray.max_concurrent_trials,
+        reuse_actors=cfg.ray.reuse_actors,
     )
     space = {"params": search_space(s.space), "fold": s.fold}
     results = _tuner(cfg, "search", "search", space, tune_config, callbacks, quiet).fit()
@@ -277,9 +286,12 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
             continue
         train = with_train_overrides(cfg.train, r.config["params"], "search result")
         best = r.metrics.get("best_val_acc", r.metrics.get("val_acc", 0.0))
-        scored.append((-best, i, Candidate(dict(r.config["params"]), train, "search")))
+        reached = r.metrics.get("epoch", 0)
+        scored.append((-reached, -best, i, Candidate(dict(r.config["params"]), train, "search")))
+    # Like with like: a trial ASHA let run further ranks above one it stopped early (whose
+    # val_acc is from fewer epochs); among equals, the higher best val_acc wins.
     top: dict[str, list[Candidate]] = {}
-    for _, _, c in sorted(scored, key=lambda t: (t[0], t[1])):
+    for *_, c in sorted(scored, key=lambda t: t[:3]):
         chosen = top.setdefault(c.backbone, [])
         if len(chosen) < s.top_k_per_backbone and c.id not in {x.id for x in chosen}:
             chosen.append(c)
@@ -311,7 +323,8 @@ def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet
     if not jobs and not tune.Tuner.can_restore(f"{_ray_storage(cfg)}/{name}"):
         _log.info("cv: every (candidate, fold) is already in the store")
         return
-    tune_config = tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials)
+    tune_config = tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials,
+                                  reuse_actors=cfg.ray.reuse_actors)
     # One grid point per pending (candidate, fold): Ray's grid search over whole jobs.
     space = {"job": tune.grid_search(jobs)}
     results = _tuner(cfg, "cv", name, space, tune_config, callbacks, quiet).fit()
@@ -415,11 +428,7 @@ def run_sweep(
         prepare_data(cfg, size, progress=not quiet)
 
     if not ray.is_initialized():
-        ray.init(address=cfg.ray.address, include_dashboard=False, log_to_driver=not quiet,
-                 logging_level=logging.WARNING,
-                 # Trials import sketchtune from the driver's source tree, also when it is not
-                 # pip-installed (a worker's working directory is its trial's).
-                 runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}})
+        _start_ray(cfg, quiet)
     _check_resources(cfg)
     # With a searcher, Tune keeps only one trial pending at a time, which on a small machine
     # leaves slots idle while the next trial's placement group is made; allow one per slot.
@@ -467,6 +476,37 @@ def run_sweep(
             _log.warning("MLflow: %d tracking call(s) failed (%s); the prediction store is "
                          "complete regardless", len(tracker.failures),
                          ", ".join(sorted(set(tracker.failures))))
+
+
+def _start_ray(cfg: SweepConfig, quiet: bool) -> None:
+    import ray
+
+    # No address: always a fresh Ray of our own ("local"); a plain ray.init() would join
+    # whatever cluster this machine last ran, even a dead one.
+    address = cfg.ray.address or "local"
+    host, _, port = address.rpartition(":")
+    if host and port.isdigit() and "://" not in address:
+        # Ray retries an unreachable head for minutes; one quick TCP try says it at once.
+        import socket
+
+        try:
+            socket.create_connection((host, int(port)), timeout=5).close()
+        except OSError as err:
+            why = err.strerror or err
+            raise ConfigError(f"ray.address={address!r}: nothing answers there ({why}); start "
+                              "the head with `ray start --head --port=...`") from None
+    kwargs: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
+    try:
+        ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING,
+                 # Trials import sketchtune from the driver's source tree, also when it is not
+                 # pip-installed (a worker's working directory is its trial's).
+                 runtime_env={"env_vars": {"PYTHONPATH": _pythonpath()}}, **kwargs)
+    except (ConnectionError, RuntimeError) as err:
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        hint = ("start one with `ray start --head`, or leave ray.address unset for a local Ray"
+                if cfg.ray.address else "see `ray status`")
+        raise ConfigError(f"ray.address={cfg.ray.address!r}: cannot start or join Ray "
+                          f"({first}); {hint}") from None
 
 
 def _flat_sweep(cfg: SweepConfig) -> dict[str, str]:
