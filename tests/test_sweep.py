@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
@@ -160,6 +161,20 @@ def test_sweep_resumes_after_driver_sigkill(tiny_cfg):
     assert len(cv) == 10 and set(cv.values()) == {1}, "an MLflow run was duplicated"
     assert all(r.info.status == "FINISHED" for r in runs)
     assert len([r for r in runs if r.data.tags.get("sketchtune.role") == "sweep"]) == 1
+
+    # The killed-and-resumed sweep ends with the same predictions as one never interrupted.
+    straight = subprocess.run(cmd + ["--set", "name=straight"], env=env, cwd=path.parent,
+                              capture_output=True, text=True, timeout=400)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    resumed_store = PredictionStore(cfg.sweep_dir)
+    straight_store = PredictionStore(cfg.storage_path / "straight")
+    assert resumed_store.candidates() == straight_store.candidates()
+    for cid in resumed_store.candidates():
+        for k in range(5):
+            a, b = resumed_store.read_fold(cid, k), straight_store.read_fold(cid, k)
+            assert a.val_keys.tolist() == b.val_keys.tolist()
+            assert np.abs(a.val_probs - b.val_probs).max() < 1e-6
+            assert np.abs(a.test_probs - b.test_probs).max() < 1e-6
 
 
 def test_sweep_bad_search_key_fails_before_any_trial(tiny_cfg, capsys):
