@@ -38,10 +38,8 @@ from .config import (  # noqa: E402
     candidate_id,
     with_train_overrides,
 )
-from .engine import check_optimizer  # noqa: E402
-from .model import check_model_name  # noqa: E402
 from .store import PredictionStore  # noqa: E402
-from .train import USER_ERRORS, load_state, prepare_data, run_trial  # noqa: E402
+from .train import USER_ERRORS, check_train, load_state, prepare_data, run_trial  # noqa: E402
 
 __all__ = ["Candidate", "main", "plan_cv_jobs", "run_sweep", "search_space"]
 
@@ -81,17 +79,12 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
     and validated, so an unknown key, a wrong range or a backbone timm does not know is one
     line naming the key, before any trial starts.
     """
-    check_model_name(cfg.train.model.name, f"{source}: train")
-    check_optimizer(cfg.train.optim, f"{source}: train")
-    _check_weights_file(cfg.train, f"{source}: train")
+    check_train(cfg.train, f"{source}: train")
     for key, spec in cfg.search.space.items():
         for value in _probe_values(spec):
             train = with_train_overrides(cfg.train, {key: value},
                                          f"{source}: search.space[{key!r}]={value!r}")
-            if key == "model.name":
-                check_model_name(train.model.name, f"{source}: search.space[{key!r}]")
-            if key == "optim.name":
-                check_optimizer(train.optim, f"{source}: search.space[{key!r}]")
+            check_train(train, f"{source}: search.space[{key!r}]")
     if cfg.search.enabled and cfg.search.asha and \
             cfg.search.grace_period <= cfg.train.sched.warmup_epochs:
         _log.warning("%s: search.grace_period=%d is within the %d warm-up epoch(s): ASHA will "
@@ -103,18 +96,10 @@ def check_sweep(cfg: SweepConfig, source: str) -> list[Candidate]:
     fixed = []
     for i, overrides in enumerate(cfg.candidates):
         train = with_train_overrides(cfg.train, overrides, f"{source}: candidates[{i}]")
-        check_model_name(train.model.name, f"{source}: candidates[{i}]")
-        check_optimizer(train.optim, f"{source}: candidates[{i}]")
-        _check_weights_file(train, f"{source}: candidates[{i}]")
+        check_train(train, f"{source}: candidates[{i}]")
         fixed.append(Candidate(dict(overrides), train, "fixed"))
     return fixed
 
-
-def _check_weights_file(train: TrainConfig, where: str) -> None:
-    w = train.model.weights_file
-    if train.model.pretrained and w is not None and not Path(w).is_file():
-        raise ConfigError(f"{where}.model.weights_file: {str(w)!r} not found; download the "
-                          "weights there or set model.pretrained=false")
 
 
 def search_space(space: dict[str, ParamSpec]) -> dict[str, Any]:

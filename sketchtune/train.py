@@ -81,8 +81,17 @@ def check_trial(cfg: SweepConfig, fold: int, source: str) -> None:
     if not 0 <= fold < cfg.data.n_folds:
         raise ConfigError(f"{source}: --fold {fold}: must be in [0, {cfg.data.n_folds}) for "
                           f"data.n_folds={cfg.data.n_folds}")
-    check_model_name(cfg.train.model.name, f"{source}: train")
-    check_optimizer(cfg.train.optim, f"{source}: train")
+    check_train(cfg.train, f"{source}: train")
+
+
+def check_train(train: TrainConfig, where: str) -> None:
+    """A candidate's backbone, optimizer and local weights file exist; errors name `where`."""
+    check_model_name(train.model.name, where)
+    check_optimizer(train.optim, where)
+    w = train.model.weights_file
+    if train.model.pretrained and w is not None and not Path(w).is_file():
+        raise ConfigError(f"{where}.model.weights_file: {str(w)!r} not found; download the "
+                          "weights there or set model.pretrained=false")
 
 
 @dataclass(frozen=True)
