@@ -230,8 +230,7 @@ def _trial_name(trial) -> str:
 
 
 def _ray_storage(cfg: SweepConfig) -> str:
-    s = str(cfg.sweep_dir)
-    return f"{s}/ray"
+    return str(cfg.sweep_dir / "ray")
 
 
 def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
@@ -405,10 +404,12 @@ def run_sweep(
     check_tracking(cfg.tracking_uri)
     # Validate the CSVs, make the folds and decode the images once, here, before any trial:
     # every trial then reads the same folds file and memory-maps the same cache.
-    sizes = {cfg.train.img_size} | {int(v) for v in cfg.search.space.get(
-        "img_size", ParamSpec(type="choice", values=[cfg.train.img_size])).values or []}
-    for c in fixed:
-        sizes.add(c.train.img_size)
+    # Every img_size known up front (the base, fixed candidates, a choice); a size sampled
+    # from a range is decoded by the first trial that asks for it.
+    sizes = {cfg.train.img_size, *(c.train.img_size for c in fixed)}
+    spec = cfg.search.space.get("img_size")
+    if spec is not None and spec.type == "choice":
+        sizes |= {int(v) for v in spec.values}
     for size in sorted(sizes):
         prepare_data(cfg, size, progress=not quiet)
 
