@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from sketchtune.config import DataConfig
+from sketchtune.errors import first_line
 from sketchtune.store import PredictionStore
 
 __all__ = [
@@ -74,7 +75,7 @@ def _read_csv(path: Path, need: tuple[str, ...]) -> pd.DataFrame:
     except FileNotFoundError:
         raise EnsembleError(f"{path}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise EnsembleError(f"{path}: not a readable CSV ({str(err).splitlines()[0]})") from None
+        raise EnsembleError(f"{path}: not a readable CSV ({first_line(err)})") from None
     missing = [c for c in need if c not in df.columns]
     if missing:
         raise EnsembleError(f"{path}: missing column(s) {missing} (has {list(df.columns)})")

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
+from sketchtune.errors import first_line
 from sketchtune.tracking import Tracker, check_tracking
 
 __all__ = ["log_run"]
@@ -28,7 +29,7 @@ def log_run(
         all_tags = {"stage": "ensemble", **(tags or {})}
         run = tracker.client.create_run(tracker.experiment_id, run_name=run_name, tags=all_tags)
     except Exception as err:  # noqa: BLE001 - the client raises many types; files are written
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err, 200)
         _log.warning("MLflow: could not log to %s (%s)", tracking_uri, first)
         return None, first
     run_id = run.info.run_id

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from .config import ConfigError, SweepConfig, load_config
+from .errors import first_line
 
 __all__ = ["base_parser", "fail", "first_line", "load_sweep_config", "setup_logging"]
 
@@ -42,16 +43,6 @@ def setup_logging(quiet: bool, prog: str) -> None:
                         format=f"{prog}: %(message)s", stream=sys.stderr)
     # Library chatter that says nothing a user acts on (table creation and the like).
     logging.getLogger("mlflow").setLevel(logging.WARNING)
-
-
-def first_line(err: BaseException | str, limit: int = 160) -> str:
-    """The first non-empty line of an error's text (its type name if it has none), cut to `limit`.
-
-    Library errors (Ray's, MLflow's, YAML's) span many lines; a one-line message quotes this.
-    """
-    text = str(err).strip()
-    line = text.splitlines()[0].strip() if text else type(err).__name__
-    return line[:limit]
 
 
 def fail(prog: str, err: BaseException | str) -> int:

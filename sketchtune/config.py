@@ -11,6 +11,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .errors import first_line
+
 __all__ = [
     "AugConfig",
     "ConfigError",
@@ -320,7 +322,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise ConfigError(f"{path}: not valid YAML: {first}") from None
     if raw is None:
         raw = {}

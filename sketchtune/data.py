@@ -22,6 +22,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from .errors import first_line
+
 __all__ = [
     "CachedImages",
     "DataError",
@@ -84,7 +86,7 @@ def _read_csv(csv: Path, required: list[str]) -> pd.DataFrame:
     except UnicodeDecodeError as err:
         raise DataError(f"{csv}: not UTF-8 text (byte {err.start}); is it really a CSV?") from None
     except (pd.errors.ParserError, pd.errors.ParserWarning) as err:
-        first = str(err).strip().splitlines()[0]
+        first = first_line(err)
         raise DataError(f"{csv}: not a valid CSV ({first})") from None
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]

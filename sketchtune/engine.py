@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import ConfigError, OptimConfig, SchedConfig
+from .errors import first_line
 
 __all__ = [
     "FitState",
@@ -43,7 +44,7 @@ def select_device(prefer: str | None = None) -> torch.device:
         try:
             device = torch.device(prefer)
         except RuntimeError as err:
-            first = (str(err).strip().splitlines() or ["unknown device"])[0]
+            first = first_line(err)
             raise ConfigError(f"--device {prefer!r}: {first}") from None
         if device.type == "cuda" and not torch.cuda.is_available():
             raise ConfigError(f"--device {prefer!r}: this machine has no CUDA device; "

@@ -9,6 +9,7 @@ import timm
 from torch import nn
 
 from .config import ModelConfig
+from .errors import first_line
 
 __all__ = ["ModelError", "build_model", "check_model_name"]
 
@@ -55,7 +56,7 @@ def build_model(cfg: ModelConfig, num_classes: int, img_size: int | None = None)
         if not cfg.pretrained:
             raise
         src = cfg.weights_file or "the Hugging Face hub"
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        first = first_line(err, 200)
         raise ModelError(
             f"pretrained weights for {cfg.name!r} could not be loaded from {src}: {first}. "
             "Offline? Download the weights once and set model.weights_file, "

@@ -11,6 +11,8 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from .errors import first_line
+
 __all__ = ["METRIC_KEYS", "TrackingError", "Tracker", "artifact_location", "check_tracking",
            "flatten"]
 
@@ -66,7 +68,7 @@ def check_tracking(tracking_uri: str) -> None:
     try:
         MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as err:  # the client raises many types: connection, sqlalchemy, MLflow
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:160]
+        first = first_line(err)
         raise TrackingError(f"tracking_uri {tracking_uri!r}: MLflow is not reachable ({first})") \
             from None
 
@@ -94,7 +96,7 @@ class Tracker:
         except Exception as err:  # noqa: BLE001 - tracking must never stop training
             if not self.failures:
                 _log.warning("MLflow: could not %s (%s); training goes on", what,
-                             str(err).splitlines()[0][:120] if str(err) else type(err).__name__)
+                             first_line(err, 120))
             self.failures.append(what)
             return None
 

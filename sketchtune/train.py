@@ -29,6 +29,7 @@ from .engine import (
     predict,
     select_device,
 )
+from .errors import first_line
 from .faults import maybe_fail
 from .folds import load_or_make_folds, write_folds
 from .losses import build_loss
@@ -255,7 +256,7 @@ def load_state(path: Path) -> dict[str, Any]:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0][:160]
+        first = first_line(err)
         raise StoreError(f"{path}: refused to load a checkpoint that holds more than tensors "
                          f"({first})") from None
 
