@@ -28,6 +28,7 @@ __all__ = [
     "CachedImages",
     "DataError",
     "SketchDataset",
+    "check_class_sizes",
     "load_images",
     "read_image",
     "read_test_csv",
@@ -137,6 +138,25 @@ def _check_paths(csv: Path, df: pd.DataFrame, image_root: Path, check_images: bo
                         "copy them again or drop their rows")
 
 
+def check_class_sizes(df: pd.DataFrame, n_folds: int, source: str | Path) -> None:
+    """DataError naming `source` unless every class of `df` has at least `n_folds` rows.
+
+    A stratified split puts each class in every validation fold, so a smaller class cannot be
+    split. Classes are `class_name` values, or `target` values when there is no name column.
+    """
+    key = "class_name" if "class_name" in df.columns else "target"
+    counts = df[key].value_counts()
+    small = counts[counts < n_folds]
+    if len(small):
+        name = small.index[0]
+        name = name.item() if hasattr(name, "item") else name  # 1, not np.int64(1)
+        raise DataError(
+            f"{source}: class {name!r} has {small.iloc[0]} row(s), fewer than "
+            f"{n_folds} ({len(small)} such class(es)); every fold needs each class: "
+            "lower data.n_folds or add rows"
+        )
+
+
 def read_train_csv(
     csv: Path, image_root: Path, *, check_images: bool = True, min_per_class: int = 1
 ) -> pd.DataFrame:
@@ -166,14 +186,7 @@ def read_train_csv(
             got = sorted(map(str, many.loc[many[a] == key, b]))
             raise DataError(f"{csv}: {a} {key!r} maps to several {b}s ({', '.join(got)})")
     # One-to-one and in range with C distinct names implies 0..C-1 all present (contiguous).
-    counts = df["class_name"].value_counts()
-    small = counts[counts < min_per_class]
-    if len(small):
-        raise DataError(
-            f"{csv}: class {small.index[0]!r} has {small.iloc[0]} row(s), fewer than "
-            f"{min_per_class} ({len(small)} such class(es)); every fold needs each class: "
-            "lower data.n_folds or add rows"
-        )
+    check_class_sizes(df, min_per_class, csv)
     _check_paths(csv, df, image_root, check_images)
     return df
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from .data import DataError
+from .data import DataError, check_class_sizes
 from .store import atomic_write_bytes
 
 __all__ = ["load_or_make_folds", "make_folds", "write_folds"]
@@ -19,19 +19,11 @@ _log = logging.getLogger(__name__)
 COLUMNS = ["image_path", "target", "fold"]
 
 
-def _check_class_sizes(df: pd.DataFrame, n_splits: int, source: str) -> None:
-    key = "class_name" if "class_name" in df.columns else "target"
-    counts = df[key].value_counts()
-    small = counts[counts < n_splits]
-    if len(small):
-        raise DataError(
-            f"{source}: class {small.index[0]!r} has {small.iloc[0]} row(s), fewer than "
-            f"n_splits={n_splits} ({len(small)} such class(es)); every fold needs each class"
-        )
-
-
-def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFrame:
+def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42, *,
+               source: str | Path = "the train CSV") -> pd.DataFrame:
     """`df` (N rows: image_path, target) -> (N rows) image_path, target, fold int64, df order.
+
+    `source` (the train CSV's path) starts the message when a class is too small to split.
 
     The reference pipeline's exact call, `StratifiedKFold(n_splits, shuffle=True,
     random_state=seed).split(df, df.target)`, so the same CSV in the same order gets the
@@ -39,7 +31,7 @@ def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42) -> pd.DataFr
     """
     if n_splits < 2:
         raise ValueError(f"n_splits must be at least 2 but got {n_splits}")
-    _check_class_sizes(df, n_splits, "train.csv")
+    check_class_sizes(df, n_splits, source)
     fold = np.full(len(df), -1, dtype=np.int64)
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(skf.split(df, df["target"])):
@@ -74,7 +66,8 @@ def write_folds(folds: pd.DataFrame, folds_csv: Path) -> None:
 
 
 def load_or_make_folds(
-    df: pd.DataFrame, folds_csv: Path, n_splits: int, seed: int, *, write: bool = True
+    df: pd.DataFrame, folds_csv: Path, n_splits: int, seed: int, *, write: bool = True,
+    source: str | Path = "the train CSV",
 ) -> pd.DataFrame:
     """The folds for `df` (image_path, target): read from `folds_csv`, or made and written once.
 
@@ -82,12 +75,12 @@ def load_or_make_folds(
     exactly df's image paths with the same targets and folds 0..n_splits-1; otherwise
     DataError (a stale file would silently mix validation rows into training). With
     `write=False` a new split is only returned: the caller writes it (`write_folds`) once the
-    rest of its input has been checked.
+    rest of its input has been checked. `source` names the train CSV in messages.
     """
     folds_csv = Path(folds_csv)
     hint = "delete it to re-split"
     if not folds_csv.is_file():
-        folds = make_folds(df, n_splits, seed)
+        folds = make_folds(df, n_splits, seed, source=source)
         if write:
             write_folds(folds, folds_csv)
         return folds
@@ -102,13 +95,13 @@ def load_or_make_folds(
     only_file = merged.loc[merged["_merge"] == "right_only", "image_path"]
     if len(only_csv) or len(only_file):
         raise DataError(
-            f"{folds_csv}: does not match the train CSV ({len(only_csv)} train row(s) missing "
+            f"{folds_csv}: does not match {source} ({len(only_csv)} train row(s) missing "
             f"from it, {len(only_file)} extra); {hint}"
         )
     diff = merged[merged["target"] != merged["target_file"]]
     if len(diff):
         raise DataError(
-            f"{folds_csv}: target differs from the train CSV for {len(diff)} row(s) "
+            f"{folds_csv}: target differs from {source} for {len(diff)} row(s) "
             f"(first: {diff['image_path'].iloc[0]!r}); {hint}"
         )
     present = sorted(got["fold"].unique().tolist())
@@ -117,7 +110,7 @@ def load_or_make_folds(
             f"{folds_csv}: has folds {present}, expected 0..{n_splits - 1} for n_splits="
             f"{n_splits}; {hint}"
         )
-    _check_class_sizes(df, n_splits, "train.csv")
+    check_class_sizes(df, n_splits, source)
     out = want.reset_index(drop=True).merge(got[["image_path", "fold"]], on="image_path",
                                             how="left", validate="1:1")
     return out[COLUMNS].astype({"fold": np.int64})

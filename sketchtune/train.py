@@ -63,7 +63,8 @@ def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False) -> Pre
     train = read_train_csv(d.train_csv, d.image_root, min_per_class=d.n_folds)
     test = read_test_csv(d.test_csv, d.test_image_root)
     # A new split is written only after every image has decoded: bad input leaves nothing.
-    folds = load_or_make_folds(train, d.folds_csv, d.n_folds, d.fold_seed, write=False)
+    folds = load_or_make_folds(train, d.folds_csv, d.n_folds, d.fold_seed, write=False,
+                               source=d.train_csv)
     train = train.merge(folds[["image_path", "fold"]], on="image_path", how="left", validate="1:1")
     num_classes = int(train["target"].max()) + 1
     root = Path(d.image_root)

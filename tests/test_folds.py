@@ -66,6 +66,23 @@ def test_make_folds_refuses_class_smaller_than_n_splits():
         make_folds(df, n + 1, 42)
 
 
+def test_make_folds_error_names_the_actual_train_file():
+    df = train_df(3)
+    df = df[~((df["target"] == 2) & (df.index % 10 != 0))]
+    n = int((df["target"] == 2).sum())
+    with pytest.raises(DataError, match=r"^/data/labels_v2\.csv: class 'n00000002'") as e:
+        make_folds(df, n + 1, 42, source=Path("/data/labels_v2.csv"))
+    assert "train.csv" not in str(e.value)
+
+
+def test_make_folds_class_size_check_falls_back_to_target_without_class_name():
+    df = train_df(3).drop(columns="class_name")
+    df = df[~((df["target"] == 1) & (df.index % 10 != 0))]
+    n = int((df["target"] == 1).sum())
+    with pytest.raises(DataError, match=f"t.csv: class 1 has {n} row"):
+        make_folds(df, n + 1, 42, source="t.csv")
+
+
 def test_load_or_make_folds_writes_once_and_reads_back(tmp_path: Path):
     df = train_df()
     path = tmp_path / "folds" / "k5_seed42.csv"
@@ -95,6 +112,14 @@ def test_load_or_make_folds_refuses_mismatching_file(tmp_path: Path, change: str
         n_splits = 4
     with pytest.raises(DataError, match=rf"{path.name}: .*delete it to re-split"):
         load_or_make_folds(df, path, n_splits, 42)
+
+
+def test_load_or_make_folds_mismatch_names_the_train_file(tmp_path: Path):
+    df = train_df()
+    path = tmp_path / "folds.csv"
+    load_or_make_folds(df, path, 5, 42)
+    with pytest.raises(DataError, match=r"does not match /data/my_train\.csv "):
+        load_or_make_folds(df.iloc[:-3], path, 5, 42, source=Path("/data/my_train.csv"))
 
 
 def test_load_or_make_folds_refuses_unreadable_file(tmp_path: Path):
