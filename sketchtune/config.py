@@ -42,60 +42,181 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+# Every field carries its description and the reason for its default; docs/config.md is
+# generated from them (`python -m sketchtune.configdoc --write`), never written by hand.
+
 # ---------------------------------------------------------------- training config
 
 
 class ModelConfig(Strict):
-    name: str = "test_resnet.r160_in1k"
-    pretrained: bool = False
-    # A local .safetensors / .pth file for machines that cannot reach the hub.
-    weights_file: Path | None = None
-    drop_rate: float = Field(0.0, ge=0.0, lt=1.0)
-    drop_path_rate: float | None = Field(None, ge=0.0, lt=1.0)
+    """The timm backbone, built with a classifier for the data's classes."""
+
+    name: str = Field(
+        "test_resnet.r160_in1k",
+        description="timm model name, `architecture.tag` (checked against timm before any "
+        "trial). Default: a tiny timm test model that trains on a CPU in seconds (the demo); "
+        "real configs name a real backbone.",
+    )
+    pretrained: bool = Field(
+        False,
+        description="Start from pretrained weights (the Hugging Face hub, or `weights_file`). "
+        "Off so that nothing is downloaded unless asked (offline machines, tests); "
+        "fine-tuning a real backbone wants it on.",
+    )
+    weights_file: Path | None = Field(
+        None,
+        description="A local .safetensors (or .pth/.bin, read with `weights_only=True`) to "
+        "load instead of the hub when `pretrained` is on, for machines that cannot reach the "
+        "hub. It enters the candidate hash by file name only, so a copy elsewhere is the same "
+        "candidate. null: the hub.",
+    )
+    drop_rate: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Dropout before the classifier (timm's `drop_rate`). 0, timm's default: "
+        "the reference pipeline used none.",
+    )
+    drop_path_rate: float | None = Field(
+        None, ge=0.0, lt=1.0,
+        description="Stochastic depth (timm's `drop_path_rate`). null leaves the model's own "
+        "timm default, which the pretrained weights were trained with.",
+    )
 
 
 class OptimConfig(Strict):
-    name: str = "adamw"  # any timm.optim.create_optimizer_v2 name
-    lr: float = Field(1e-3, gt=0.0)
-    weight_decay: float = Field(0.05, ge=0.0)
-    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    """The optimizer, from `timm.optim.create_optimizer_v2`."""
+
+    name: str = Field(
+        "adamw",
+        description="Any `timm.optim.create_optimizer_v2` name (`timm.optim.list_optimizers()`; "
+        "checked before any trial). AdamW: the usual optimizer for fine-tuning timm backbones; "
+        "timm skips weight decay on biases and norm weights.",
+    )
+    lr: float = Field(
+        1e-3, gt=0.0,
+        description="Peak learning rate, reached after the warm-up. 1e-3 is AdamW's usual "
+        "starting point for the demo's small models; a search usually samples it "
+        "(`search.space`).",
+    )
+    weight_decay: float = Field(
+        0.05, ge=0.0,
+        description="Decoupled weight decay. 0.05: the usual AdamW value for fine-tuning "
+        "ConvNeXt/ViT-style backbones.",
+    )
+    momentum: float = Field(
+        0.9, ge=0.0, lt=1.0,
+        description="Momentum of SGD-type optimizers (sgd, momentum, ...); AdamW ignores it. "
+        "0.9: the usual SGD value.",
+    )
 
 
 class SchedConfig(Strict):
-    name: Literal["cosine", "step", "none"] = "cosine"
-    warmup_epochs: int = Field(1, ge=0)
-    warmup_lr: float = Field(1e-6, ge=0.0)
-    min_lr: float = Field(1e-6, ge=0.0)
+    """The learning-rate schedule, from `timm.scheduler.create_scheduler_v2`, stepped per update."""
+
+    name: Literal["cosine", "step", "none"] = Field(
+        "cosine",
+        description="`cosine` decays to `min_lr` over the epochs; `step` divides by 10 every "
+        "epochs/3 epochs; `none` keeps `lr`. Cosine: no step sizes to tune, and it ends near "
+        "`min_lr`. Stepped per update, so the warm-up is smooth even on small data.",
+    )
+    warmup_epochs: int = Field(
+        1, ge=0,
+        description="Epochs of linear warm-up from `warmup_lr` to `lr` (at most epochs - 1). "
+        "One epoch keeps a new classifier's large early gradients from wrecking pretrained "
+        "features.",
+    )
+    warmup_lr: float = Field(
+        1e-6, ge=0.0,
+        description="Learning rate at the first update of the warm-up. Near zero, so the "
+        "warm-up starts gently.",
+    )
+    min_lr: float = Field(
+        1e-6, ge=0.0,
+        description="Floor of the cosine decay. Near zero, so the last epochs fine-tune; "
+        "above zero so they still learn.",
+    )
 
 
 class LossConfig(Strict):
-    name: Literal["focal", "ce"] = "focal"
-    alpha: float = Field(0.5, gt=0.0)  # the reference pipeline's FocalLoss(alpha=0.5, gamma=2)
-    gamma: float = Field(2.0, ge=0.0)
-    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
+    """The training loss: focal loss (the reference pipeline's) or plain cross entropy."""
+
+    name: Literal["focal", "ce"] = Field(
+        "focal",
+        description="`focal`: focal loss, alpha * (1 - p) ** gamma * CE; `ce`: cross entropy "
+        "(alpha and gamma unused). Focal: the reference pipeline's loss.",
+    )
+    alpha: float = Field(
+        0.5, gt=0.0,
+        description="Focal loss scale. 0.5: the reference pipeline's FocalLoss(alpha=0.5, "
+        "gamma=2).",
+    )
+    gamma: float = Field(
+        2.0, ge=0.0,
+        description="Focal loss focusing power (0 with alpha 1 is cross entropy). 2: the "
+        "reference pipeline's and Lin et al. (2017)'s value.",
+    )
+    label_smoothing: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Label smoothing of the cross-entropy term (both losses). 0: off, as in "
+        "the reference pipeline.",
+    )
 
 
 class AugConfig(Strict):
-    """The reference augmentation pipeline; `strength` scales every probability and magnitude."""
+    """The reference augmentation pipeline; `strength` scales every probability and magnitude.
 
-    strength: float = Field(1.0, ge=0.0, le=2.0)
-    hflip_p: float = Field(0.5, ge=0.0, le=1.0)
-    rotate_limit: float = Field(30.0, ge=0.0, le=180.0)
-    rotate_p: float = Field(0.5, ge=0.0, le=1.0)
-    dropout_p: float = Field(0.5, ge=0.0, le=1.0)
-    dropout_max_holes: int = Field(8, ge=1)
-    dropout_size: int = Field(16, ge=1)  # px at img_size 224; scaled with img_size
-    grid_distortion_p: float = Field(0.5, ge=0.0, le=1.0)
-    grid_distort_limit: tuple[float, float] = (-0.03, 0.05)
-    unsharp_p: float = Field(0.5, ge=0.0, le=1.0)
-    unsharp_kernel: int = Field(7, ge=3)
-    unsharp_sigma: float = Field(1.5, gt=0.0)
-    unsharp_amount: float = Field(1.5, ge=0.0)
-    unsharp_threshold: float = Field(0.0, ge=0.0)
-    brightness: float = Field(-0.2, ge=-1.0, le=1.0)
-    brightness_p: float = Field(0.5, ge=0.0, le=1.0)
-    # Sketches are dark strokes on white: pad rotations and distortions with white.
-    fill: int = Field(255, ge=0, le=255)
+    The defaults are the reference pipeline's values (albumentations 1.x arguments, translated
+    to 2.x): flip, rotate, coarse dropout, grid distortion, then resize, unsharp mask and
+    brightness.
+    """
+
+    strength: float = Field(
+        1.0, ge=0.0, le=2.0,
+        description="Multiplies every probability (capped at 1) and magnitude below: one "
+        "knob a search can sample. 1: the reference pipeline; 0: no augmentation at all "
+        "(exactly the eval transform).",
+    )
+    hflip_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a horizontal "
+                           "flip. 0.5: the reference value; a mirrored sketch is the same class.")
+    rotate_limit: float = Field(30.0, ge=0.0, le=180.0, description="Largest rotation, in "
+                                "degrees either way. 30: the reference value.")
+    rotate_p: float = Field(0.5, ge=0.0, le=1.0,
+                            description="Probability of a rotation. 0.5: the reference value.")
+    dropout_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of coarse dropout "
+                             "(holes filled with `fill`). 0.5: the reference value.")
+    dropout_max_holes: int = Field(8, ge=1, description="Number of dropout holes. 8: the "
+                                   "reference CoarseDropout(max_holes=8), which meant exactly 8.")
+    dropout_size: int = Field(16, ge=1, description="Hole side in px at img_size 224, scaled "
+                              "with img_size. 16: the reference CoarseDropout(max_height=16, "
+                              "max_width=16), set for 224 px.")
+    grid_distortion_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a grid "
+                                     "distortion. 0.5: the reference value.")
+    grid_distort_limit: tuple[float, float] = Field(
+        (-0.03, 0.05),
+        description="Range of the grid distortion (albumentations' `distort_limit`). "
+        "(-0.03, 0.05): the reference value; small, so strokes bend but stay readable.",
+    )
+    unsharp_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of the unsharp mask. "
+                             "0.5: the reference value.")
+    unsharp_kernel: int = Field(7, ge=3, description="Gaussian kernel side of the unsharp mask, "
+                                "odd. 7: the reference value.")
+    unsharp_sigma: float = Field(1.5, gt=0.0, description="Gaussian sigma of the unsharp mask. "
+                                 "1.5: the reference value.")
+    unsharp_amount: float = Field(1.5, ge=0.0, description="Sharpening amount: image + amount * "
+                                  "(image - blurred). 1.5: the reference value (stronger than "
+                                  "albumentations' UnsharpMask allows, hence its own transform).")
+    unsharp_threshold: float = Field(0.0, ge=0.0, description="Sharpen only where |image - "
+                                     "blurred| exceeds this. 0: everywhere, the reference value.")
+    brightness: float = Field(-0.2, ge=-1.0, le=1.0, description="Brightness shift (a fraction "
+                              "of the range; negative darkens). -0.2: the reference value, which "
+                              "darkens the strokes' grey edges.")
+    brightness_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of the brightness "
+                                "shift. 0.5: the reference value.")
+    fill: int = Field(
+        255, ge=0, le=255,
+        description="Grey level that pads rotations and distortions and fills dropout holes. "
+        "255 (white): sketches are dark strokes on white, and a black patch would be a stroke "
+        "the model could learn from.",
+    )
 
     @field_validator("unsharp_kernel")
     @classmethod
@@ -106,36 +227,110 @@ class AugConfig(Strict):
 
 
 class TrainConfig(Strict):
-    """One candidate: everything that changes the trained model (the fold excepted)."""
+    """One candidate: everything that changes the trained model (the fold excepted).
 
-    model: ModelConfig = ModelConfig()
-    img_size: int = Field(64, ge=16, le=1024)
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(32, ge=1)
-    optim: OptimConfig = OptimConfig()
-    sched: SchedConfig = SchedConfig()
-    loss: LossConfig = LossConfig()
-    aug: AugConfig = AugConfig()
-    # Stop a fold after this many epochs without a better val_acc.
-    patience: int = Field(5, ge=1)
-    tta_hflip: bool = False
-    seed: int = 42
+    Its fields make up the candidate id (a hash), and `search.space` and `candidates` override
+    them by dotted key (`optim.lr`, `model.name`).
+    """
+
+    model: ModelConfig = Field(ModelConfig(), description="The backbone.")
+    img_size: int = Field(
+        64, ge=16, le=1024,
+        description="Side of the square images the model sees, in px (images are decoded and "
+        "resized once into a cache per size). 64: the demo's sketches; the competition "
+        "configs use 224.",
+    )
+    epochs: int = Field(
+        3, ge=1,
+        description="Epochs per fold (also ASHA's max_t in the search). 3: enough for the demo "
+        "to learn on a CPU in seconds per trial.",
+    )
+    batch_size: int = Field(
+        32, ge=1,
+        description="Images per update. 32: the shipped configs' value, small enough for the "
+        "demo on a CPU.",
+    )
+    optim: OptimConfig = Field(OptimConfig(), description="The optimizer.")
+    sched: SchedConfig = Field(SchedConfig(), description="The learning-rate schedule.")
+    loss: LossConfig = Field(LossConfig(), description="The loss.")
+    aug: AugConfig = Field(AugConfig(), description="The training augmentation.")
+    patience: int = Field(
+        5, ge=1,
+        description="Stop a fold after this many epochs without a better val_acc; the best "
+        "epoch's weights are kept either way. 5: tolerant of the noise of a small validation "
+        "fold (a few hundred images move val_acc by several points).",
+    )
+    tta_hflip: bool = Field(
+        False,
+        description="Average each prediction with that of the mirrored image (validation and "
+        "test). Off: it doubles prediction time for a gain to measure per backbone.",
+    )
+    seed: int = Field(
+        42,
+        description="Seeds the model's initialisation and, per epoch, the shuffling, "
+        "augmentation and dropout (so a resumed trial repeats exactly), and the Optuna "
+        "sampler. Any fixed value makes runs repeatable; 42 is fold_seed's too. Part of the "
+        "candidate: another seed is another candidate.",
+    )
 
 
 class DataConfig(Strict):
-    """Where the data lives and how it is read. Not part of the candidate hash."""
+    """Where the data lives and how it is read. Not part of the candidate hash.
 
-    train_csv: Path = Path("data/demo/train.csv")
-    test_csv: Path = Path("data/demo/test.csv")
-    image_root: Path | None = None  # train image_path is relative to it; default: CSV's folder
-    # test image_path is relative to it; default: image_root. (Some releases of the competition
-    # data list train paths relative to train/ and test paths relative to test/.)
-    test_image_root: Path | None = None
-    n_folds: int = Field(5, ge=2)
-    fold_seed: int = 42
-    folds_csv: Path | None = None  # default: <train_csv folder>/folds/k{n}_seed{s}.csv
-    cache_dir: Path | None = None  # default: <train_csv folder>/.cache
-    num_workers: int = Field(2, ge=0)
+    Relative paths are relative to the working directory the command runs from (made absolute
+    when the config is loaded, since Ray runs each trial in a directory of its own).
+    """
+
+    train_csv: Path = Field(
+        Path("data/demo/train.csv"),
+        description="`class_name,image_path,target`, one row per labelled image (targets "
+        "0..C-1). Default: the demo data that `python -m sketchtune.demo` writes.",
+    )
+    test_csv: Path = Field(
+        Path("data/demo/test.csv"),
+        description="`image_path`, one row per image to predict; the submission follows its "
+        "order. Default: the demo data's.",
+    )
+    image_root: Path | None = Field(
+        None,
+        description="Folder that train `image_path`s are relative to. null: the train CSV's "
+        "folder, the competition layout (`train/<class>/<file>`).",
+    )
+    test_image_root: Path | None = Field(
+        None,
+        description="Folder that test `image_path`s are relative to. null: `image_root`. (Some "
+        "releases of the competition data list train paths relative to train/ and test paths "
+        "relative to test/.)",
+    )
+    n_folds: int = Field(
+        5, ge=2,
+        description="Folds of the cross-validation; every candidate trains once per fold. 5: "
+        "the reference pipeline's StratifiedKFold(5); with ~30 images a class it leaves ~6 a "
+        "class in each validation fold.",
+    )
+    fold_seed: int = Field(
+        42,
+        description="`random_state` of the StratifiedKFold split. 42: the reference "
+        "pipeline's, so the same CSV gets the same folds.",
+    )
+    folds_csv: Path | None = Field(
+        None,
+        description="The fold of each train row, written once and read by every trial (a "
+        "stale file is refused). null: <train_csv folder>/folds/k{n_folds}_seed{fold_seed}.csv, "
+        "so another split gets a file of its own.",
+    )
+    cache_dir: Path | None = Field(
+        None,
+        description="Where decoded, resized images are cached (one memory-mapped file per "
+        "image list and size, shared by every trial). null: <train_csv folder>/.cache, beside "
+        "the data it is made from.",
+    )
+    num_workers: int = Field(
+        2, ge=0,
+        description="DataLoader worker processes per trial. Images come decoded from the "
+        "cache, so workers only augment: 2 overlap that with training; on a 2-core machine 0 "
+        "is fastest (the demo config; benchmarks/RESULTS-loader.md).",
+    )
 
     @model_validator(mode="after")
     def _defaults(self) -> DataConfig:
@@ -155,12 +350,22 @@ class DataConfig(Strict):
 
 
 class ParamSpec(Strict):
-    """One dimension of the search space, addressed by a dotted key into TrainConfig."""
+    """One dimension of the search space, addressed by a dotted key into TrainConfig.
 
-    type: Literal["uniform", "loguniform", "int", "choice"]
-    low: float | None = None
-    high: float | None = None
-    values: list[Any] | None = None
+    Every value a dimension can take at its ends (and every choice) is validated against
+    TrainConfig before Ray starts.
+    """
+
+    type: Literal["uniform", "loguniform", "int", "choice"] = Field(
+        description="`uniform`: a float in [low, high]; `loguniform`: the same on a log scale "
+        "(for scales such as `optim.lr`); `int`: an integer in [low, high], both ends "
+        "included; `choice`: one of `values`. Required: there is no sensible default.",
+    )
+    low: float | None = Field(None, description="Lower end, for every type but `choice`.")
+    high: float | None = Field(None, description="Upper end (above `low`), for every type but "
+                               "`choice`.")
+    values: list[Any] | None = Field(None, description="The values of a `choice` (e.g. "
+                                     "backbones for `model.name`).")
 
     @model_validator(mode="after")
     def _check(self) -> ParamSpec:
@@ -178,62 +383,202 @@ class ParamSpec(Strict):
 
 
 class SearchConfig(Strict):
-    enabled: bool = True
-    num_samples: int = Field(4, ge=1)
-    fold: int = Field(0, ge=0)
-    metric: Literal["val_acc", "val_loss"] = "val_acc"
-    space: dict[str, ParamSpec] = {}
-    # ASHA: stop a trial at grace_period epochs unless it is in the top 1/reduction_factor.
-    asha: bool = True
-    grace_period: int = Field(1, ge=1)
-    reduction_factor: float = Field(2.0, gt=1.0)
-    top_k_per_backbone: int = Field(1, ge=1)
+    """Stage *search*: Optuna (TPE) samples `space` on one fold; ASHA stops weak trials early.
+
+    The top configs of each backbone then go to stage *cv*, which trains them on every fold.
+    """
+
+    enabled: bool = Field(
+        True,
+        description="Run the search stage. Off (or an empty `space`): only the fixed "
+        "`candidates`, or the `train` config itself when there are none, go to cv.",
+    )
+    num_samples: int = Field(
+        4, ge=1,
+        description="Configs Optuna samples. 4: the demo on a CPU; real searches use tens "
+        "(configs/imagenet_sketch.yaml: 24).",
+    )
+    fold: int = Field(
+        0, ge=0,
+        description="The fold the search trains on (below data.n_folds). A search trial that "
+        "ran to its last epoch is already that fold of its candidate, so cv does not train it "
+        "again. 0: any fold would do.",
+    )
+    metric: Literal["val_acc", "val_loss"] = Field(
+        "val_acc",
+        description="What Optuna optimises and ASHA compares (maximised for val_acc, minimised "
+        "for val_loss). val_acc: the competition's metric. The top-k ranking uses the best "
+        "val_acc either way.",
+    )
+    space: dict[str, ParamSpec] = Field(
+        {},
+        description="Dimensions by dotted key into `train` (`optim.lr`, `model.name`, "
+        "`aug.strength`). Empty: no search.",
+    )
+    asha: bool = Field(
+        True,
+        description="Stop weak trials early with ASHA. On: it saved half the trial-epochs of "
+        "the demo's search (benchmarks/RESULTS-sweep.md).",
+    )
+    grace_period: int = Field(
+        1, ge=1,
+        description="Epochs every trial runs before ASHA may stop it; at each rung after it, "
+        "a trial goes on only if it is in the top 1/reduction_factor. 1: the least work; set "
+        "it past `train.sched.warmup_epochs` when backbones warm up at different speeds (the "
+        "sweep warns otherwise; benchmarks/RESULTS-sweep.md).",
+    )
+    reduction_factor: float = Field(
+        2.0, gt=1.0,
+        description="ASHA keeps the top 1/reduction_factor of the trials at each rung. 2, not "
+        "Ray's 4: with a handful of samples, keeping a quarter would leave one trial.",
+    )
+    top_k_per_backbone: int = Field(
+        1, ge=1,
+        description="How many of each backbone's best search configs go to cv (trials that "
+        "ran further rank first, then by best val_acc). 1: cv costs one config x n_folds per "
+        "backbone, and an ensemble gains most from different backbones.",
+    )
 
 
 class ResourcesConfig(Strict):
-    cpu: float = Field(1.0, gt=0.0)
-    gpu: float = Field(0.0, ge=0.0)  # fractional values pack small models onto one GPU
+    """What each trial asks Ray for; Ray runs as many trials at once as these fit."""
+
+    cpu: float = Field(
+        1.0, gt=0.0,
+        description="CPUs per trial (Ray also sets the trial's OMP_NUM_THREADS from it). 1: "
+        "one trial per core on a CPU machine, the steadiest on a small one "
+        "(benchmarks/RESULTS-sweep.md).",
+    )
+    gpu: float = Field(
+        0.0, ge=0.0,
+        description="GPUs per trial; a fraction packs small models onto one GPU (a scheduling "
+        "count only: size it by memory). 0: the demo runs on a CPU.",
+    )
 
 
 class RayConfig(Strict):
-    address: str | None = None  # None: a local Ray; "auto": join `ray start --head`
-    max_concurrent_trials: int | None = Field(None, ge=1)
-    max_failures: int = Field(2, ge=0)
-    # Run the next trial in the process of the last one: saves ~5 s of start-up and imports
-    # per trial (benchmarks/RESULTS-sweep.md); every trial rebuilds all it uses anyway.
-    reuse_actors: bool = True
-    verbose: int = Field(1, ge=0, le=3)
+    """How the sweep starts or joins Ray, and how Tune runs its trials."""
+
+    address: str | None = Field(
+        None,
+        description="null: a fresh local Ray of the sweep's own; `auto`: join the cluster "
+        "started with `ray start --head`; or `HOST:PORT`. null rather than Ray's own default, "
+        "which would join whatever cluster this machine last ran, even a dead one.",
+    )
+    max_concurrent_trials: int | None = Field(
+        None, ge=1,
+        description="At most this many trials at once. null: as many as `resources` fit.",
+    )
+    max_failures: int = Field(
+        2, ge=0,
+        description="Times Ray retries a failed trial from its last checkpoint. 2: rides out a "
+        "crashed process or a lost node without looping on a bug.",
+    )
+    reuse_actors: bool = Field(
+        True,
+        description="Run the next trial in the process of the last one. On: it saves ~5 s of "
+        "start-up and imports per trial (benchmarks/RESULTS-sweep.md), and every trial "
+        "rebuilds all it uses anyway; turn off if a backbone leaks memory between trials.",
+    )
+    verbose: int = Field(
+        1, ge=0, le=3,
+        description="Ray Tune's verbosity: 0 silent, 1 default (its status table), 2 verbose "
+        "(3: Tune's old output's most detailed); --quiet sets 0. 1: Tune's own default.",
+    )
 
 
 class EnsembleConfig(Strict):
-    method: Literal["auto", "mean", "greedy", "optimized", "pruned"] = "auto"
-    metric: Literal["log_loss", "accuracy"] = "log_loss"
-    greedy_iterations: int = Field(25, ge=1)  # AutoGluon's default
-    greedy_sorted_init: int = Field(0, ge=0)
-    greedy_bagging: int = Field(0, ge=0)
-    temperature: bool = False
-    prune_threshold: float = Field(0.95, gt=-1.0, le=1.0)
-    prune_then: Literal["mean", "greedy"] = "mean"  # what `pruned` does with the survivors
-    seed: int = 42
+    """The ensemble search (`python -m ensemble_search.optimize`): weights from OOF predictions."""
+
+    method: Literal["auto", "mean", "greedy", "optimized", "pruned"] = Field(
+        "auto",
+        description="How candidates are weighted. `auto` fits every method and keeps the one "
+        "with the best honest estimate (weights fitted on k-1 folds, scored on the held-out "
+        "one) on `metric`, so the choice is not made on the rows that fitted it.",
+    )
+    metric: Literal["log_loss", "accuracy"] = Field(
+        "log_loss",
+        description="What greedy selection, pruning's ranking and the best single candidate "
+        "optimise, and what `auto` compares (`optimized` always minimises log loss). log_loss: "
+        "it rewards calibrated probabilities, separates candidates that accuracy ties, and the "
+        "search is about twice as fast (benchmarks/RESULTS-ensemble.md); accuracy is the "
+        "competition's metric (the shipped configs set it).",
+    )
+    greedy_iterations: int = Field(
+        25, ge=1,
+        description="Picks (with replacement) of greedy selection; the weights are the pick "
+        "counts. 25: AutoGluon's default ensemble size.",
+    )
+    greedy_sorted_init: int = Field(
+        0, ge=0,
+        description="Start greedy selection from this many best single candidates (Caruana et "
+        "al. 2004's sorted initialisation). 0: start empty.",
+    )
+    greedy_bagging: int = Field(
+        0, ge=0,
+        description="If above 0, run greedy selection on this many random halves of the "
+        "candidates and average the weights. 0: off; a sweep has few candidates, and a half "
+        "of few is fewer.",
+    )
+    temperature: bool = Field(
+        False,
+        description="Also fit one temperature after `optimized`'s weights. Off: it changes "
+        "log loss only, never the argmax, so accuracy and the submission stay the same.",
+    )
+    prune_threshold: float = Field(
+        0.95, gt=-1.0, le=1.0,
+        description="`pruned` drops a candidate whose OOF probabilities correlate above this "
+        "with a better one. 0.95: only near-duplicates go.",
+    )
+    prune_then: Literal["mean", "greedy"] = Field(
+        "mean",
+        description="What `pruned` does with the survivors: average them, or select greedily. "
+        "mean: pruning is there to make a plain average work.",
+    )
+    seed: int = Field(42, description="Seeds greedy bagging's random halves. 42: the project's "
+                      "seed everywhere.")
 
 
 class SweepConfig(Strict):
-    name: str = Field("demo", pattern=r"^[A-Za-z0-9_.-]+$")
-    # A local folder, or on a cluster a folder every node mounts (NFS). The prediction store
-    # is plain files, so cloud URIs (s3://, gs://) are refused rather than half supported.
-    storage_path: Path = Path("sweeps")
-    tracking_uri: str | None = None  # default: sqlite:///<project root>/mlflow.db
-    # Keep each fold's best weights (safetensors) beside its predictions, for predicting new
-    # images later. A b36 model is ~400 MB a fold: turn off to save disk.
-    save_weights: bool = True
-    data: DataConfig = DataConfig()
-    train: TrainConfig = TrainConfig()
-    search: SearchConfig = SearchConfig()
-    # Fixed candidates: dotted overrides of `train`, trained on every fold.
-    candidates: list[dict[str, Any]] = []
-    resources: ResourcesConfig = ResourcesConfig()
-    ray: RayConfig = RayConfig()
-    ensemble: EnsembleConfig = EnsembleConfig()
+    """A sweep: the data, the base training config, the search, Ray, MLflow and the ensemble."""
+
+    name: str = Field(
+        "demo", pattern=r"^[A-Za-z0-9_.-]+$",
+        description="The sweep's name: its folder under `storage_path` and its MLflow "
+        "experiment. Default: the demo's.",
+    )
+    storage_path: Path = Field(
+        Path("sweeps"),
+        description="Where sweeps live: Ray's trials and checkpoints and the prediction store "
+        "under <storage_path>/<name>. A local folder, or on a cluster a folder every node "
+        "mounts (NFS). The prediction store is plain files, so cloud URIs (s3://, gs://) are "
+        "refused rather than half supported.",
+    )
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; an `http://` server for a team. null: "
+        "sqlite:///mlflow.db in the working directory the command runs from, with artifacts "
+        "in mlruns/ beside it, MLflow's own default, so a plain `mlflow ui` there shows every "
+        "sweep (made absolute at load: Ray moves each trial into its own directory).",
+    )
+    save_weights: bool = Field(
+        True,
+        description="Keep each fold's best weights (safetensors) beside its predictions, for "
+        "predicting new images later. A b36 model is ~400 MB a fold: turn off to save disk.",
+    )
+    data: DataConfig = Field(DataConfig(), description="The data.")
+    train: TrainConfig = Field(TrainConfig(), description="The base candidate that `search` "
+                               "and `candidates` override.")
+    search: SearchConfig = Field(SearchConfig(), description="Stage search.")
+    candidates: list[dict[str, Any]] = Field(
+        [],
+        description="Fixed candidates: each a map of dotted overrides of `train` (e.g. "
+        "`{model.name: ..., optim.lr: ...}`), trained on every fold besides the search's "
+        "choices. Empty: only the search's.",
+    )
+    resources: ResourcesConfig = Field(ResourcesConfig(), description="Per-trial resources.")
+    ray: RayConfig = Field(RayConfig(), description="Ray and Tune.")
+    ensemble: EnsembleConfig = Field(EnsembleConfig(), description="The ensemble search.")
 
     @field_validator("storage_path", mode="before")
     @classmethod
