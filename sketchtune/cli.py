@@ -16,7 +16,8 @@ __all__ = ["base_parser", "fail", "first_line", "load_sweep_config", "setup_logg
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with the options all four commands take, the same way, with their defaults."""
     p = argparse.ArgumentParser(prog=f"python -m {prog}", description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                epilog="Every config key, its default and why: docs/config.md")
     p.add_argument("config", nargs="?", default="configs/sweep.yaml", help="the sweep's config")
     p.add_argument("--sweep", metavar="DIR", default=None,
                    help="the sweep folder (overrides storage_path/name of the config)")

@@ -72,8 +72,8 @@ class ModelConfig(Strict):
     )
     drop_rate: float = Field(
         0.0, ge=0.0, lt=1.0,
-        description="Dropout before the classifier (timm's `drop_rate`). 0, timm's default: "
-        "the reference pipeline used none.",
+        description="Dropout before the classifier (timm's `drop_rate`). 0: timm's default; "
+        "a value a search can sample.",
     )
     drop_path_rate: float | None = Field(
         None, ge=0.0, lt=1.0,
@@ -93,8 +93,8 @@ class OptimConfig(Strict):
     )
     lr: float = Field(
         1e-3, gt=0.0,
-        description="Peak learning rate, reached after the warm-up. 1e-3 is AdamW's usual "
-        "starting point for the demo's small models; a search usually samples it "
+        description="Peak learning rate, reached after the warm-up. 1e-3: torch's AdamW "
+        "default, a fair start for the demo's small models; a search usually samples it "
         "(`search.space`).",
     )
     weight_decay: float = Field(
@@ -156,8 +156,8 @@ class LossConfig(Strict):
     )
     label_smoothing: float = Field(
         0.0, ge=0.0, lt=1.0,
-        description="Label smoothing of the cross-entropy term (both losses). 0: off, as in "
-        "the reference pipeline.",
+        description="Label smoothing of the cross-entropy term (both losses). 0: off, so "
+        "the focal loss is the plain formula above; a value a search can sample.",
     )
 
 
@@ -206,9 +206,9 @@ class AugConfig(Strict):
                                   "albumentations' UnsharpMask allows, hence its own transform).")
     unsharp_threshold: float = Field(0.0, ge=0.0, description="Sharpen only where |image - "
                                      "blurred| exceeds this. 0: everywhere, the reference value.")
-    brightness: float = Field(-0.2, ge=-1.0, le=1.0, description="Brightness shift (a fraction "
-                              "of the range; negative darkens). -0.2: the reference value, which "
-                              "darkens the strokes' grey edges.")
+    brightness: float = Field(-0.2, ge=-1.0, le=1.0, description="Brightness shift, a fraction "
+                              "of the range; always this shift, not a random one either way. "
+                              "-0.2 (darker): the reference value.")
     brightness_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of the brightness "
                                 "shift. 0.5: the reference value.")
     fill: int = Field(
@@ -316,13 +316,13 @@ class DataConfig(Strict):
     folds_csv: Path | None = Field(
         None,
         description="The fold of each train row, written once and read by every trial (a "
-        "stale file is refused). null: <train_csv folder>/folds/k{n_folds}_seed{fold_seed}.csv, "
+        "stale file is refused). null: `<train_csv folder>/folds/k{n_folds}_seed{fold_seed}.csv`, "
         "so another split gets a file of its own.",
     )
     cache_dir: Path | None = Field(
         None,
         description="Where decoded, resized images are cached (one memory-mapped file per "
-        "image list and size, shared by every trial). null: <train_csv folder>/.cache, beside "
+        "image list and size, shared by every trial). null: `<train_csv folder>/.cache`, beside "
         "the data it is made from.",
     )
     num_workers: int = Field(
@@ -423,7 +423,8 @@ class SearchConfig(Strict):
     grace_period: int = Field(
         1, ge=1,
         description="Epochs every trial runs before ASHA may stop it; at each rung after it, "
-        "a trial goes on only if it is in the top 1/reduction_factor. 1: the least work; set "
+        "a trial goes on only if it is in the top 1/reduction_factor. 1: Ray's default, the "
+        "least work; set "
         "it past `train.sched.warmup_epochs` when backbones warm up at different speeds (the "
         "sweep warns otherwise; benchmarks/RESULTS-sweep.md).",
     )
@@ -445,7 +446,8 @@ class ResourcesConfig(Strict):
 
     cpu: float = Field(
         1.0, gt=0.0,
-        description="CPUs per trial (Ray also sets the trial's OMP_NUM_THREADS from it). 1: "
+        description="CPUs per trial (Ray sets a trial's OMP_NUM_THREADS to it unless already "
+        "set). 1: "
         "one trial per core on a CPU machine, the steadiest on a small one "
         "(benchmarks/RESULTS-sweep.md).",
     )
@@ -522,8 +524,8 @@ class EnsembleConfig(Strict):
     )
     temperature: bool = Field(
         False,
-        description="Also fit one temperature after `optimized`'s weights. Off: it changes "
-        "log loss only, never the argmax, so accuracy and the submission stay the same.",
+        description="Also fit one temperature after `optimized`'s weights. Off: it can only "
+        "improve log loss; it never changes a row's predicted class under the same weights.",
     )
     prune_threshold: float = Field(
         0.95, gt=-1.0, le=1.0,
@@ -550,15 +552,15 @@ class SweepConfig(Strict):
     storage_path: Path = Field(
         Path("sweeps"),
         description="Where sweeps live: Ray's trials and checkpoints and the prediction store "
-        "under <storage_path>/<name>. A local folder, or on a cluster a folder every node "
+        "under `<storage_path>/<name>`. A local folder, or on a cluster a folder every node "
         "mounts (NFS). The prediction store is plain files, so cloud URIs (s3://, gs://) are "
         "refused rather than half supported.",
     )
     tracking_uri: str | None = Field(
         None,
         description="MLflow tracking URI; an `http://` server for a team. null: "
-        "sqlite:///mlflow.db in the working directory the command runs from, with artifacts "
-        "in mlruns/ beside it, MLflow's own default, so a plain `mlflow ui` there shows every "
+        "`sqlite:///mlflow.db` in the working directory the command runs from, with artifacts "
+        "in `mlruns/` beside it, MLflow's own default, so a plain `mlflow ui` there shows every "
         "sweep (made absolute at load: Ray moves each trial into its own directory).",
     )
     save_weights: bool = Field(

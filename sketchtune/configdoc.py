@@ -1,0 +1,195 @@
+"""The config reference, docs/config.md, generated from the pydantic models in config.py."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import re
+import sys
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticUndefined
+
+from .config import SweepConfig
+
+__all__ = ["COMMAND", "DOC", "main", "render", "sections"]
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
+COMMAND = "python -m sketchtune.configdoc --write"
+
+_HEADER = f"""\
+# Config reference
+
+Every key of a sweep config (`configs/sweep.yaml`, `configs/imagenet_sketch.yaml`), with its
+type, its default and the reason for the default. The sweep, the trainer and the ensemble
+commands all read the same file. An unknown key or a wrong type is an error naming the key;
+`--set KEY=VALUE` overrides any key by its dotted name (`--set train.optim.lr=3e-4`), and
+relative paths are relative to the directory the command runs from.
+
+Generated from the models in `sketchtune/config.py` by
+`{COMMAND}`: edit the descriptions there, not this file
+(`tests/test_configdoc.py` fails when it is stale).
+"""
+
+
+def sections(model: type[BaseModel] = SweepConfig,
+             prefix: str = "") -> list[tuple[str, type[BaseModel]]]:
+    """(dotted key, model) for `model` and every model under it, depth first, in field order.
+
+    The top level's key is ""; a model inside a map gets `<key>` (`search.space.<key>`).
+    """
+    out = [(prefix, model)]
+    for name, field in model.model_fields.items():
+        sub = _section_of(field.annotation)
+        if sub is not None:
+            key = f"{prefix}.{name}" if prefix else name
+            out += sections(sub[0], key + sub[1])
+    return out
+
+
+def _section_of(ann: Any) -> tuple[type[BaseModel], str] | None:
+    """The model a field holds (and the key suffix to reach it), or None for a plain value."""
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann, ""
+    if get_origin(ann) is dict:
+        value = get_args(ann)[1]
+        if isinstance(value, type) and issubclass(value, BaseModel):
+            return value, ".<key>"
+    return None
+
+
+def _type_name(ann: Any) -> str:
+    origin, args = get_origin(ann), get_args(ann)
+    if origin is Literal:
+        return "one of " + ", ".join(str(a) for a in args)
+    if origin in (Union, types.UnionType):
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names + (["null"] if type(None) in args else []))
+    if origin is dict:
+        return f"map of {_type_name(args[0])} to {_type_name(args[1])}"
+    if origin is list:
+        return f"list of {_type_name(args[0])}"
+    if origin is tuple:
+        return "[" + ", ".join(_type_name(a) for a in args) + "]"
+    if ann is Any:
+        return "any"
+    if ann is Path:
+        return "path"
+    return getattr(ann, "__name__", str(ann))
+
+
+# pydantic keeps ge/gt/le/lt as annotated_types objects with an attribute of that name.
+_BOUNDS = (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<"))
+
+
+def _constraints(field: FieldInfo) -> list[str]:
+    out = []
+    for meta in field.metadata:
+        for attr, sign in _BOUNDS:
+            if getattr(meta, attr, None) is not None:
+                out.append(f"{sign} {getattr(meta, attr):g}")
+        if getattr(meta, "pattern", None):
+            out.append(f"matching `{meta.pattern}`")
+    return out
+
+
+def _yaml(value: Any) -> str:
+    """A default as it would be written in the YAML file."""
+    if isinstance(value, Path):
+        value = value.as_posix()
+    elif isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=1 << 20).strip()
+    return text.removesuffix("...").strip()
+
+
+def _default(field: FieldInfo) -> str:
+    if field.default is PydanticUndefined and field.default_factory is None:
+        return "required"
+    value = field.get_default(call_default_factory=True)
+    return f"`{_yaml(value)}`"
+
+
+def _anchor(title: str) -> str:
+    # GitHub's heading ids: lower case, punctuation dropped, spaces to hyphens.
+    return re.sub(r"[^a-z0-9 _-]", "", title.lower()).replace(" ", "-")
+
+
+def _title(key: str) -> str:
+    return f"`{key}`" if key else "Top level"
+
+
+def _cell(text: str) -> str:
+    # A pipe ends a table cell, even inside a code span; outside code spans, `<name>` would be
+    # read as an HTML tag.
+    parts = " ".join(text.split()).replace("|", "\\|").split("`")
+    parts[::2] = [re.sub(r"<(?=[A-Za-z/])", "&lt;", p) for p in parts[::2]]
+    return "`".join(parts)
+
+
+def _row(prefix: str, name: str, field: FieldInfo) -> str:
+    key = f"{prefix}.{name}" if prefix else name
+    sub = _section_of(field.annotation)
+    if sub is not None:
+        title = _title(key + sub[1])
+        kind = "map of str to " if sub[1] else ""
+        typ = f"{kind}[{sub[0].__name__}](#{_anchor(title)})"
+        default = "see its section" if not sub[1] else _default(field)
+    else:
+        typ = ", ".join([_type_name(field.annotation), *_constraints(field)])
+        default = _default(field)
+    return f"| `{key}` | {_cell(typ)} | {_cell(default)} | {_cell(field.description or '')} |"
+
+
+def render() -> str:
+    """docs/config.md's text: one section per model, a table of key, type, default, why."""
+    parts = [_HEADER]
+    found = sections()
+    parts.append("\n".join(f"- [{_title(key)}](#{_anchor(_title(key))}): {model.__name__}"
+                           for key, model in found) + "\n")
+    for key, model in found:
+        doc = inspect.cleandoc(model.__doc__ or "")
+        parts.append(f"## {_title(key)}\n\n`{model.__name__}`: {doc}\n")
+        rows = [_row(key, name, f) for name, f in model.model_fields.items()]
+        parts.append("\n".join(["| key | type | default | what it does, and why this default |",
+                                "|---|---|---|---|", *rows]) + "\n")
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m sketchtune.configdoc",
+                                description="Print, write or check docs/config.md, generated "
+                                            "from sketchtune/config.py.")
+    what = p.add_mutually_exclusive_group()
+    what.add_argument("--write", action="store_true", help="write the file")
+    what.add_argument("--check", action="store_true",
+                      help="exit 1 if the file differs from what would be generated")
+    p.add_argument("--path", type=Path, default=DOC, help="the file (default: docs/config.md)")
+    args = p.parse_args(argv)
+    text = render()
+    if args.check:
+        have = args.path.read_text(encoding="utf-8") if args.path.is_file() else None
+        if have != text:
+            print(f"{p.prog}: error: {args.path} is stale; run `{COMMAND}`", file=sys.stderr)
+            return 1
+        return 0
+    if args.write:
+        from .store import StoreError, atomic_write_bytes  # temp + rename: never half-written
+
+        try:
+            atomic_write_bytes(args.path, text.encode("utf-8"))
+        except StoreError as err:
+            print(f"{p.prog}: error: {err}", file=sys.stderr)
+            return 2
+        return 0
+    sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
