@@ -76,7 +76,8 @@ def test_trial_failing_every_retry_fails_the_sweep_with_one_line(tiny_cfg):
     done = run_sweep_cli(path, "raise:1:-")
     assert done.returncode == 1
     err = done.stderr.strip().splitlines()[-1]
-    assert err.startswith("sketchtune.sweep: error:") and "2 cv trial(s) failed after 1 retries" in err
+    assert err.startswith("sketchtune.sweep: error:")
+    assert "2 cv trial(s) failed after 1 retries" in err
     assert "Traceback" not in done.stdout
     runs, cv = cv_runs(cfg)
     parent = next(r for r in runs if r.data.tags.get("sketchtune.role") == "sweep")
