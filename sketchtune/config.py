@@ -6,10 +6,19 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "AugConfig",
@@ -203,9 +212,27 @@ class RayConfig(Strict):
     verbose: int = Field(1, ge=0, le=3)
 
 
+def _ensemble_method(name: str) -> str:
+    """`auto` or a method of the ensemble registry (`ensemble_search.methods.METHODS`)."""
+    if name == "auto":
+        return name
+    # Imported here: ensemble_search imports this module, and the registry is its classes.
+    from ensemble_search.methods import METHODS
+
+    if name not in METHODS:
+        raise ValueError(f"unknown ensemble method {name!r}; choose from "
+                         f"{', '.join(['auto', *METHODS])}")
+    return name
+
+
+def _metric_name(value: Any) -> Any:
+    # `accuracy` is the older spelling; `acc` is the suffix of the metric names (honest_acc).
+    return "acc" if value == "accuracy" else value
+
+
 class EnsembleConfig(Strict):
-    method: Literal["auto", "mean", "greedy", "optimized", "pruned"] = "auto"
-    metric: Literal["log_loss", "accuracy"] = "log_loss"
+    method: Annotated[str, AfterValidator(_ensemble_method)] = "auto"
+    metric: Annotated[Literal["log_loss", "acc"], BeforeValidator(_metric_name)] = "log_loss"
     greedy_iterations: int = Field(25, ge=1)  # AutoGluon's default
     greedy_sorted_init: int = Field(0, ge=0)
     greedy_bagging: int = Field(0, ge=0)

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ensemble_search import optimize, predict
+from ensemble_search.methods import METHODS
 from tests.ensemble_fixtures import make_sweep, write_candidate
 
 
@@ -198,10 +199,14 @@ def test_predict_images_bad_input_is_one_line_and_writes_nothing(tmp_path, capsy
 
 
 def test_cli_help_lists_defaults(capsys):
+    helps = {}
     for mod in (optimize, predict):
         with pytest.raises(SystemExit) as e:
             mod.main(["--help"])
         assert e.value.code == 0
-        text = capsys.readouterr().out
+        helps[mod] = text = capsys.readouterr().out
         assert "configs/sweep.yaml" in text and "--set" in text and "--sweep" in text
-    assert "--ensemble" in text and "--images" in text
+    assert "--ensemble" in helps[predict] and "--images" in helps[predict]
+    listed = {line.split()[0] for line in helps[optimize].split("ensemble.method")[-1]
+              .splitlines()[1:] if line.strip()}
+    assert listed == {"auto", *METHODS}  # the registry, one method a line
