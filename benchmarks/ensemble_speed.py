@@ -8,8 +8,9 @@ Makes synthetic OOF probabilities of that shape (candidates of varied skill shar
 
 1. greedy selection on log loss (25 iterations): this project's `GreedyEnsemble` vs
    AutoGluon's `EnsembleSelection`: times, ratio, and whether the weights agree;
-2. the whole `ensemble_search.search` (every method, the nested honest estimate, the
-   correlation and error-overlap matrices; loading excluded): time and peak memory.
+2. the whole `ensemble_search.comparison.compare_methods` (every method, the nested honest
+   estimate, the correlation and error-overlap matrices; loading excluded): time and peak
+   memory.
 
 AutoGluon (`pip install autogluon.core`) pins pandas < 3, so it may live in its own venv:
 `--ag-python PATH` runs that side in a subprocess of that interpreter (default: the current
@@ -101,9 +102,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.smoke:
         a.m, a.n, a.c = 8, 2000, 100
     sys.path.insert(0, str(ROOT))
+    from ensemble_search.comparison import compare_methods
     from ensemble_search.load import OOFSet
     from ensemble_search.methods import GreedyEnsemble
-    from ensemble_search.search import search
     from sketchtune.config import EnsembleConfig
 
     print(f"machine: {os.cpu_count()} CPUs; shape M={a.m} N={a.n} C={a.c}; "
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     ours = GreedyEnsemble(iterations=a.iterations, metric="log_loss").fit(probs, y)
     t_ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    ours_acc = GreedyEnsemble(iterations=a.iterations, metric="accuracy").fit(probs, y)
+    ours_acc = GreedyEnsemble(iterations=a.iterations, metric="acc").fit(probs, y)
     t_acc = time.perf_counter() - t0
     print(f"greedy (log loss, {a.iterations} it.): {t_ours:.3f} s; greedy (accuracy): "
           f"{t_acc:.3f} s, {int((ours_acc.weights_ > 0).sum())} models")
@@ -149,20 +150,20 @@ def main(argv: list[str] | None = None) -> int:
     np.random.default_rng(1).shuffle(folds)
     oof = OOFSet(probs=probs, targets=y, folds=folds, keys=np.array([str(i) for i in range(a.n)]),
                  candidate_ids=[f"c{j}" for j in range(a.m)], names=[f"m{j}" for j in range(a.m)])
-    for metric in ("log_loss", "accuracy"):
+    for metric in ("log_loss", "acc"):
         t0 = time.perf_counter()
-        res = search(oof, EnsembleConfig(metric=metric))
+        res = compare_methods(oof, EnsembleConfig(metric=metric))
         secs = time.perf_counter() - t0
-        # Memory in a second run: tracing every allocation slows search() itself 5-10%.
+        # Memory in a second run: tracing every allocation slows compare_methods() 5-10%.
         tracemalloc.start()
-        search(oof, EnsembleConfig(metric=metric))
+        compare_methods(oof, EnsembleConfig(metric=metric))
         _, peak = tracemalloc.get_traced_memory()
         tracemalloc.stop()
-        print(f"search (metric {metric}: 5 methods, 5-fold honest estimate, correlation): "
+        print(f"compare_methods (metric {metric}: 5 methods, 5-fold honest estimate, correlation): "
               f"{secs:.1f} s; peak extra memory {peak / 2**30:.2f} GiB; chose {res.method} "
               f"honest acc {res.chosen.honest.acc:.4f} vs mean "
               f"{res.results['mean'].honest.acc:.4f} vs best single "
-              f"{res.results['single'].honest.acc:.4f}")
+              f"{res.results['best_single'].honest.acc:.4f}")
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"peak RSS of this process: {rss:.2f} GiB (predictions {probs.nbytes / 2**30:.2f} GiB)")
     return 0

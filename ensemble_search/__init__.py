@@ -1,9 +1,11 @@
 """Ensemble search over a sketchtune sweep's out-of-fold predictions.
 
-`load_oof` -> `search` (every method, honest estimates, the choice) -> `ensemble_summary`
-(ensemble.json); the CLIs are `python -m ensemble_search.optimize` and `.predict`.
+`load_oof` -> `compare_methods` (every registered method, honest estimates, the choice) ->
+`ensemble_summary` (ensemble.json); the CLIs are `python -m ensemble_search.optimize` and
+`.predict`. A new ensemble method is one `EnsembleMethod` subclass that sets `name`.
 """
 
+from .comparison import Comparison, compare_methods, ensemble_summary, flat_metrics
 from .correlation import error_overlap, prob_correlation
 from .load import EnsembleError, OOFSet, load_oof, load_test_probs, read_train_rows
 from .methods import (
@@ -15,13 +17,14 @@ from .methods import (
     OptimizedEnsemble,
     PrunedEnsemble,
     build_method,
+    unregister,
 )
 from .nested import HonestScore, honest_estimate
-from .search import SearchResult, ensemble_summary, flat_metrics, search
 
 __all__ = [
     "METHODS",
     "BestSingle",
+    "Comparison",
     "EnsembleError",
     "EnsembleMethod",
     "GreedyEnsemble",
@@ -30,8 +33,8 @@ __all__ = [
     "OOFSet",
     "OptimizedEnsemble",
     "PrunedEnsemble",
-    "SearchResult",
     "build_method",
+    "compare_methods",
     "ensemble_summary",
     "error_overlap",
     "flat_metrics",
@@ -40,5 +43,5 @@ __all__ = [
     "load_test_probs",
     "prob_correlation",
     "read_train_rows",
-    "search",
+    "unregister",
 ]

@@ -1,13 +1,17 @@
-"""Greedy forward selection with replacement (Caruana et al. 2004), fast.
+"""Greedy forward selection with replacement (Caruana et al. 2004): the spec and the fast version.
 
-Each round adds the candidate whose addition to the running average scores best; the
-returned selection is the best prefix of the rounds (its first occurrence). Ties go to a
-candidate already chosen, then to the lowest index: deterministic, and the same rule as
-AutoGluon's `EnsembleSelection(tie_breaker="first")`.
+`greedy_reference` is the specification, written to be read: each round adds the candidate
+whose addition to the running average scores best; the returned selection is the best
+prefix of the rounds (the first round with the best score). Scores are compared exactly,
+unrounded; a tie goes to a candidate already chosen, then to the lowest index, so the
+result is deterministic. (AutoGluon's `EnsembleSelection` also prefers a model already
+chosen, but rounds scores to 6 decimals after the first round and breaks the remaining
+ties at random from its seeded `random_state`: the two agree whenever no scores tie.)
 
-Log loss works on the (N, M) true-class matrix only. Accuracy keeps a running sum of the
-chosen rows and decides most (candidate, row) pairs from bounds on the runner-up class;
-only the undecided pairs are summed in full, so the answer is exact.
+`greedy_log_loss` and `select_accuracy` are the fast versions, tested to return exactly
+the reference's selection. Log loss works on the (N, M) true-class matrix only. Accuracy
+keeps a running sum of the chosen rows and decides most (candidate, row) pairs from bounds
+on the runner-up class; only the undecided pairs are summed in full, so the answer is exact.
 """
 
 from __future__ import annotations
@@ -19,8 +23,8 @@ from .oofview import OOFView
 
 __all__ = [
     "Selection",
-    "greedy_accuracy",
     "greedy_log_loss",
+    "greedy_reference",
     "select_accuracy",
     "selection_weights",
     "single_scores",
@@ -33,6 +37,46 @@ _CHUNK = 512
 _ROWS = 256
 
 Selection = list[int]  # candidate indices in the order they were added (repeats allowed)
+
+
+def greedy_reference(
+    probs: np.ndarray, targets: np.ndarray, iterations: int, metric: str = "log_loss",
+    sorted_init: int = 0,
+) -> Selection:
+    """The specification, slow on purpose: probs (M, N, C), targets (N,) -> the selection.
+
+    Each round scores every candidate added to the full (N, C) running sum and keeps the
+    best; metric "log_loss" (mean -log p(true class) of the average, floored at EPS) or
+    "acc" (rows whose argmax is the target; the first maximum wins). sorted_init: start
+    from this many best single candidates (stable order). Returns the best prefix.
+    """
+    if metric not in ("log_loss", "acc"):
+        raise ValueError(f"metric must be 'log_loss' or 'acc' but got {metric!r}.")
+    m, n, c = probs.shape
+    ar = np.arange(n)
+
+    def loss(total: np.ndarray, k: int) -> float:  # lower is better
+        if metric == "log_loss":
+            return float(-np.log(np.clip(total[ar, targets] / k, EPS, None)).mean())
+        return -float((total.argmax(axis=1) == targets).sum())
+
+    order: list[int] = []
+    trajectory: list[float] = []
+    total = np.zeros((n, c))
+    if sorted_init:
+        singles = [loss(probs[j].astype(np.float64), 1) for j in range(m)]
+        for j in np.argsort(singles, kind="stable")[:sorted_init]:
+            total = total + probs[j]
+            order.append(int(j))
+            trajectory.append(loss(total, len(order)))
+    for _ in range(iterations - len(order)):
+        scores = [loss(total + probs[j], len(order) + 1) for j in range(m)]
+        tied = [j for j in range(m) if scores[j] == min(scores)]
+        pick = ([j for j in tied if j in order] or tied)[0]
+        total = total + probs[pick]
+        order.append(pick)
+        trajectory.append(scores[pick])
+    return order[: int(np.argmin(trajectory)) + 1]
 
 
 def _pick(scores: np.ndarray, used: np.ndarray, better_low: bool) -> int:
@@ -172,13 +216,6 @@ class _AccuracyState:
             hit = full.argmax(axis=1) == y[i]
             counts += np.bincount(j[hit], minlength=len(counts))
         return counts
-
-
-def greedy_accuracy(
-    probs: np.ndarray, targets: np.ndarray, iterations: int, sorted_init: int = 0
-) -> Selection:
-    """probs: (M, N, C), targets: (N,) -> best prefix of the selection order by accuracy."""
-    return select_accuracy(OOFView(probs, targets), iterations, sorted_init)
 
 
 def select_accuracy(view: OOFView, iterations: int, sorted_init: int = 0) -> Selection:

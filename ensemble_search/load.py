@@ -62,7 +62,6 @@ class OOFSet:
     names: list[str]  # (M,) display names <backbone>-<id>
     manifests: list[dict] = field(default_factory=list)  # (M,) fold-0 manifest of each
     skipped: dict[str, str] = field(default_factory=dict)  # incomplete id -> why
-    test_probs: np.ndarray | None = None  # (M, n_test, C) float32 fold means, if loaded
 
     @property
     def num_classes(self) -> int:
@@ -157,26 +156,26 @@ def _complete_ids(store: PredictionStore, keys: np.ndarray,
     return complete, skipped
 
 
-def load_oof(store: PredictionStore, rows: TrainRows, candidate_ids: list[str] | None = None,
-             with_test: bool = False) -> OOFSet:
+def load_oof(store: PredictionStore, rows: TrainRows,
+             candidate_ids: list[str] | None = None) -> OOFSet:
     """Load every complete candidate (or exactly `candidate_ids`, each must be complete).
 
     Checks: finite probabilities with rows summing to 1, one class count, targets and fold
     assignment agreeing with the folds file (or, without one, across candidates), one
-    test row count. Raises EnsembleError naming the candidate, fold and file.
+    test row count. Raises EnsembleError naming the candidate, fold and file. The test
+    probabilities themselves are read by `load_test_probs`.
     """
     ids, skipped = _complete_ids(store, rows.keys, candidate_ids)
     index = pd.Index(rows.keys)
     n = len(rows.keys)
     targets, folds = rows.targets, rows.folds
     probs: np.ndarray | None = None
-    tests: list[np.ndarray] = []
+    ref_n_test: int | None = None  # the first candidate's test row count
     manifests, names, ref = [], [], None  # ref: the candidate the others are compared with
     first_fold = ""  # the first fold file read: its class count is the one all must have
     for j, cid in enumerate(ids):
         cand_folds = np.full(n, -1, dtype=np.int64)
         cand_targets = np.full(n, -1, dtype=np.int64)
-        test_sum = None
         n_test = None
         for k in store.folds(cid):
             fp = store.read_fold(cid, k)
@@ -200,10 +199,6 @@ def load_oof(store: PredictionStore, rows: TrainRows, candidate_ids: list[str] |
             if len(fp.test_probs) != n_test:
                 raise EnsembleError(f"{where}: {len(fp.test_probs)} test rows, fold "
                                     f"{store.folds(cid)[0]} has {n_test}")
-            if with_test:
-                check_probs(fp.test_probs, f"{where} test_probs")
-                test_sum = fp.test_probs.astype(np.float64) if test_sum is None \
-                    else test_sum + fp.test_probs
             if k == store.folds(cid)[0]:
                 manifests.append(fp.manifest)
         what = f"{store.candidate_dir(cid)}: candidate {cid}"
@@ -215,14 +210,12 @@ def load_oof(store: PredictionStore, rows: TrainRows, candidate_ids: list[str] |
         if folds is not None and (bad := np.flatnonzero(cand_folds != folds)).size:
             raise EnsembleError(f"{what}: fold {cand_folds[bad[0]]} holds {rows.keys[bad[0]]!r}, "
                                 f"which {against} puts in fold {folds[bad[0]]}")
-        if ref is not None and tests and len(tests[0]) != n_test:
+        if ref_n_test is not None and ref_n_test != n_test:
             raise EnsembleError(f"{what}: {n_test} test rows but candidate {ref} has "
-                                f"{len(tests[0])}")
+                                f"{ref_n_test}")
         targets = cand_targets if targets is None else targets
         folds = cand_folds if folds is None else folds
-        tests.append(
-            (test_sum / len(store.folds(cid))).astype(np.float32) if with_test
-            else np.empty((n_test, 0), dtype=np.float32))
+        ref_n_test = n_test if ref_n_test is None else ref_n_test
         names.append(display_name(fp.manifest, cid))
         ref = ref or cid
     if len(set(names)) < len(names):  # a 6-char id clash: fall back to full ids
@@ -233,7 +226,6 @@ def load_oof(store: PredictionStore, rows: TrainRows, candidate_ids: list[str] |
     return OOFSet(
         probs=probs, targets=targets, folds=folds, keys=rows.keys, candidate_ids=ids,
         names=names, manifests=manifests, skipped=skipped,
-        test_probs=np.stack(tests) if with_test else None,
     )
 
 

@@ -1,31 +1,35 @@
-"""Ensemble methods behind one interface: `fit(probs, targets) -> self`, then `weights_`.
+"""Ensemble methods behind one interface and one registry: `fit(probs, targets) -> self`.
 
 `fit_view(OOFView)` is the same fit on some rows and candidates without copying them (the
 nested estimate's k-1 folds); `fit` is `fit_view` on every row.
 
 Every method averages class probabilities with non-negative weights that sum to 1
 (`weights_`, shape (M,)), optionally followed by a temperature (`temperature_`, 1.0 =
-none). `METHODS` maps a name to its class; `build_method` makes one from the sweep's
-`ensemble` config section.
+none). A subclass that sets `name` registers itself in `METHODS` (Optuna's samplers,
+timm's `register_model`): it says how it is built from the `ensemble` config section
+(`from_config`) and whether `method: auto` considers it (`in_auto`). The config's allowed
+`ensemble.method` values, `auto`, the reported methods and `--help` all read `METHODS`,
+so a new method is one class.
 """
 
 from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
 import numpy as np
 from scipy.optimize import minimize, minimize_scalar
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
-from sketchtune.config import EnsembleConfig
-
 from .correlation import prob_correlation
 from .greedy import greedy_log_loss, select_accuracy, selection_weights, single_scores
 from .metrics import EPS, log_loss_from_true, weighted_probs
 from .oofview import OOFView
+
+if TYPE_CHECKING:  # the config is only read, never built, here
+    from sketchtune.config import EnsembleConfig
 
 __all__ = [
     "METHODS",
@@ -36,27 +40,66 @@ __all__ = [
     "OptimizedEnsemble",
     "PrunedEnsemble",
     "apply_temperature",
+    "auto_methods",
     "build_method",
     "fit_temperature",
     "fit_view",
+    "reported_methods",
+    "unregister",
 ]
 
 _log = logging.getLogger(__name__)
 
-Metric = Literal["log_loss", "accuracy"]
+# The quantities a method can optimise, named as the suffix of the metric names
+# (`val_acc`, `honest_acc`, `oof_log_loss`).
+Metric = Literal["log_loss", "acc"]
+
+# name -> class, in registration order (the tie-break order of `auto`: simpler first).
+METHODS: dict[str, type[EnsembleMethod]] = {}
 
 
 def _check_metric(metric: str) -> None:
-    if metric not in ("log_loss", "accuracy"):
-        raise ValueError(f"metric must be 'log_loss' or 'accuracy' but got {metric!r}.")
+    if metric not in ("log_loss", "acc"):
+        raise ValueError(f"metric must be 'log_loss' or 'acc' but got {metric!r}.")
+
+
+def _register(cls: type[EnsembleMethod]) -> None:
+    name = cls.name
+    if not isinstance(name, str) or not name or name == "auto":
+        raise ValueError(f"{cls.__qualname__}.name must be a non-empty string other than "
+                         f"'auto' but got {name!r}.")
+    old = METHODS.get(name)
+    # The same class defined again (a re-run notebook cell, a reloaded module) replaces itself.
+    if old is not None and (old.__module__, old.__qualname__) != (cls.__module__,
+                                                                 cls.__qualname__):
+        raise ValueError(f"ensemble method {name!r} is already registered by "
+                         f"{old.__module__}.{old.__qualname__}.")
+    METHODS[name] = cls
 
 
 class EnsembleMethod(ABC):
-    """Probability averaging with learned weights. Subclasses set `weights_` in `fit_view`."""
+    """Probability averaging with learned weights. Subclasses set `weights_` in `fit_view`.
+
+    A subclass that defines `name` is registered under it; one that inherits its parent's
+    name (a test spy, a variant) is not.
+    """
 
     name: ClassVar[str]
+    # Whether `method: auto` may choose it. The reported-only methods (the best single
+    # candidate) are fitted and scored like the others, as a reference.
+    in_auto: ClassVar[bool] = True
     weights_: np.ndarray
     temperature_: float = 1.0
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            _register(cls)
+
+    @classmethod
+    def from_config(cls, cfg: EnsembleConfig) -> EnsembleMethod:
+        """The method with its settings from the sweep's `ensemble` section."""
+        return cls()
 
     def fit(self, probs: np.ndarray, targets: np.ndarray,
             corr: np.ndarray | None = None) -> EnsembleMethod:
@@ -102,22 +145,6 @@ class MeanEnsemble(EnsembleMethod):
         return self
 
 
-class BestSingle(EnsembleMethod):
-    """All weight on the candidate that scores best on the fitting rows (ties: lowest index)."""
-
-    name = "single"
-
-    def __init__(self, metric: Metric = "log_loss") -> None:
-        _check_metric(metric)
-        self.metric = metric
-
-    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> BestSingle:
-        losses = _single_losses(data, self.metric)
-        self.weights_ = np.zeros(data.m)
-        self.weights_[int(np.argmin(losses))] = 1.0
-        return self
-
-
 class GreedyEnsemble(EnsembleMethod):
     """Forward selection with replacement (Caruana et al. 2004); weights = pick counts.
 
@@ -139,6 +166,11 @@ class GreedyEnsemble(EnsembleMethod):
         _check_metric(metric)
         self.iterations, self.metric = iterations, metric
         self.sorted_init, self.bagging, self.seed = sorted_init, bagging, seed
+
+    @classmethod
+    def from_config(cls, cfg: EnsembleConfig) -> GreedyEnsemble:
+        return cls(cfg.greedy_iterations, cfg.metric, cfg.greedy_sorted_init,
+                   cfg.greedy_bagging, cfg.seed)
 
     def _select(self, data: OOFView, q: np.ndarray | None) -> list[int]:
         if self.metric == "log_loss":
@@ -178,6 +210,10 @@ class OptimizedEnsemble(EnsembleMethod):
 
     def __init__(self, temperature: bool = False, tol: float = 1e-10) -> None:
         self.temperature, self.tol = temperature, tol
+
+    @classmethod
+    def from_config(cls, cfg: EnsembleConfig) -> OptimizedEnsemble:
+        return cls(temperature=cfg.temperature)
 
     def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> OptimizedEnsemble:
         q = data.q  # (n, m)
@@ -235,6 +271,10 @@ class PrunedEnsemble(EnsembleMethod):
         self.threshold, self.metric = threshold, metric
         self.then, self.iterations = then, iterations
 
+    @classmethod
+    def from_config(cls, cfg: EnsembleConfig) -> PrunedEnsemble:
+        return cls(cfg.prune_threshold, cfg.metric, cfg.prune_then, cfg.greedy_iterations)
+
     def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> PrunedEnsemble:
         m = data.m
         order = np.argsort(_single_losses(data, self.metric), kind="stable")
@@ -250,6 +290,30 @@ class PrunedEnsemble(EnsembleMethod):
         else:
             sub = GreedyEnsemble(self.iterations, self.metric).fit_view(data.select(self.kept_))
             self.weights_[self.kept_] = sub.weights_
+        return self
+
+
+class BestSingle(EnsembleMethod):
+    """All weight on the candidate that scores best on the fitting rows (ties: lowest index).
+
+    Not an ensemble: the reference every ensemble must beat, reported beside them.
+    """
+
+    name = "best_single"
+    in_auto = False
+
+    def __init__(self, metric: Metric = "log_loss") -> None:
+        _check_metric(metric)
+        self.metric = metric
+
+    @classmethod
+    def from_config(cls, cfg: EnsembleConfig) -> BestSingle:
+        return cls(cfg.metric)
+
+    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> BestSingle:
+        losses = _single_losses(data, self.metric)
+        self.weights_ = np.zeros(data.m)
+        self.weights_[int(np.argmin(losses))] = 1.0
         return self
 
 
@@ -297,25 +361,26 @@ def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     return z
 
 
-METHODS: dict[str, type[EnsembleMethod]] = {
-    cls.name: cls
-    for cls in (MeanEnsemble, GreedyEnsemble, OptimizedEnsemble, PrunedEnsemble, BestSingle)
-}
+def unregister(name: str) -> None:
+    """Remove the method `name` from the registry (a test's or a plugin's own method)."""
+    if name not in METHODS:
+        raise KeyError(f"no ensemble method {name!r}; registered: {sorted(METHODS)}.")
+    del METHODS[name]
+
+
+def auto_methods() -> list[str]:
+    """The methods `auto` chooses among, in tie-break order (registration: simpler first)."""
+    return [name for name, cls in METHODS.items() if cls.in_auto]
+
+
+def reported_methods() -> list[str]:
+    """Every registered method: `auto`'s choices first, then the reported-only ones."""
+    return auto_methods() + [name for name, cls in METHODS.items() if not cls.in_auto]
 
 
 def build_method(cfg: EnsembleConfig, name: str | None = None) -> EnsembleMethod:
     """The method `name` (default `cfg.method`; not "auto") with its settings from `cfg`."""
     name = name or cfg.method
-    if name == "mean":
-        return MeanEnsemble()
-    if name == "single":
-        return BestSingle(cfg.metric)
-    if name == "greedy":
-        return GreedyEnsemble(cfg.greedy_iterations, cfg.metric, cfg.greedy_sorted_init,
-                              cfg.greedy_bagging, cfg.seed)
-    if name == "optimized":
-        return OptimizedEnsemble(temperature=cfg.temperature)
-    if name == "pruned":
-        return PrunedEnsemble(cfg.prune_threshold, cfg.metric, cfg.prune_then,
-                              cfg.greedy_iterations)
-    raise ValueError(f"unknown ensemble method {name!r}; choose from {sorted(METHODS)}.")
+    if name not in METHODS:
+        raise ValueError(f"unknown ensemble method {name!r}; choose from {sorted(METHODS)}.")
+    return METHODS[name].from_config(cfg)

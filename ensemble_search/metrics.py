@@ -11,8 +11,6 @@ import numpy as np
 
 __all__ = [
     "EPS",
-    "accuracy",
-    "argmax_correct",
     "log_loss",
     "log_loss_from_true",
     "true_class_probs",
@@ -39,16 +37,6 @@ def log_loss_from_true(p_true: np.ndarray) -> float | np.ndarray:
 def log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
     """probs: (N, C), targets: (N,) -> mean log loss (rows are assumed to sum to 1)."""
     return log_loss_from_true(probs[np.arange(len(targets)), targets])
-
-
-def argmax_correct(probs: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """probs: (..., N, C), targets: (N,) -> (..., N) bool, argmax == target (first max wins)."""
-    return probs.argmax(axis=-1) == targets
-
-
-def accuracy(probs: np.ndarray, targets: np.ndarray) -> float:
-    """probs: (N, C), targets: (N,) -> fraction of rows whose argmax is the target."""
-    return float(argmax_correct(probs, targets).mean())
 
 
 def weighted_probs(

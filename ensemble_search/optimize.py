@@ -19,9 +19,10 @@ import pandas as pd
 from sketchtune.store import PredictionStore
 
 from .cli import base_parser, load_sweep_config, out_dir, run_main, write_files
+from .comparison import Comparison, compare_methods, ensemble_summary, flat_metrics
 from .load import EnsembleError, load_oof, read_train_rows
+from .methods import METHODS, BestSingle, auto_methods
 from .plots import accuracy_bars_png, heatmap_png
-from .search import PREFIX, SearchResult, ensemble_summary, flat_metrics, search
 
 __all__ = ["main", "render_outputs"]
 
@@ -34,22 +35,23 @@ def _csv(df: pd.DataFrame, index: bool = False) -> bytes:
     return buf.getvalue().encode()
 
 
-def methods_table(res: SearchResult) -> pd.DataFrame:
+def methods_table(res: Comparison) -> pd.DataFrame:
     rows = []
     for name, r in res.results.items():
-        rows.append({"method": PREFIX.get(name, name), "chosen": name == res.method,
+        rows.append({"method": name, "chosen": name == res.method,
                      "n_used": int((r.weights > 0).sum()), "temperature": r.temperature,
                      "oof_acc": r.oof_acc, "oof_log_loss": r.oof_log_loss,
                      "honest_acc": r.honest.acc, "honest_log_loss": r.honest.log_loss})
     return pd.DataFrame(rows)
 
 
-def render_outputs(res: SearchResult, summary: dict, names: list[str]) -> dict[str, bytes]:
+def render_outputs(res: Comparison, summary: dict, names: list[str]) -> dict[str, bytes]:
     """Every output file's bytes, made in memory so nothing is written before all succeeded."""
     corr = pd.DataFrame(res.correlation, index=names, columns=names)
     overlap = pd.DataFrame(res.error_overlap, index=names, columns=names)
-    ens = {f"{PREFIX.get(n, n)} (honest)": r.honest.acc for n, r in res.results.items()
-           if n != "single"}
+    # The best single candidate is not an ensemble, and its candidate has a bar already.
+    ens = {f"{n} (honest)": r.honest.acc for n, r in res.results.items()
+           if n != BestSingle.name}
     return {
         "ensemble.json": (json.dumps(summary, indent=2) + "\n").encode(),
         "candidates.csv": _csv(res.candidates),
@@ -75,7 +77,7 @@ def _body(args: argparse.Namespace) -> int:
     wanted = [c.strip() for c in args.candidates.split(",") if c.strip()] \
         if args.candidates else None
     oof = load_oof(store, rows, wanted)
-    res = search(oof, cfg.ensemble)
+    res = compare_methods(oof, cfg.ensemble)
     summary = ensemble_summary(res, oof, cfg.ensemble)
     summary.update(sweep=cfg.name, sweep_dir=str(cfg.sweep_dir), rows_from=str(rows.source))
     files = render_outputs(res, summary, oof.names)
@@ -99,8 +101,8 @@ def _body(args: argparse.Namespace) -> int:
     return 0
 
 
-def _report(res: SearchResult, names: list[str], folder, run_id, why, uri) -> None:
-    print(f"{len(names)} candidates; search took {res.seconds:.1f} s")
+def _report(res: Comparison, names: list[str], folder, run_id, why, uri) -> None:
+    print(f"{len(names)} candidates; methods compared in {res.seconds:.1f} s")
     print(methods_table(res).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     w = res.chosen.weights
     used = ", ".join(f"{names[j]} {w[j]:.3f}" for j in np.argsort(-w, kind="stable") if w[j] > 0)
@@ -109,8 +111,23 @@ def _report(res: SearchResult, names: list[str], folder, run_id, why, uri) -> No
     print(f"MLflow: run {run_id} in {uri}" if run_id else f"MLflow: NOT logged ({why})")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter,
+                     argparse.RawDescriptionHelpFormatter):
+    """Defaults shown, and the method list below the options kept one method a line."""
+
+
+def _methods_help() -> str:
+    """The registered methods, for --help: what `ensemble.method` accepts."""
+    width = max(len(n) for n in ("auto", *METHODS))
+    lines = [f"  {'auto':<{width}}  the best honest estimate among {', '.join(auto_methods())}"]
+    lines += [f"  {name:<{width}}  {(cls.__doc__ or '').strip().splitlines()[0]}"
+              for name, cls in METHODS.items()]
+    return "ensemble.method (--set ensemble.method=NAME):\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(PROG, "Choose ensemble weights from a sweep's out-of-fold predictions.")
+    p.formatter_class, p.epilog = _HelpFormatter, _methods_help()
     p.add_argument("--candidates", metavar="IDS", default=None,
                    help="comma-separated candidate ids to use (each must be complete); "
                         "default: every complete candidate")

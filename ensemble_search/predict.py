@@ -71,12 +71,15 @@ def _check_candidates(store: PredictionStore, spec: dict, path: Path) -> list[st
 
 
 def _images_probs(cfg: SweepConfig, ids: list[str], csv: Path) -> np.ndarray:
+    # Imported here: torch and timm, which only --images needs.
+    from sketchtune.data import DataError
+    from sketchtune.model import ModelError
+    from sketchtune.predict import predict_csv
+
     try:
-        from sketchtune.predict import predict_csv
-    except ImportError as err:
-        raise EnsembleError(f"{csv}: --images needs sketchtune.predict.predict_csv, which "
-                            f"this installation lacks ({err})") from None
-    out = [np.asarray(predict_csv(cfg, cid, csv), dtype=np.float32) for cid in ids]
+        out = [np.asarray(predict_csv(cfg, cid, csv), dtype=np.float32) for cid in ids]
+    except (DataError, ModelError) as err:  # a bad image or weights file: already one line
+        raise EnsembleError(str(err)) from None
     for cid, p in zip(ids, out, strict=True):
         check_probs(p, f"{csv}: predictions of candidate {cid}")
     return np.stack(out)

@@ -6,10 +6,19 @@ import copy
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import first_line
 
@@ -489,22 +498,42 @@ class RayConfig(Strict):
     )
 
 
+def _ensemble_method(name: str) -> str:
+    """`auto` or a method of the ensemble registry (`ensemble_search.methods.METHODS`)."""
+    if name == "auto":
+        return name
+    # Imported here: ensemble_search imports this module, and the registry is its classes.
+    from ensemble_search.methods import METHODS
+
+    if name not in METHODS:
+        raise ValueError(f"unknown ensemble method {name!r}; choose from "
+                         f"{', '.join(['auto', *METHODS])}")
+    return name
+
+
+def _metric_name(value: Any) -> Any:
+    # `accuracy` is the older spelling; `acc` is the suffix of the metric names (honest_acc).
+    return "acc" if value == "accuracy" else value
+
+
 class EnsembleConfig(Strict):
     """The ensemble search (`python -m ensemble_search.optimize`): weights from OOF predictions."""
 
-    method: Literal["auto", "mean", "greedy", "optimized", "pruned"] = Field(
+    method: Annotated[str, AfterValidator(_ensemble_method)] = Field(
         "auto",
-        description="How candidates are weighted. `auto` fits every method and keeps the one "
-        "with the best honest estimate (weights fitted on k-1 folds, scored on the held-out "
-        "one) on `metric`, so the choice is not made on the rows that fitted it.",
+        description="How candidates are weighted: `auto` or a method of the registry "
+        "(`python -m ensemble_search.optimize --help` lists them). `auto` fits every method and "
+        "keeps the one with the best honest estimate (weights fitted on k-1 folds, scored on the "
+        "held-out one) on `metric`, so the choice is not made on the rows that fitted it.",
     )
-    metric: Literal["log_loss", "accuracy"] = Field(
+    metric: Annotated[Literal["log_loss", "acc"], BeforeValidator(_metric_name)] = Field(
         "log_loss",
         description="What greedy selection, pruning's ranking and the best single candidate "
         "optimise, and what `auto` compares (`optimized` always minimises log loss). log_loss: "
         "it rewards calibrated probabilities, separates candidates that accuracy ties, and the "
-        "search is about twice as fast (benchmarks/RESULTS-ensemble.md); accuracy is the "
-        "competition's metric (the shipped configs set it).",
+        "search is about twice as fast (benchmarks/RESULTS-ensemble.md); acc (accuracy; the older "
+        "spelling `accuracy` is accepted) is the competition's metric (the shipped configs set "
+        "it).",
     )
     greedy_iterations: int = Field(
         25, ge=1,

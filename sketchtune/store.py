@@ -224,6 +224,3 @@ class PredictionStore:
                 f"(first: {extra[0]!r})"
             )
         return True, "complete"
-
-    def is_complete(self, candidate_id: str, train_keys: Iterable[str]) -> bool:
-        return self.completeness(candidate_id, train_keys)[0]

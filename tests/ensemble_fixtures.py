@@ -78,8 +78,12 @@ def make_sweep(tmp: Path, skills: tuple[float, ...] = (2.0, 1.0, 0.5), n: int = 
 
 def write_candidate(sw: Sweep, j: int, folds: list[int] | None = None,
                     probs: np.ndarray | None = None, test_probs: np.ndarray | None = None,
-                    cid: str | None = None, backbone: str = "test_resnet.r160_in1k") -> str:
-    """Write candidate j's folds (all by default) to the store, optionally with other arrays."""
+                    cid: str | None = None, backbone: str = "test_resnet.r160_in1k",
+                    weights_file: str | None = None) -> str:
+    """Write candidate j's folds (all by default) to the store, optionally with other arrays.
+
+    weights_file: what each fold's manifest names as its saved weights (none are written).
+    """
     p = sw.probs[j] if probs is None else probs
     n_folds = int(sw.folds.max()) + 1
     cid = cid or sw.ids[j]
@@ -90,6 +94,7 @@ def write_candidate(sw: Sweep, j: int, folds: list[int] | None = None,
             test_probs=sw.test_probs[j, k] if test_probs is None else test_probs,
             manifest={"n_folds": n_folds, "best_epoch": 1,
                       "metrics": {"val_acc": 0.5, "val_loss": 1.0},
-                      "config": {"model": {"name": backbone}}, "mlflow_run_id": None},
+                      "config": {"model": {"name": backbone}}, "mlflow_run_id": None,
+                      **({"weights_file": weights_file} if weights_file else {})},
         )
     return cid

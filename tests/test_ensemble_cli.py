@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from ensemble_search import optimize, predict
+from ensemble_search.methods import METHODS
 from tests.ensemble_fixtures import make_sweep, write_candidate
 
 
@@ -176,23 +177,36 @@ def test_predict_ensemble_names_missing_candidate(done, tmp_path, capsys):
     assert not out.exists()
 
 
-def test_predict_images_without_predict_module_is_one_line(done, tmp_path, capsys):
+@pytest.mark.parametrize("case", ["missing-image", "no-weights"])
+def test_predict_images_bad_input_is_one_line_and_writes_nothing(tmp_path, capsys, case):
+    sw = make_sweep(tmp_path, skills=(1.0,))
+    csv = tmp_path / "new.csv"
+    pd.DataFrame({"image_path": ["gone.png"]}).to_csv(csv, index=False)
+    if case == "missing-image":  # weights named but absent: the images are checked first
+        write_candidate(sw, 0, weights_file="fold{k}.safetensors")
+        want = ("gone.png", str(csv))
+    else:
+        want = ("saved no weights", str(sw.store.candidate_dir(sw.ids[0])))
+    (tmp_path / "ensemble.json").write_text(json.dumps(
+        {"candidates": [{"candidate_id": sw.ids[0], "weight": 1.0}]}))
     out = tmp_path / "out"
-    rc = predict.main([str(done.config), "--images", str(done.test_csv), "--out", str(out)])
-    try:
-        import sketchtune.predict  # noqa: F401
-    except ImportError:
-        assert rc == 2
-        (line,) = _errors(capsys, "ensemble_search.predict")
-        assert "predict_csv" in line
-        assert not out.exists()
+    rc = predict.main([str(sw.config), "--images", str(csv), "--out", str(out),
+                       "--ensemble", str(tmp_path / "ensemble.json")])
+    assert rc == 2
+    (line,) = _errors(capsys, "ensemble_search.predict")
+    assert all(w in line for w in want), line
+    _assert_nothing_written(sw, out)
 
 
 def test_cli_help_lists_defaults(capsys):
+    helps = {}
     for mod in (optimize, predict):
         with pytest.raises(SystemExit) as e:
             mod.main(["--help"])
         assert e.value.code == 0
-        text = capsys.readouterr().out
+        helps[mod] = text = capsys.readouterr().out
         assert "configs/sweep.yaml" in text and "--set" in text and "--sweep" in text
-    assert "--ensemble" in text and "--images" in text
+    assert "--ensemble" in helps[predict] and "--images" in helps[predict]
+    listed = {line.split()[0] for line in helps[optimize].split("ensemble.method")[-1]
+              .splitlines()[1:] if line.strip()}
+    assert listed == {"auto", *METHODS}  # the registry, one method a line

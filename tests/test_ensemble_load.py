@@ -16,14 +16,15 @@ def _rows(sw):
 
 def test_load_oof_aligns_rows_to_folds_file(tmp_path):
     sw = make_sweep(tmp_path)
-    oof = load_oof(sw.store, _rows(sw), with_test=True)
+    oof = load_oof(sw.store, _rows(sw))
     assert oof.candidate_ids == sw.ids
     assert np.array_equal(oof.keys, sw.keys)
     assert np.array_equal(oof.targets, sw.targets)
     assert np.array_equal(oof.folds, sw.folds)
     assert np.array_equal(oof.probs, sw.probs)
     assert oof.names[0] == "test_resnet-c00abc"
-    assert np.allclose(oof.test_probs, sw.test_probs.mean(axis=1), atol=1e-6)
+    test = load_test_probs(sw.store, oof.candidate_ids)
+    assert np.allclose(test, sw.test_probs.mean(axis=1), atol=1e-6)
 
 
 def test_load_oof_skips_incomplete_candidate(tmp_path):

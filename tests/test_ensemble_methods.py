@@ -1,67 +1,50 @@
-"""Ensemble methods: facts that hold by construction."""
+"""Ensemble methods and their registry: facts that hold by construction."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
+from ensemble_search.comparison import compare_methods, flat_metrics
 from ensemble_search.correlation import corr_from_gram, fold_gram
-from ensemble_search.greedy import greedy_accuracy, greedy_log_loss, select_accuracy
+from ensemble_search.greedy import greedy_log_loss, greedy_reference, select_accuracy
+from ensemble_search.load import OOFSet
 from ensemble_search.methods import (
     METHODS,
+    BestSingle,
+    EnsembleMethod,
     GreedyEnsemble,
     MeanEnsemble,
     OptimizedEnsemble,
     PrunedEnsemble,
     apply_temperature,
+    auto_methods,
+    build_method,
+    reported_methods,
+    unregister,
 )
-from ensemble_search.metrics import EPS, log_loss, true_class_probs
+from ensemble_search.metrics import log_loss, true_class_probs
 from ensemble_search.nested import honest_estimate
 from ensemble_search.oofview import OOFView
+from sketchtune.config import EnsembleConfig
 from tests.ensemble_fixtures import make_probs, softmax
 
 
-def slow_greedy(probs, y, iterations, metric="log_loss", sorted_init=0):
-    """The obvious implementation: score every candidate added to the full running sum."""
-    m, n, c = probs.shape
-    ar = np.arange(n)
-
-    def loss(total, k):
-        if metric == "log_loss":
-            return float(-np.log(np.clip(total[ar, y] / k, EPS, None)).mean())
-        return -float((total.argmax(axis=1) == y).sum())
-
-    order, traj, total = [], [], np.zeros((n, c))
-    if sorted_init:
-        singles = [loss(probs[j].astype(np.float64), 1) for j in range(m)]
-        for j in np.argsort(singles, kind="stable")[:sorted_init]:
-            total = total + probs[j]
-            order.append(int(j))
-            traj.append(loss(total, len(order)))
-    for _ in range(iterations - len(order)):
-        scores = [loss(total + probs[j], len(order) + 1) for j in range(m)]
-        tied = [j for j in range(m) if scores[j] == min(scores)]
-        pick = ([j for j in tied if j in order] or tied)[0]
-        total = total + probs[pick]
-        order.append(pick)
-        traj.append(scores[pick])
-    return order[: int(np.argmin(traj)) + 1]
-
-
-@pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
+@pytest.mark.parametrize("metric", ["log_loss", "acc"])
 @pytest.mark.parametrize("sorted_init", [0, 2])
-def test_greedy_fast_equals_slow_on_random_data(metric, sorted_init):
+def test_greedy_fast_equals_reference_on_random_data(metric, sorted_init):
     rng = np.random.default_rng(7)
     for _ in range(8):
         m, n, c = int(rng.integers(2, 7)), int(rng.integers(20, 120)), int(rng.integers(2, 9))
         probs, y = make_probs(rng, list(rng.uniform(0, 2, m)), n, c)
         probs = softmax(np.log(probs) * rng.uniform(0.3, 3))  # vary sharpness
         fast = (greedy_log_loss(true_class_probs(probs, y), 12, sorted_init) if metric == "log_loss"
-                else greedy_accuracy(probs, y, 12, sorted_init))
-        assert fast == slow_greedy(probs, y, 12, metric, sorted_init)
+                else select_accuracy(OOFView(probs, y), 12, sorted_init))
+        assert fast == greedy_reference(probs, y, 12, metric, sorted_init)
 
 
-@pytest.mark.parametrize("metric", ["log_loss", "accuracy"])
+@pytest.mark.parametrize("metric", ["log_loss", "acc"])
 def test_greedy_finds_planted_best_and_ignores_useless(metric):
     rng = np.random.default_rng(0)
     n, c = 300, 5
@@ -79,9 +62,9 @@ def test_methods_weights_nonnegative_and_sum_to_one():
     rng = np.random.default_rng(1)
     probs, y = make_probs(rng, [1.0, 0.8, 0.2, 1.5], 200, 6)
     for method in [MeanEnsemble(), GreedyEnsemble(), GreedyEnsemble(sorted_init=2, bagging=4),
-                   GreedyEnsemble(metric="accuracy"), OptimizedEnsemble(temperature=True),
+                   GreedyEnsemble(metric="acc"), OptimizedEnsemble(temperature=True),
                    PrunedEnsemble(0.3), PrunedEnsemble(0.99, then="greedy"),
-                   METHODS["single"]()]:
+                   METHODS["best_single"]()]:
         w = method.fit(probs, y).weights_
         assert w.shape == (4,)
         assert (w >= 0).all(), method
@@ -202,7 +185,7 @@ def test_score_view_equals_predict_proba_on_rows(coarse):
         assert np.array_equal(right, pred.argmax(axis=1) == y[rows])
 
 
-def test_greedy_accuracy_on_view_equals_slow_on_copy():
+def test_greedy_accuracy_on_view_equals_reference_on_copy():
     # Bagging and pruned->greedy select candidates of a view of some rows: the same
     # selection as on the copied sub-array.
     rng = np.random.default_rng(9)
@@ -212,5 +195,75 @@ def test_greedy_accuracy_on_view_equals_slow_on_copy():
         rows = np.sort(rng.choice(n, 2 * n // 3, replace=False))
         cands = np.sort(rng.choice(m, m - 1, replace=False))
         view = OOFView(probs, y, rows).select(cands)
-        assert select_accuracy(view, 10, 1) == slow_greedy(probs[cands][:, rows], y[rows], 10,
-                                                           "accuracy", 1)
+        assert select_accuracy(view, 10, 1) == greedy_reference(probs[cands][:, rows], y[rows],
+                                                                10, "acc", 1)
+
+
+def test_registry_holds_every_method_built_from_config():
+    assert list(METHODS) == ["mean", "greedy", "optimized", "pruned", "best_single"]
+    assert auto_methods() == ["mean", "greedy", "optimized", "pruned"]
+    assert reported_methods()[-1] == "best_single"
+    cfg = EnsembleConfig(metric="acc", greedy_iterations=7, greedy_bagging=3, seed=5,
+                         temperature=True, prune_threshold=0.5, prune_then="greedy")
+    for name, cls in METHODS.items():
+        assert type(build_method(cfg, name)) is cls and cls.name == name
+    greedy = build_method(cfg, "greedy")
+    assert (greedy.iterations, greedy.metric, greedy.bagging, greedy.seed) == (7, "acc", 3, 5)
+    assert build_method(cfg, "optimized").temperature is True
+    pruned = build_method(cfg, "pruned")
+    assert (pruned.threshold, pruned.then, pruned.iterations) == (0.5, "greedy", 7)
+    assert build_method(cfg, "best_single").metric == "acc"
+    assert type(build_method(EnsembleConfig(method="pruned"))) is PrunedEnsemble
+
+
+def test_registry_refuses_a_second_class_under_a_taken_name():
+    with pytest.raises(ValueError, match="'greedy' is already registered"):
+        type("OtherGreedy", (MeanEnsemble,), {"name": "greedy"})
+    assert METHODS["greedy"] is GreedyEnsemble
+    assert _Spy not in METHODS.values()  # inherits a name without setting one: not registered
+
+
+def test_config_method_allowed_values_come_from_registry():
+    with pytest.raises(ValidationError) as err:
+        EnsembleConfig(method="magic")
+    assert "choose from auto, mean, greedy, optimized, pruned, best_single" in str(err.value)
+    assert EnsembleConfig(method="best_single").method == "best_single"
+    assert EnsembleConfig(metric="accuracy").metric == "acc"  # the older spelling still reads
+
+
+def _oof_set(probs: np.ndarray, y: np.ndarray, folds: np.ndarray) -> OOFSet:
+    m, n, _ = probs.shape
+    return OOFSet(probs=probs, targets=y, folds=folds, keys=np.array([f"{i}" for i in range(n)]),
+                  candidate_ids=[f"c{j}" for j in range(m)], names=[f"m{j}" for j in range(m)])
+
+
+def test_new_method_class_is_usable_by_name_from_config_and_comparison():
+    class LastCandidate(EnsembleMethod):
+        """All weight on the last candidate (a method only this test knows)."""
+
+        name = "last_candidate"
+
+        def fit_view(self, data, corr=None):
+            self.weights_ = np.zeros(data.m)
+            self.weights_[-1] = 1.0
+            return self
+
+    try:
+        rng = np.random.default_rng(10)
+        probs, y = make_probs(rng, [0.0, 0.0, 3.0], 90, 4)  # the last candidate is far best
+        oof = _oof_set(probs, y, np.arange(90) % 3)
+        assert "last_candidate" in auto_methods()
+        res = compare_methods(oof, EnsembleConfig(method="last_candidate"))
+        assert res.method == "last_candidate"
+        assert res.chosen.weights.tolist() == [0.0, 0.0, 1.0]
+        best = BestSingle().fit(probs, y)  # the same candidate, scored the same way
+        assert res.chosen.oof_log_loss == pytest.approx(log_loss(best.predict_proba(probs), y))
+        assert "last_candidate_honest_acc" in flat_metrics(res)
+        auto = compare_methods(oof, EnsembleConfig(method="auto"))
+        assert set(auto.results) == {"mean", "greedy", "optimized", "pruned", "best_single",
+                                     "last_candidate"}
+    finally:
+        unregister("last_candidate")
+    assert "last_candidate" not in METHODS
+    with pytest.raises(ValidationError, match="last_candidate"):
+        EnsembleConfig(method="last_candidate")

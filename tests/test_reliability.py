@@ -58,7 +58,7 @@ def test_crashed_trial_is_retried_and_its_failed_attempt_marked(tiny_cfg, tmp_pa
     assert (tmp_path / "fault-fired").exists()  # the fault really happened
     store = PredictionStore(cfg.sweep_dir)
     keys = pd.read_csv(cfg.data.folds_csv)["image_path"].tolist()
-    assert store.is_complete(candidate_id(cfg.train), keys)
+    assert store.completeness(candidate_id(cfg.train), keys)[0]
     assert no_temp_files(cfg.sweep_dir)
     _, cv = cv_runs(cfg)
     status = Counter(r.info.status for r in cv)

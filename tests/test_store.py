@@ -40,7 +40,7 @@ def test_store_complete_only_when_folds_cover_every_row_once(tmp_path):
     ok, why = store.completeness("abc", KEYS)
     assert not ok and "missing fold(s) [2]" in why
     write(store, "abc", 2)
-    assert store.is_complete("abc", KEYS)
+    assert store.completeness("abc", KEYS)[0]
 
 
 def test_store_incomplete_when_a_row_is_in_two_folds(tmp_path):

@@ -88,7 +88,7 @@ def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
     run_ids = {r.info.run_id for r in trials}
     for s in summaries:
         cid = s.data.tags["candidate_id"]
-        assert store.is_complete(cid, train_keys(cfg))
+        assert store.completeness(cid, train_keys(cfg))[0]
         assert 0 <= s.data.metrics["oof_acc"] <= 1
         for k in range(2):
             assert store.read_manifest(cid, k)["mlflow_run_id"] in run_ids
@@ -119,7 +119,7 @@ def test_sweep_cv_skips_pairs_already_in_the_store(tiny_cfg):
                  if r.data.tags.get("stage") == "cv")
     new_id = candidate_id(with_train_overrides(cfg.train, new, "t"))
     assert cv == {(cid, "1"): 1, (new_id, "0"): 1, (new_id, "1"): 1}
-    assert store.is_complete(new_id, train_keys(cfg))
+    assert store.completeness(new_id, train_keys(cfg))[0]
 
 
 def _manifests(sweep_dir: Path) -> dict[str, str]:
@@ -235,7 +235,8 @@ def test_sweep_joins_a_cluster_with_address_auto(tiny_cfg):
         assert done.returncode == 0, done.stderr[-2000:]
     finally:
         subprocess.run([ray_cli, "stop"], env=env, capture_output=True, timeout=120)
-    assert PredictionStore(cfg.sweep_dir).is_complete(candidate_id(cfg.train), train_keys(cfg))
+    assert PredictionStore(cfg.sweep_dir).completeness(candidate_id(cfg.train),
+                                                    train_keys(cfg))[0]
 
 
 def test_sweep_unreachable_ray_head_fails_at_once(tiny_cfg, capsys):

@@ -1,8 +1,9 @@
-"""Run every ensemble method on an `OOFSet`, estimate each honestly, choose one.
+"""Compare every registered ensemble method on an `OOFSet`, estimated honestly; choose one.
 
 Each method is fitted twice over: on every OOF row (its final weights, and an optimistic
 OOF score) and inside the outer fold split (`nested.honest_estimate`). `auto` picks the
-method with the best honest estimate on the configured metric.
+method (among those with `in_auto`) with the best honest estimate on the configured metric.
+The methods come from the registry (`methods.METHODS`); none is named here.
 """
 
 from __future__ import annotations
@@ -19,22 +20,15 @@ from sketchtune.config import EnsembleConfig
 
 from .correlation import error_overlap, prob_correlation
 from .load import OOFSet
-from .methods import build_method, fit_view
+from .methods import auto_methods, build_method, fit_view, reported_methods
 from .metrics import log_loss_from_true
 from .nested import HonestScore, honest_estimate
 from .oofview import OOFView, RowFacts
 
-__all__ = ["AUTO_CHOICES", "MethodResult", "SearchResult", "candidate_table", "choose",
-           "ensemble_summary", "flat_metrics", "search"]
+__all__ = ["Comparison", "MethodResult", "candidate_table", "choose", "compare_methods",
+           "ensemble_summary", "flat_metrics"]
 
 _log = logging.getLogger(__name__)
-
-# Candidates for `auto`, in tie-break order (the simpler method wins a tie).
-AUTO_CHOICES = ("mean", "greedy", "optimized", "pruned")
-# Also reported: the best single candidate, chosen and scored the same way.
-REPORTED = (*AUTO_CHOICES, "single")
-# Prefix of each method's flat metric names (`mean_honest_acc`, `best_single_oof_log_loss`).
-PREFIX = {"single": "best_single"}
 
 
 @dataclass
@@ -48,11 +42,11 @@ class MethodResult:
 
 
 @dataclass
-class SearchResult:
+class Comparison:
     method: str  # the chosen one
     requested: str  # cfg.method, possibly "auto"
-    metric: str
-    results: dict[str, MethodResult]
+    metric: str  # "acc" or "log_loss"
+    results: dict[str, MethodResult]  # every registered method, `auto`'s choices first
     candidates: pd.DataFrame  # one row per candidate: candidate_table + weight
     correlation: np.ndarray  # (M, M) Pearson of flattened OOF probabilities
     error_overlap: np.ndarray  # (M, M) fraction of rows both get wrong
@@ -82,27 +76,30 @@ def candidate_table(oof: OOFSet,
 
 
 def choose(results: dict[str, MethodResult], metric: str) -> str:
-    """The AUTO_CHOICES method with the best honest estimate (accuracy ties: lower log loss)."""
-    names = [n for n in AUTO_CHOICES if n in results]
-    if metric == "accuracy":
+    """The `auto` method with the best honest estimate (acc ties: lower log loss; then the
+    one registered first, the simpler)."""
+    names = [n for n in auto_methods() if n in results]
+    if metric == "acc":
         key = [(-results[n].honest.acc, results[n].honest.log_loss) for n in names]
     else:
         key = [(results[n].honest.log_loss, -results[n].honest.acc) for n in names]
     return names[min(range(len(names)), key=key.__getitem__)]
 
 
-def search(oof: OOFSet, cfg: EnsembleConfig) -> SearchResult:
-    """Fit and honestly estimate every REPORTED method; pick `cfg.method` or, if auto, the best."""
+def compare_methods(oof: OOFSet, cfg: EnsembleConfig) -> Comparison:
+    """Fit and honestly estimate every registered method; pick `cfg.method` or, if auto, the
+    best."""
     t0 = time.perf_counter()
     probs, y = oof.probs, oof.targets
     facts = RowFacts(probs, y)  # per-row facts, computed once for every method and fold
     table, correct = candidate_table(oof, facts)
-    factories = {name: partial(build_method, cfg, name) for name in REPORTED}
+    names = reported_methods()
+    factories = {name: partial(build_method, cfg, name) for name in names}
     honest = honest_estimate(probs, y, oof.folds, factories, facts)
     corr = prob_correlation(probs)
     every_row = OOFView(probs, y, facts=facts)
     results: dict[str, MethodResult] = {}
-    for name in REPORTED:
+    for name in names:
         method = fit_view(build_method(cfg, name), every_row, corr)
         p_true, right = method.score_view(every_row)
         results[name] = MethodResult(
@@ -115,18 +112,18 @@ def search(oof: OOFSet, cfg: EnsembleConfig) -> SearchResult:
                   results[name].oof_log_loss, honest[name].log_loss)
     chosen = choose(results, cfg.metric) if cfg.method == "auto" else cfg.method
     table["weight"] = results[chosen].weights
-    return SearchResult(
+    return Comparison(
         method=chosen, requested=cfg.method, metric=cfg.metric, results=results,
         candidates=table, correlation=corr,
         error_overlap=error_overlap(correct), seconds=time.perf_counter() - t0,
     )
 
 
-def flat_metrics(res: SearchResult) -> dict[str, float]:
-    """Flat metric names: `ensemble_*` for the chosen method, `<method>_*` for each one."""
+def flat_metrics(res: Comparison) -> dict[str, float]:
+    """Flat metric names `<scope>_<acc|log_loss>`: `ensemble_*` for the chosen method,
+    `<method>_*` for each one (`mean_honest_acc`, `best_single_oof_log_loss`)."""
     out: dict[str, float] = {}
-    for prefix, r in [("ensemble", res.chosen)] + [(PREFIX.get(n, n), r)
-                                                    for n, r in res.results.items()]:
+    for prefix, r in [("ensemble", res.chosen), *res.results.items()]:
         out[f"{prefix}_oof_acc"] = r.oof_acc
         out[f"{prefix}_oof_log_loss"] = r.oof_log_loss
         out[f"{prefix}_honest_acc"] = r.honest.acc
@@ -141,7 +138,7 @@ def _weights(r: MethodResult, ids: list[str]) -> dict[str, float]:
     return {ids[j]: float(r.weights[j]) for j in np.flatnonzero(r.weights)}
 
 
-def ensemble_summary(res: SearchResult, oof: OOFSet, cfg: EnsembleConfig) -> dict:
+def ensemble_summary(res: Comparison, oof: OOFSet, cfg: EnsembleConfig) -> dict:
     """The content of ensemble.json: what predict needs, and the evidence for the choice."""
     ids, names = oof.candidate_ids, oof.names
     w = res.chosen.weights
