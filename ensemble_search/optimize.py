@@ -127,7 +127,7 @@ def _methods_help() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = base_parser(PROG, "Choose ensemble weights from a sweep's out-of-fold predictions.")
-    p.formatter_class, p.epilog = _HelpFormatter, _methods_help()
+    p.formatter_class, p.epilog = _HelpFormatter, f"{p.epilog}\n\n{_methods_help()}"
     p.add_argument("--candidates", metavar="IDS", default=None,
                    help="comma-separated candidate ids to use (each must be complete); "
                         "default: every complete candidate")
