@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Iterator
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -210,7 +210,7 @@ def _chunks(jobs: list[Job]) -> Iterator[list[Job]]:
 
 def _run(folder: Path, seed: int, jobs: list[Job], workers: int, progress: bool) -> None:
     bar = tqdm(total=len(jobs), unit="img", desc="synthetic sketches", disable=not progress,
-               smoothing=0.1)
+               smoothing=0.1, leave=False)  # the summary line says the outcome
     with bar:
         if workers <= 1:  # in this process: no start-up cost, and tests can patch the writer
             for chunk in _chunks(jobs):
@@ -223,7 +223,7 @@ def _run(folder: Path, seed: int, jobs: list[Job], workers: int, progress: bool)
         try:
             pending = {ex.submit(_render_chunk, str(folder), seed, c) for c in _chunks(jobs)}
             while pending:
-                done, pending = wait(pending, return_when=FIRST_EXCEPTION)
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
                 for f in done:
                     bar.update(f.result())  # re-raises a worker's error here
         finally:
