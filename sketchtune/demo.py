@@ -191,11 +191,12 @@ def _publish(out: Path, stamp: dict, build: Callable[[Path], object]) -> bool:
         done = True
         return True
     except OSError as err:
-        name = err.filename or out
-        if tmp is not None and Path(name).is_relative_to(tmp):
-            name = f"{out} (writing {Path(name).relative_to(tmp)})"
-        raise DemoError(f"{name}: {err.strerror or first_line(err)}; nothing was written") \
-            from err
+        name, why = err.filename or out, err.strerror or first_line(err)
+        if tmp is not None and Path(name) == tmp:  # the folder beside `out` could not be made
+            name, why = out.parent, f"{why} (cannot create {out.name} there)"
+        elif tmp is not None and Path(name).is_relative_to(tmp):  # name the file, not tmp's
+            name, why = out, f"{why} (writing {Path(name).relative_to(tmp)})"
+        raise DemoError(f"{name}: {why}; nothing was written") from err
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -264,7 +264,9 @@ def make_synthetic(out: Path, *, seed: int = 0, classes: int = FULL_CLASSES,
     """Write the synthetic data set to `out`; False if it is already there with the same stamp.
 
     `per_class` / `test_per_class` None: the competition's counts scaled to `classes`.
-    A thin wrapper of `sketchtune.demo.make_demo(preset="imagenet-sketch")`.
+    A thin wrapper of `sketchtune.demo.make_demo(preset="imagenet-sketch")`. With
+    `workers` > 1 the workers are spawned, so a script that calls this must do so under
+    `if __name__ == "__main__":` (multiprocessing re-imports the main module).
     """
     from .demo import make_demo
 

@@ -146,18 +146,20 @@ def test_demo_main_out_is_a_file_is_one_line(tmp_path, capsys):
     assert out.read_text() == "x" and sorted(tmp_path.iterdir()) == [out]
 
 
-@pytest.mark.parametrize("where", ["parent_is_a_file", "proc"])
+@pytest.mark.parametrize("where", ["parent_is_a_file", "proc", "proc_root"])
 def test_demo_main_unwritable_parent_is_one_line_and_leaves_nothing(where, tmp_path, capsys):
     # As root, chmod does not stop a write: a file in the way and /proc do.
     if where == "parent_is_a_file":
         (tmp_path / "file").write_text("x")
         out = tmp_path / "file" / "sub" / "demo"
-    else:
+    elif where == "proc":
         out = Path("/proc/sketchtune-no-such-dir/demo")
+    else:  # the parent exists, but no folder can be made in it
+        out = Path("/proc/sketchtune-demo")
     assert main(["--out", str(out)]) == 2
     err = one_error_line(capsys)
     assert err.startswith("sketchtune.demo: error: ") and "nothing was written" in err
-    assert str(out.parent.parent) in err or str(out.parent) in err
+    assert f"error: {out.parent}: " in err  # names the folder that could not be made
     if where == "parent_is_a_file":
         assert sorted(p.name for p in tmp_path.iterdir()) == ["file"]
 
