@@ -4,20 +4,40 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
+import traceback
+from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from .config import ConfigError, SweepConfig, load_config
 from .errors import first_line
 
-__all__ = ["base_parser", "fail", "first_line", "load_sweep_config", "setup_logging"]
+__all__ = ["OneLineParser", "add_debug_argument", "base_parser", "fail", "first_line",
+           "load_sweep_config", "run_cli", "setup_logging"]
+
+DEBUG_ENV = "SKETCHTUNE_DEBUG"  # =1 shows the traceback of an unexpected error, like --debug
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (`prog: error: msg`, exit 2), without usage.
+
+    argparse prints the whole usage block before the error; in a log of many commands that
+    buries the line that says what is wrong. `--help` is unchanged.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        # The same `module: error:` prefix as the CLIs' own one-line errors (`fail`).
+        prog = self.prog.removeprefix("python -m ")
+        self.exit(2, f"{prog}: error: {message} (see --help)\n")
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with the options all four commands take, the same way, with their defaults."""
-    p = argparse.ArgumentParser(prog=f"python -m {prog}", description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Every config key, its default and why: docs/config.md")
+    p = OneLineParser(prog=f"python -m {prog}", description=description,
+                      formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                      epilog="Every config key, its default and why: docs/config.md")
     p.add_argument("config", nargs="?", default="configs/sweep.yaml", help="the sweep's config")
     p.add_argument("--sweep", metavar="DIR", default=None,
                    help="the sweep folder (overrides storage_path/name of the config)")
@@ -50,3 +70,35 @@ def fail(prog: str, err: BaseException | str) -> int:
     """Print a user error as one line on stderr; the exit status for it."""
     print(f"{prog}: error: {err}", file=sys.stderr)
     return 2
+
+
+def add_debug_argument(p: argparse.ArgumentParser) -> None:
+    """--debug: show the traceback of an unexpected error (also SKETCHTUNE_DEBUG=1)."""
+    p.add_argument("--debug", action="store_true",
+                   help=f"show the full traceback of an unexpected error (or {DEBUG_ENV}=1)")
+
+
+def run_cli(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace,
+            user_errors: tuple[type[BaseException], ...] = ()) -> int:
+    """`body(args)` with the CLI contract around it; returns the exit status.
+
+    A user error (an instance of `user_errors`) is one line on stderr, status 2. Ctrl-C is one
+    line, status 130. Anything else is a bug or an environment problem: one line naming its
+    type and its file when the error carries one, status 1; the traceback goes before it with
+    `args.debug` (see `add_debug_argument`) or SKETCHTUNE_DEBUG=1.
+    """
+    try:
+        return body(args)
+    except user_errors as err:
+        return fail(prog, err)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # the last resort: one line instead of a traceback
+        if getattr(args, "debug", False) or os.environ.get(DEBUG_ENV, "") not in ("", "0"):
+            traceback.print_exc()
+        where = getattr(err, "filename", None)
+        where = f" ({where})" if where else ""
+        print(f"{prog}: unexpected {type(err).__name__}{where}: {first_line(err)} "
+              f"(traceback: --debug or {DEBUG_ENV}=1)", file=sys.stderr)
+        return 1

@@ -1,4 +1,4 @@
-"""Demo data in the competition's layout, from scikit-learn's bundled handwritten digits.
+"""Demo data in the competition's layout: handwritten digits, or synthetic sketches at full scale.
 
 `python -m sketchtune.demo [--out data/demo] [--seed 0] [--classes 10] [--per-class 60]
 [--test-per-class 20] [--size 64]` writes::
@@ -10,6 +10,11 @@
 The digits are real pen strokes (8x8, 1797 images), drawn dark on white, upscaled
 smoothly and jittered by a small random affine so that reused digits differ. Every
 third file is a 3-channel colour JPEG (blue ink on cream paper), the rest grayscale.
+
+`--preset imagenet-sketch` writes the competition's exact shape instead (500 classes,
+15,021 train and 10,014 test JPEGs of 150-900 px, see `sketchtune.synthetic`), in parallel
+over `--workers` processes; `--scale 0.1` or `--classes/--per-class/--test-per-class`
+shrink it with the same code.
 """
 
 from __future__ import annotations
@@ -18,19 +23,26 @@ import argparse
 import json
 import os
 import shutil
-import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pandas as pd
 
-__all__ = ["DemoError", "main", "make_demo"]
+from .cli import OneLineParser, add_debug_argument, first_line, run_cli
+
+__all__ = ["MIN_PER_CLASS", "PRESETS", "DemoError", "main", "make_demo"]
 
 _VERSION = 1  # bump when the rendering changes, so an old folder is not taken as current
 _JPEG_QUALITY = 90
+PRESETS = ("digits", "imagenet-sketch")
+_DIGITS = {"classes": 10, "per_class": 60, "test_per_class": 20, "size": 64}
+# The shipped configs make 5 stratified folds (data.n_folds: 5) and every fold needs each
+# class, so fewer than 5 train images of a class cannot be trained on with them.
+MIN_PER_CLASS = 5
 
 
 class DemoError(ValueError):
@@ -111,70 +123,196 @@ def _read_stamp(out: Path) -> dict | None:
         return None
 
 
-def make_demo(out: Path, *, seed: int = 0, classes: int = 10, per_class: int = 60,
-              test_per_class: int = 20, size: int = 64) -> bool:
-    """Write the demo data set to `out`; False if it is already there with the same stamp.
-
-    Built in a temporary sibling folder and renamed into place, so an interrupted run
-    leaves no half-made data set.
-    """
-    if not 2 <= classes <= 10:
-        raise DemoError(f"--classes must be in [2, 10] (ten digits) but got {classes}")
-    if per_class < 1 or test_per_class < 0:
-        raise DemoError(f"--per-class must be >= 1 and --test-per-class >= 0 but got "
-                        f"{per_class}, {test_per_class}")
-    if not 16 <= size <= 1024:
+def _check_counts(preset: str, classes: int, per_class: int | None,
+                  test_per_class: int | None, size: int | None) -> None:
+    """DemoError for a count that would make a data set the other CLIs refuse."""
+    if preset not in PRESETS:
+        raise DemoError(f"--preset must be one of {', '.join(PRESETS)} but got {preset!r}")
+    top = 10 if preset == "digits" else 100_000
+    if not 2 <= classes <= top:
+        what = " (ten digits)" if preset == "digits" else ""
+        raise DemoError(f"--classes must be in [2, {top}]{what} but got {classes}")
+    if per_class is not None and per_class < MIN_PER_CLASS:
+        raise DemoError(f"--per-class must be at least {MIN_PER_CLASS} but got {per_class}: "
+                        f"the configs make {MIN_PER_CLASS} stratified folds and each fold "
+                        "needs every class")
+    if test_per_class is not None and test_per_class < 1:
+        raise DemoError(f"--test-per-class must be at least 1 but got {test_per_class}: "
+                        "a test.csv without rows is refused by every other command")
+    if preset == "digits" and not 16 <= size <= 1024:
         raise DemoError(f"--size must be in [16, 1024] but got {size}")
-    out = Path(out)
-    stamp = {"version": _VERSION, "seed": seed, "classes": classes, "per_class": per_class,
-             "test_per_class": test_per_class, "size": size}
-    if out.exists():
-        old = _read_stamp(out)
-        if old == stamp:
-            return False
-        what = "a different demo" if old else "something that is not this demo"
-        raise DemoError(f"{out}: already holds {what}; delete it or choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+
+
+def _remove_empty(dirs: list[Path]) -> None:
+    for d in reversed(dirs):  # deepest first
+        try:
+            d.rmdir()
+        except OSError:
+            return
+
+
+def _publish(out: Path, stamp: dict, build: Callable[[Path], object]) -> bool:
+    """`build` a temporary sibling folder, then rename it to `out`; False if `out` is current.
+
+    An existing empty `out` is replaced (rename does that atomically); any other existing
+    `out` is refused. A failure leaves nothing: not the temporary folder, not the parents
+    this call created. Every OSError becomes one DemoError line naming the path.
+    """
+    tmp: Path | None = None
+    created: list[Path] = []
+    done = False
     try:
-        _build(tmp, stamp)
+        if out.exists():
+            if not out.is_dir():
+                raise DemoError(f"{out}: is a file, not a folder; delete it or choose another "
+                                "--out")
+            old = _read_stamp(out)
+            if old == stamp:
+                return False
+            if old is not None or any(out.iterdir()):
+                what = "a different demo" if old else "something that is not this demo"
+                raise DemoError(f"{out}: already holds {what}; delete it or choose another "
+                                "--out")
+        for d in reversed(out.absolute().parents):
+            if not d.exists():
+                d.mkdir()  # one level at a time, to know which to remove after a failure
+                created.append(d)
+        tmp = out.parent / f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir()
+        build(tmp)
         try:
             os.rename(tmp, out)
         except OSError:
             # Another process finished the same demo first: theirs is as good as ours.
             if _read_stamp(out) != stamp:
                 raise
+            done = True
             return False
+        done = True
+        return True
+    except OSError as err:
+        name, why = err.filename or out, err.strerror or first_line(err)
+        if tmp is not None and Path(name) == tmp:  # the folder beside `out` could not be made
+            name, why = out.parent, f"{why} (cannot create {out.name} there)"
+        elif tmp is not None and Path(name).is_relative_to(tmp):  # name the file, not tmp's
+            name, why = out, f"{why} (writing {Path(name).relative_to(tmp)})"
+        raise DemoError(f"{name}: {why}; nothing was written") from err
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return True
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if not done:
+            _remove_empty(created)
+
+
+def make_demo(out: Path, *, preset: str = "digits", seed: int = 0, classes: int | None = None,
+              per_class: int | None = None, test_per_class: int | None = None,
+              size: int | None = None, workers: int | None = None,
+              progress: bool = True) -> bool:
+    """Write a demo data set to `out`; False if it is already there with the same stamp.
+
+    digits: `classes` (2-10) x `per_class` train and x `test_per_class` test images of
+    `size` px (defaults 10, 60, 20, 64). imagenet-sketch: `classes` (default 500) with the
+    competition's counts, or `per_class` / `test_per_class` images for every class;
+    `workers` processes (default: every CPU), a progress bar unless `progress` is False.
+    Built in a temporary sibling folder and renamed into place, so an interrupted or
+    failed run leaves no half-made data set. DemoError (one line) for any user error.
+    """
+    out = Path(out)
+    if preset == "digits":
+        classes, per_class, test_per_class, size = (
+            _DIGITS[k] if v is None else v for k, v in
+            zip(("classes", "per_class", "test_per_class", "size"),
+                (classes, per_class, test_per_class, size), strict=True))
+    elif size is not None:
+        raise DemoError("--size applies to the digits preset only; imagenet-sketch images "
+                        "are 150-900 px")
+    if workers is not None and workers < 1:
+        raise DemoError(f"--workers must be at least 1 but got {workers}")
+    if classes is None:
+        from .synthetic import FULL_CLASSES
+        classes = FULL_CLASSES
+    _check_counts(preset, classes, per_class, test_per_class, size)
+    if preset == "digits":
+        stamp = {"version": _VERSION, "seed": seed, "classes": classes, "per_class": per_class,
+                 "test_per_class": test_per_class, "size": size}
+        return _publish(out, stamp, lambda folder: _build(folder, stamp))
+
+    from . import synthetic
+
+    stamp = {"preset": preset, "version": synthetic.VERSION, "seed": seed, "classes": classes,
+             "per_class": per_class, "test_per_class": test_per_class}
+
+    def build(folder: Path) -> None:
+        synthetic.build_synthetic(folder, stamp, workers=workers, progress=progress)
+        (folder / "demo.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
+
+    return _publish(out, stamp, build)
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = OneLineParser(prog="python -m sketchtune.demo", description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", choices=PRESETS, default="digits",
+                    help="digits: small, 64 px (default); imagenet-sketch: the competition's "
+                         "shape, 500 classes, 15,021 + 10,014 JPEGs of 150-900 px")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder to create (default: data/demo, or data/synthetic_sketch "
+                         "for imagenet-sketch); an existing empty folder is used")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--classes", type=int, default=None,
+                    help="number of classes (digits: 2-10, default 10; imagenet-sketch: "
+                         "default 500)")
+    ap.add_argument("--per-class", type=int, default=None,
+                    help=f"train images per class, at least {MIN_PER_CLASS} (5 folds) "
+                         "(digits: default 60; imagenet-sketch: default 29-31, as the real "
+                         "data)")
+    ap.add_argument("--test-per-class", type=int, default=None,
+                    help="test images per class, at least 1 (digits: default 20; "
+                         "imagenet-sketch: default 20-21, 10,014 for 500 classes)")
+    ap.add_argument("--size", type=int, default=None,
+                    help="image side in pixels (digits only; default 64)")
+    ap.add_argument("--scale", type=float, default=None,
+                    help="imagenet-sketch only: this share of the 500 classes, with the "
+                         "competition's counts per class (e.g. 0.1: 50 classes)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="imagenet-sketch only: processes that render (default: every CPU)")
+    add_debug_argument(ap)
+    return ap
+
+
+def _body(args: argparse.Namespace) -> int:
+    t0 = time.perf_counter()
+    classes = args.classes
+    if args.preset == "digits":
+        if args.scale is not None or args.workers is not None:
+            raise DemoError("--scale and --workers apply to --preset imagenet-sketch only")
+    elif args.scale is not None:
+        if classes is not None:
+            raise DemoError("give --scale or --classes, not both")
+        from .synthetic import FULL_CLASSES
+        if not 0 < args.scale <= 1:
+            raise DemoError(f"--scale must be in (0, 1] but got {args.scale}")
+        classes = max(2, round(FULL_CLASSES * args.scale))
+    out = args.out or Path("data/demo" if args.preset == "digits" else "data/synthetic_sketch")
+    made = make_demo(out, preset=args.preset, seed=args.seed, classes=classes,
+                     per_class=args.per_class, test_per_class=args.test_per_class,
+                     size=args.size, workers=args.workers)
+    if not made:
+        print(f"demo: {out} is already there (same settings); nothing to do")
+        return 0
+    train = pd.read_csv(out / "train.csv")
+    n_test = len(pd.read_csv(out / "test.csv"))
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file()) / 1e6
+    size_text = f"{size / 1e3:.2f} GB" if size >= 1e3 else f"{size:.1f} MB"
+    what = f"{args.size or _DIGITS['size']} px" if args.preset == "digits" else "150-900 px"
+    print(f"demo: wrote {len(train)} train + {n_test} test images "
+          f"({train['target'].nunique()} classes, {what}, {size_text}) to {out} in "
+          f"{time.perf_counter() - t0:.1f}s")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m sketchtune.demo",
-                                 description=__doc__.split("\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("data/demo"), help="folder to create")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--classes", type=int, default=10, help="number of digit classes (2-10)")
-    ap.add_argument("--per-class", type=int, default=60, help="train images per class")
-    ap.add_argument("--test-per-class", type=int, default=20, help="test images per class")
-    ap.add_argument("--size", type=int, default=64, help="image side in pixels")
-    args = ap.parse_args(argv)
-    t0 = time.perf_counter()
-    try:
-        made = make_demo(args.out, seed=args.seed, classes=args.classes,
-                         per_class=args.per_class, test_per_class=args.test_per_class,
-                         size=args.size)
-    except DemoError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if not made:
-        print(f"demo: {args.out} is already there (same settings); nothing to do")
-        return 0
-    n_train, n_test = args.classes * args.per_class, args.classes * args.test_per_class
-    print(f"demo: wrote {n_train} train + {n_test} test images ({args.classes} classes, "
-          f"{args.size} px) to {args.out} in {time.perf_counter() - t0:.1f}s")
-    return 0
+    args = _parser().parse_args(argv)
+    return run_cli("sketchtune.demo", _body, args, user_errors=(DemoError,))
 
 
 if __name__ == "__main__":
