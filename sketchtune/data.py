@@ -126,9 +126,18 @@ def resolve_image_path(image_root: Path, rel: str) -> Path:
 
 def _read_csv(csv: Path, required: list[str]) -> pd.DataFrame:
     csv = Path(csv)
+    if csv.is_dir():
+        raise DataError(f"{csv}: is a folder, not a CSV file; fix the path in the config")
     if not csv.is_file():
         raise DataError(f"{csv}: file not found; fix the path in the config (demo data: "
                         "python -m sketchtune.demo)")
+    try:
+        text = csv.read_bytes()
+    except OSError as err:
+        raise DataError(f"{csv}: cannot be read ({err.strerror or err})") from None
+    if b"\0" in text:  # UTF-16 (a spreadsheet's "Unicode text") or not text at all
+        raise DataError(f"{csv}: not UTF-8 text (NUL bytes: UTF-16 or binary?); save it as "
+                        "a UTF-8 CSV")
     try:
         # utf-8-sig: spreadsheets save a byte-order mark that would glue onto the first column.
         # index_col=False + the warning as an error: a row with extra fields is refused rather
@@ -147,7 +156,10 @@ def _read_csv(csv: Path, required: list[str]) -> pd.DataFrame:
     df.columns = [str(c).strip() for c in df.columns]
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise DataError(f"{csv}: missing column {missing[0]!r} (found: {', '.join(df.columns)})")
+        sep = next((c for c in ";\t|" if len(df.columns) == 1 and c in df.columns[0]), None)
+        hint = f"; it looks {sep!r}-separated: save it with ','" if sep else ""
+        raise DataError(f"{csv}: missing column {missing[0]!r} (found: {', '.join(df.columns)})"
+                        f"{hint}")
     if len(df) == 0:
         raise DataError(f"{csv}: no rows")
     for col in required:
@@ -239,17 +251,18 @@ def read_train_csv(
     bad = raw[~raw.str.fullmatch(r"[+-]?\d+")].tolist()
     if bad:
         raise DataError(f"{csv}: target must be an integer; non-integer values: {_first(bad)}")
-    df["target"] = raw.astype(np.int64)
+    ints = raw.map(int)  # Python ints: a 30-digit target is out of range, not an OverflowError
     n_classes = df["class_name"].nunique()
     if n_classes < 2:
         raise DataError(f"{csv}: only one class ({_show(df['class_name'].iloc[0])}); a "
                         "classifier needs at least 2")
-    out = df.loc[(df["target"] < 0) | (df["target"] >= n_classes), "target"].unique().tolist()
+    out = sorted(set(ints[(ints < 0) | (ints >= n_classes)]))
     if out:
         raise DataError(
             f"{csv}: target must be in [0, {n_classes}) for {n_classes} class names; "
-            f"out of range: {_first(sorted(out))}"
+            f"out of range: {_first(out)}"
         )
+    df["target"] = ints.astype(np.int64)
     pairs = df[["class_name", "target"]].drop_duplicates()
     for a, b in (("class_name", "target"), ("target", "class_name")):
         many = pairs[pairs[a].duplicated(keep=False)]

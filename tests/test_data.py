@@ -459,3 +459,32 @@ def test_sketch_dataset_items_and_unlabelled_target(ds, tmp_path):
     assert y == -1
     batch = next(iter(torch.utils.data.DataLoader(SketchDataset(arr, targets), batch_size=5)))
     assert batch[0].shape == (5, 3, 16, 16) and batch[1].tolist() == [0, 1, 2, 0, 1]
+
+
+# ---------------------------------------------------------------- CSVs a new user might bring
+
+
+@pytest.mark.parametrize(("encoding", "bom"), [("utf-16", True), ("utf-16-le", False)])
+def test_read_train_csv_utf16_is_named(tmp_path, encoding, bom):
+    # Without a BOM pandas read the NULs into column names that print invisibly.
+    csv = tmp_path / "bad.csv"
+    csv.write_bytes((HEADER + "a,x.jpg,0\nb,y.jpg,1\n").encode(encoding))
+    with pytest.raises(DataError, match=r"bad.csv: not UTF-8 text \(NUL bytes: UTF-16"):
+        read_train_csv(csv, tmp_path, check_images=False)
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_read_train_csv_other_delimiter_is_named(tmp_path, sep):
+    msg = bad_train(tmp_path, (HEADER + "a,x.jpg,0\nb,y.jpg,1\n").replace(",", sep))
+    assert f"it looks {sep!r}-separated: save it with ','" in msg
+
+
+def test_read_train_csv_huge_target_is_out_of_range(tmp_path):
+    msg = bad_train(tmp_path, HEADER + "a,x.jpg,0\nb,y.jpg,99999999999999999999999\n")
+    assert "out of range: 1 (first: '99999999999999999999999')" in msg
+
+
+def test_read_train_csv_folder_given_as_the_csv(tmp_path):
+    (tmp_path / "train.csv").mkdir()
+    with pytest.raises(DataError, match=r"train.csv: is a folder, not a CSV file"):
+        read_train_csv(tmp_path / "train.csv", tmp_path)
