@@ -158,8 +158,9 @@ def _read_csv(csv: Path, required: list[str]) -> pd.DataFrame:
     if missing:
         sep = next((c for c in ";\t|" if len(df.columns) == 1 and c in df.columns[0]), None)
         hint = f"; it looks {sep!r}-separated: save it with ','" if sep else ""
-        raise DataError(f"{csv}: missing column {missing[0]!r} (found: {', '.join(df.columns)})"
-                        f"{hint}")
+        # A quoted header cell may hold a line break: shown escaped, the message stays one line.
+        found = ", ".join(c if c.isprintable() else repr(c) for c in df.columns)
+        raise DataError(f"{csv}: missing column {missing[0]!r} (found: {found}){hint}")
     if len(df) == 0:
         raise DataError(f"{csv}: no rows")
     for col in required:

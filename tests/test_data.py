@@ -479,6 +479,11 @@ def test_read_train_csv_other_delimiter_is_named(tmp_path, sep):
     assert f"it looks {sep!r}-separated: save it with ','" in msg
 
 
+def test_read_train_csv_header_with_a_line_break_stays_one_line(tmp_path):
+    msg = bad_train(tmp_path, '"class\nname",image_path,target\na,x.jpg,0\n')
+    assert "found: 'class\\nname', image_path, target" in msg
+
+
 def test_read_train_csv_huge_target_is_out_of_range(tmp_path):
     msg = bad_train(tmp_path, HEADER + "a,x.jpg,0\nb,y.jpg,99999999999999999999999\n")
     assert "out of range: 1 (first: '99999999999999999999999')" in msg
