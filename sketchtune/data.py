@@ -315,8 +315,8 @@ def _header(path: Path, buf: bytes) -> tuple[int, int, str]:
     except Image.DecompressionBombError as err:  # PIL's own guard: beyond our limit too
         raise DataError(f"{path}: image exceeds {MAX_PIXELS:,} pixels ({err})") from None
     except Exception:  # noqa: BLE001 - PIL raises many types for what it cannot identify
-        raise DataError(f"{path}: cannot be decoded as an image (unknown format, or one whose "
-                        "size cannot be read before decoding; use JPEG or PNG)") from None
+        raise DataError(f"{path}: cannot be decoded as an image (unknown or damaged format, or "
+                        "one whose size cannot be read before decoding; use JPEG or PNG)") from None
 
 
 def _jpeg_complete(buf: bytes) -> bool:
@@ -360,6 +360,8 @@ def read_image(path: Path) -> np.ndarray:
     """
     path = Path(path)
     try:
+        if not stat.S_ISREG(path.stat().st_mode):  # reading a pipe would block forever
+            raise DataError(f"{path}: not a regular file (a folder, device or pipe)")
         buf = path.read_bytes()  # read once: the header check and the decoder share it
     except OSError as err:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
@@ -383,6 +385,8 @@ def read_image(path: Path) -> np.ndarray:
     if img.dtype == np.uint16:
         img = (img // 257).astype(np.uint8)
     elif img.dtype != np.uint8:
+        if img.dtype.kind == "f" and not np.isfinite(img).all():  # NaN would cast to garbage
+            raise DataError(f"{path}: floating-point image with NaN or infinite pixels")
         img = cv2.normalize(img, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
     if img.ndim == 2 or img.shape[2] == 1:
         return cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
