@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
-from .data import DataError, check_class_sizes
+from .data import DataError, check_class_sizes, normalise_image_path
 from .store import atomic_write_bytes
 
 __all__ = ["load_or_make_folds", "make_folds", "write_folds"]
@@ -17,6 +17,22 @@ __all__ = ["load_or_make_folds", "make_folds", "write_folds"]
 _log = logging.getLogger(__name__)
 
 COLUMNS = ["image_path", "target", "fold"]
+
+
+def _keys(paths: pd.Series, source: str, hint: str = "") -> pd.Series:
+    """image_path values normalised (one spelling per image), or DataError naming `source`.
+
+    A file written before paths were normalised ('./train/x.JPEG') still matches its rows.
+    """
+    try:
+        keys = paths.astype(str).map(normalise_image_path)
+    except DataError as err:
+        raise DataError(f"{source}: {err}{hint}") from None
+    dup = keys[keys.duplicated()]
+    if len(dup):
+        raise DataError(f"{source}: image_path {dup.iloc[0]!r} appears twice (spelt "
+                        f"{', '.join(map(repr, paths[keys == dup.iloc[0]]))}){hint}")
+    return keys
 
 
 def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42, *,
@@ -27,10 +43,12 @@ def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42, *,
 
     The reference pipeline's exact call, `StratifiedKFold(n_splits, shuffle=True,
     random_state=seed).split(df, df.target)`, so the same CSV in the same order gets the
-    same fold for every row.
+    same fold for every row. image_path comes back normalised; two spellings of one image
+    are refused (they would land in two folds: a train/validation leak).
     """
     if n_splits < 2:
         raise ValueError(f"n_splits must be at least 2 but got {n_splits}")
+    keys = _keys(df["image_path"], str(source))
     check_class_sizes(df, n_splits, source)
     fold = np.full(len(df), -1, dtype=np.int64)
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -38,6 +56,7 @@ def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42, *,
         fold[val_idx] = k
     assert (fold >= 0).all(), "every row belongs to exactly one validation fold"
     out = df[["image_path", "target"]].reset_index(drop=True).copy()
+    out["image_path"] = keys.to_numpy()
     out["target"] = out["target"].astype(np.int64)
     out["fold"] = fold
     return out
@@ -56,7 +75,7 @@ def _read_folds(folds_csv: Path) -> pd.DataFrame:
     for col in ("target", "fold"):
         if not pd.api.types.is_integer_dtype(got[col]):
             raise DataError(f"{folds_csv}: column {col!r} is not all integers; {hint}")
-    return got[COLUMNS]
+    return got[COLUMNS].copy()
 
 
 def write_folds(folds: pd.DataFrame, folds_csv: Path) -> None:
@@ -71,8 +90,9 @@ def load_or_make_folds(
 ) -> pd.DataFrame:
     """The folds for `df` (image_path, target): read from `folds_csv`, or made and written once.
 
-    Returns (N rows) image_path, target, fold in `df` order. An existing file must hold
-    exactly df's image paths with the same targets and folds 0..n_splits-1; otherwise
+    Returns (N rows) image_path (normalised), target, fold in `df` order. An existing file
+    must hold exactly df's images (compared by normalised image_path, so a file written with
+    './x' matches 'x') with the same targets and folds 0..n_splits-1; otherwise
     DataError (a stale file would silently mix validation rows into training). With
     `write=False` a new split is only returned: the caller writes it (`write_folds`) once the
     rest of its input has been checked. `source` names the train CSV in messages.
@@ -85,10 +105,9 @@ def load_or_make_folds(
             write_folds(folds, folds_csv)
         return folds
     got = _read_folds(folds_csv)
-    if got["image_path"].duplicated().any():
-        dup = got.loc[got["image_path"].duplicated(), "image_path"].iloc[0]
-        raise DataError(f"{folds_csv}: image_path {dup!r} appears twice; {hint}")
+    got["image_path"] = _keys(got["image_path"], str(folds_csv), f"; {hint}").to_numpy()
     want = df[["image_path", "target"]].astype({"target": np.int64})
+    want["image_path"] = _keys(want["image_path"], str(source)).to_numpy()
     merged = want.merge(got, on="image_path", how="outer", suffixes=("", "_file"),
                         indicator=True)
     only_csv = merged.loc[merged["_merge"] == "left_only", "image_path"]

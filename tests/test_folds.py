@@ -127,3 +127,35 @@ def test_load_or_make_folds_refuses_unreadable_file(tmp_path: Path):
     path.write_text("image_path,fold\na,0\n")
     with pytest.raises(DataError, match="missing column 'target'"):
         load_or_make_folds(train_df(), path, 5, 42)
+
+
+def test_make_folds_refuses_two_spellings_of_one_image():
+    # They would land in two folds: the same image in training and validation.
+    df = train_df()
+    df.loc[1, "image_path"] = "./" + df.loc[0, "image_path"]
+    df.loc[1, "target"] = df.loc[0, "target"]
+    with pytest.raises(DataError, match=r"image_path 'train/.*' appears twice \(spelt "):
+        make_folds(df, 5, 42)
+
+
+def test_load_or_make_folds_matches_a_file_written_with_unnormalised_paths(tmp_path: Path):
+    df = train_df()
+    path = tmp_path / "folds.csv"
+    made = load_or_make_folds(df, path, 5, 42)
+    old = pd.read_csv(path)
+    old["image_path"] = "./" + old["image_path"].str.replace("/", "//")
+    old.to_csv(path, index=False)
+    again = load_or_make_folds(df, path, 5, 42)
+    pd.testing.assert_frame_equal(made, again)
+    assert again["image_path"].tolist() == df["image_path"].tolist()
+
+
+def test_load_or_make_folds_refuses_a_file_with_one_image_twice(tmp_path: Path):
+    df = train_df()
+    path = tmp_path / "folds.csv"
+    load_or_make_folds(df, path, 5, 42)
+    text = path.read_text().splitlines()
+    first = text[1].split(",")
+    path.write_text("\n".join(text + [",".join(["./" + first[0], *first[1:]])]) + "\n")
+    with pytest.raises(DataError, match=rf"{path.name}: image_path .* appears twice .*delete it"):
+        load_or_make_folds(df, path, 5, 42)
