@@ -21,8 +21,9 @@ descheduled, and a tiny model's epoch then takes 2-10x longer, at random.
 
 The sweep side is timed through thin wrappers (a subclass of the MLflow callback that notes
 when each trial starts, reports and ends; timers around check_tracking, Tracker and
-prepare_data), which add microseconds. `--what-if` runs the sweep a third time with
-Tune's `reuse_actors=True` patched into every TuneConfig, to show what that change gives.
+prepare_data), which add microseconds. The sweep side runs with `ray.reuse_actors: true` (the
+default) set in its config; `--what-if` runs the sweep a third time with
+`ray.reuse_actors: false` (a new Ray actor per trial), to show what actor reuse saves.
 
 Part 2 (ASHA). The search stage (`run_search`) on a smaller data set, twice with the same
 seed, space and num_samples: `search.asha: true` and `false`. With 8 samples Optuna's TPE
@@ -125,9 +126,12 @@ def base_raw(name: str, folder: Path, data: Path, n_folds: int, cpus: int) -> di
     }
 
 
-def overhead_config(side: str, sizes: Sizes, n_trials: int, cpus: int):
+def overhead_config(side: str, sizes: Sizes, n_trials: int, cpus: int,
+                    reuse_actors: bool = True):
     folder = fresh(f"overhead-{side}")
     raw = base_raw(f"overhead-{side}", folder, demo_dir(sizes.demo), n_folds=2, cpus=cpus)
+    # Set, not left to the default, so each column says what it measured.
+    raw["ray"]["reuse_actors"] = reuse_actors
     raw["train"] = {"model": {"name": RESNET, "pretrained": False}, "img_size": sizes.img_size,
                     "epochs": sizes.epochs, "batch_size": 32, "patience": sizes.epochs,
                     "optim": {"name": "adamw", "lr": 2.0e-3}}
@@ -313,8 +317,9 @@ def mean(xs: list[float]) -> float:
 def run_plain(cfg) -> dict[str, Any]:
     import torch
 
-    from sketchtune.sweep import check_sweep
-    from sketchtune.train import prepare_data, run_trial
+    from sketchtune.preflight import check_sweep
+    from sketchtune.prepare import prepare_data
+    from sketchtune.train import run_trial
 
     # The Ray trial gets resources.cpu cores; so does the loop.
     torch.set_num_threads(int(cfg.resources.cpu))
@@ -329,8 +334,8 @@ def run_plain(cfg) -> dict[str, Any]:
                 tid = f"{c.id}-f{fold}"
                 tl.event("start", tid)
                 run_trial(cfg, c.train, fold, data=data,
-                          report=lambda m, tid=tid: tl.event("result", tid, epoch=m["epoch"],
-                                                             epoch_time_s=m["epoch_time_s"]))
+                          report=lambda m, _state, tid=tid: tl.event(
+                              "result", tid, epoch=m["epoch"], epoch_time_s=m["epoch_time_s"]))
                 tl.event("complete", tid)
         tl.end = time.perf_counter()
     out = tl.summary()
@@ -358,27 +363,15 @@ def probe_ray_threads(cfg, folder: Path) -> dict[str, Any]:
     return {"torch_threads": m.get("torch_threads"), "omp_num_threads": m.get("omp_num_threads")}
 
 
-def _reuse_actors_tune_config():
-    from ray import tune
-
-    @dataclasses.dataclass
-    class ReuseActors(tune.TuneConfig):
-        reuse_actors: bool = True
-
-    return ReuseActors
-
-
-def run_ray_sweep(cfg, folder: Path, reuse_actors: bool = False) -> dict[str, Any]:
+def run_ray_sweep(cfg, folder: Path) -> dict[str, Any]:
     import ray
-    from ray import tune
 
+    import sketchtune.callback as callback_mod
+    import sketchtune.cluster as cluster_mod
+    import sketchtune.preflight as preflight_mod
     import sketchtune.sweep as sweep_mod
     import sketchtune.tracking as tracking_mod
 
-    try:  # run_sweep imports the callback from here since 129ac21
-        import sketchtune.callback as callback_mod
-    except ImportError:
-        callback_mod = tracking_mod
     tl = Timeline()
     base_cb, base_tracker = callback_mod.MlflowSweepCallback, tracking_mod.Tracker
 
@@ -417,10 +410,8 @@ def run_ray_sweep(cfg, folder: Path, reuse_actors: bool = False) -> dict[str, An
         (tracking_mod, "Tracker", TimedTracker),
         (tracking_mod, "check_tracking", tl.timed("mlflow_check_tracking",
                                                   tracking_mod.check_tracking)),
-        (sweep_mod, "prepare_data", tl.timed("prepare_data", sweep_mod.prepare_data)),
+        (preflight_mod, "prepare_data", tl.timed("prepare_data", preflight_mod.prepare_data)),
     ]
-    if reuse_actors:
-        patches.append((tune, "TuneConfig", _reuse_actors_tune_config()))
     saved = [(obj, name, getattr(obj, name)) for obj, name, _ in patches]
     for obj, name, value in patches:
         setattr(obj, name, value)
@@ -435,7 +426,7 @@ def run_ray_sweep(cfg, folder: Path, reuse_actors: bool = False) -> dict[str, An
                     # What run_sweep would call itself (it skips its own when Ray is up).
                     ray.init(address=cfg.ray.address, include_dashboard=False,
                              log_to_driver=False, logging_level=logging.WARNING,
-                             runtime_env={"env_vars": {"PYTHONPATH": sweep_mod._pythonpath()}})
+                             runtime_env={"env_vars": {"PYTHONPATH": cluster_mod.pythonpath()}})
                 summaries = sweep_mod.run_sweep(cfg, "benchmark", quiet=True)
                 tl.end = time.perf_counter()
         finally:
@@ -466,8 +457,10 @@ def run_search_once(cfg) -> dict[str, Any]:
     import ray
     from ray.tune import Callback
 
-    from sketchtune.sweep import check_sweep, run_search
-    from sketchtune.train import prepare_data
+    from sketchtune.planner import job_of
+    from sketchtune.preflight import check_sweep
+    from sketchtune.prepare import prepare_data
+    from sketchtune.stages import run_search
 
     check_sweep(cfg, "search")
     prepare_data(cfg, cfg.train.img_size)  # the cache is built before the clock, as run_sweep does
@@ -475,7 +468,7 @@ def run_search_once(cfg) -> dict[str, Any]:
 
     class Recorder(Callback):
         def on_trial_result(self, iteration, trials, trial, result, **info):
-            tr = seen.setdefault(trial.trial_id, {"params": trial.config["params"],
+            tr = seen.setdefault(trial.trial_id, {"params": job_of(trial.config)["params"],
                                                     "epochs": 0, "val_acc": []})
             tr["epochs"] = max(tr["epochs"], int(result.get("epoch", 0)))
             tr["val_acc"].append(float(result.get("val_acc", float("nan"))))
@@ -498,12 +491,12 @@ def run_search_once(cfg) -> dict[str, Any]:
 def run_asha_pair(sizes: Sizes, cpus: int) -> list[dict[str, Any]]:
     import ray
 
-    import sketchtune.sweep as sweep_mod
+    from sketchtune.cluster import pythonpath
 
     cfgs = [search_config(False, sizes, cpus), search_config(True, sizes, cpus)]
     ray.init(address=cfgs[0].ray.address, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING,
-             runtime_env={"env_vars": {"PYTHONPATH": sweep_mod._pythonpath()}})
+             runtime_env={"env_vars": {"PYTHONPATH": pythonpath()}})
     # As run_sweep does after ray.init: one pending placement group per trial slot.
     slots = int(ray.cluster_resources().get("CPU", 1) // cpus)
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, slots)))
@@ -614,7 +607,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--trials", type=int, default=4,
                     help="trials per side: candidates x 2 folds, so an even number")
     ap.add_argument("--what-if", action="store_true",
-                    help="also run the sweep with TuneConfig(reuse_actors=True) patched in")
+                    help="also run the sweep with ray.reuse_actors: false (a new Ray actor per "
+                         "trial), before the default's reuse_actors: true")
     ap.add_argument("--cpus", type=int, default=1,
                     help="resources.cpu of a trial = torch threads of the plain loop; 1 by "
                          "default: with 2 threads on a 2-core machine that other processes "
@@ -645,7 +639,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_overhead:
         sides: dict[str, dict[str, Any]] = {}
         cfg = overhead_config("plain", sizes, args.trials, args.cpus)
-        from sketchtune.train import prepare_data
+        from sketchtune.prepare import prepare_data
 
         prepare_data(cfg, cfg.train.img_size)  # build the image cache once, before any clock
         print(f"overhead: {args.trials} trials ({args.trials // 2} candidates x 2 folds), "
@@ -653,17 +647,14 @@ def main(argv: list[str] | None = None) -> int:
               f"trial, 1 at a time")
         sides["plain"] = run_plain(cfg)
         print(f"  plain: {sides['plain']['wall_s']:.1f} s (load {os.getloadavg()[0]:.1f})")
-        cfg = overhead_config("sweep", sizes, args.trials, args.cpus)
-        sides["run_sweep"] = run_ray_sweep(cfg, WORK / "overhead-sweep")
-        print(f"  run_sweep: {sides['run_sweep']['wall_s']:.1f} s "
-              f"(load {os.getloadavg()[0]:.1f})")
-        if args.what_if:
-            cfg = overhead_config("sweep-reuse", sizes, args.trials,
-                                  args.cpus)
-            sides["run_sweep, reuse_actors"] = run_ray_sweep(cfg, WORK / "overhead-sweep-reuse",
-                                                             reuse_actors=True)
-            print(f"  run_sweep, reuse_actors: {sides['run_sweep, reuse_actors']['wall_s']:.1f} s"
-                  f" (load {os.getloadavg()[0]:.1f})")
+        # Each sweep column sets ray.reuse_actors in its config; the what-if one runs first,
+        # so the columns read plain | without reuse | with reuse (the default).
+        for reuse in ([False, True] if args.what_if else [True]):
+            side = "sweep-reuse" if reuse else "sweep-noreuse"
+            name = f"run_sweep, reuse_actors={str(reuse).lower()}"
+            cfg = overhead_config(side, sizes, args.trials, args.cpus, reuse_actors=reuse)
+            sides[name] = run_ray_sweep(cfg, WORK / f"overhead-{side}")
+            print(f"  {name}: {sides[name]['wall_s']:.1f} s (load {os.getloadavg()[0]:.1f})")
         record["overhead"] = sides
         print_overhead(sides)
         print_cpu(sides)

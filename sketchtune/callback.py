@@ -1,22 +1,24 @@
-"""The sweep's MLflow writer: a Ray Tune callback on the driver; runs are found after a restart."""
+"""The sweep's MLflow writer: a Ray Tune callback on the driver; runs are found after a restart.
+
+Ray is imported on first use of `MlflowSweepCallback` (a module `__getattr__` builds the
+class then), so importing this module costs no Ray import (seconds), as for sweep.py.
+"""
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ray.tune import Callback
-
+from .checkpoint import release_checkpoints
 from .store import PredictionStore
 from .tracking import METRIC_KEYS, Tracker, flatten
 
-__all__ = ["MlflowSweepCallback"]
+__all__ = ["MlflowSweepCallback"]  # noqa: F822 - made by __getattr__ on first use
 
 
-class MlflowSweepCallback(Callback):
+class _SweepLogger:
     """Logs every trial as a child run of the sweep's parent run, from the driver only.
 
     A run is found again by its Ray trial id, so a resumed sweep continues the runs it has
@@ -72,7 +74,7 @@ class MlflowSweepCallback(Callback):
         run_id = self._run_for(trial)
         if run_id is not None:
             self._log_complete(trial, run_id)
-        _drop_checkpoints(trial)
+        release_checkpoints(trial.path)
 
     def _log_complete(self, trial, run_id: str) -> None:
         cfg = self.describe(trial.config)
@@ -120,25 +122,20 @@ class MlflowSweepCallback(Callback):
                     self.tracker.log_artifact(run_id, png)
 
 
-RELEASED = "released"  # the key of the stub that replaces a finished trial's checkpoint
+def _build() -> type:
+    from ray.tune import Callback
+
+    class MlflowSweepCallback(_SweepLogger, Callback):
+        __doc__ = _SweepLogger.__doc__
+
+    # Found by name again when Tune unpickles its experiment state on a restore.
+    MlflowSweepCallback.__module__ = __name__
+    MlflowSweepCallback.__qualname__ = "MlflowSweepCallback"
+    return MlflowSweepCallback
 
 
-def _drop_checkpoints(trial) -> None:
-    """Replace a finished trial's Ray checkpoint state with a few-byte stub.
-
-    A checkpoint holds the model, the optimizer state and the best weights, about 4x the
-    model's size (1.6 GB for caformer_b36). A trial that ran to the end has its predictions
-    and best weights in the store; one that ASHA stopped is never continued. The folder
-    stays: if the driver dies before Tune records the trial as finished, a restart restores
-    the trial from this folder, finds its fold in the store and trains nothing (or, for a
-    stopped trial, sees the stub and starts it afresh).
-    """
-    import torch
-
-    path = trial.path
-    if not (path and os.path.isdir(path)):  # cloud storage: left to Ray
-        return
-    for state in Path(path).glob("checkpoint_*/state.pt"):
-        stub = state.with_name(".state.pt.tmp")
-        torch.save({RELEASED: True}, stub)
-        os.replace(stub, state)
+def __getattr__(name: str) -> Any:
+    if name == "MlflowSweepCallback":
+        cls = globals()[name] = _build()  # built once; later lookups find it in globals
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -184,6 +184,22 @@ class PredictionStore:
             raise StoreError(f"{npz}: unreadable prediction file ({err})") from None
         return FoldPrediction(manifest=manifest, **arrays)
 
+    def oof_correct(self, candidate_id: str,
+                    folds: Iterable[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Over `folds` (default: every finished fold): (keys (n,) str, correct (n,) bool).
+
+        `correct` is argmax(val_probs) == val_target, the first maximum winning a tie (numpy's
+        argmax rule, which the ensemble code's accuracy follows too); rows in fold order.
+        """
+        keys, correct = [], []
+        for k in self.folds(candidate_id) if folds is None else folds:
+            f = self.read_fold(candidate_id, k)
+            keys.append(f.val_keys)
+            correct.append(f.val_probs.argmax(axis=1) == f.val_targets)
+        if not keys:
+            return np.empty(0, dtype=str), np.empty(0, dtype=bool)
+        return np.concatenate(keys), np.concatenate(correct)
+
     def completeness(self, candidate_id: str, train_keys: Iterable[str]) -> tuple[bool, str]:
         """Whether the candidate's folds' validation rows cover every train row exactly once.
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,14 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import timm.utils
 import torch
 from torch.utils.data import DataLoader
 
 from .cli import base_parser, fail, load_sweep_config, setup_logging
 from .config import ConfigError, SweepConfig, TrainConfig, candidate_id
-from .data import DataError, SketchDataset, load_images, read_test_csv, read_train_csv
+from .data import DataError, SketchDataset
 from .engine import (
     FitState,
     build_optimizer,
@@ -29,53 +27,19 @@ from .engine import (
     predict,
     select_device,
 )
-from .errors import first_line
 from .faults import maybe_fail
-from .folds import load_or_make_folds, write_folds
 from .losses import build_loss
 from .model import ModelError, build_model, check_model_name
+from .prepare import PreparedData, prepare_data
 from .store import PredictionStore, StoreError, atomic_write_bytes
 from .transforms import build_eval_transform, build_train_transform
 
-__all__ = ["PreparedData", "TrialResult", "main", "prepare_data", "run_trial"]
+__all__ = ["USER_ERRORS", "TrialResult", "check_train", "check_trial", "main", "run_trial"]
 
 _log = logging.getLogger(__name__)
 
 # Errors a user can fix; the CLIs print them as one line.
 USER_ERRORS = (ConfigError, DataError, ModelError, StoreError)
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    """Validated CSVs, the folds every trial reads, and decoded image caches."""
-
-    train: pd.DataFrame  # class_name, image_path, target, fold (train.csv order)
-    test: pd.DataFrame  # image_path (test.csv order)
-    num_classes: int
-    train_images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
-    test_images: np.ndarray  # (N_test, S, S, 3) uint8, memory-mapped
-
-
-def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False) -> PreparedData:
-    """Read and validate the CSVs, make or read the folds, and build the image caches."""
-    d = cfg.data
-    # min_per_class: a class with fewer rows than folds is named here, with the CSV's path.
-    train = read_train_csv(d.train_csv, d.image_root, min_per_class=d.n_folds)
-    test = read_test_csv(d.test_csv, d.test_image_root)
-    # A new split is written only after every image has decoded: bad input leaves nothing.
-    folds = load_or_make_folds(train, d.folds_csv, d.n_folds, d.fold_seed, write=False,
-                               source=d.train_csv)
-    train = train.merge(folds[["image_path", "fold"]], on="image_path", how="left", validate="1:1")
-    num_classes = int(train["target"].max()) + 1
-    root = Path(d.image_root)
-    train_images = load_images([root / p for p in train["image_path"]], img_size, d.cache_dir,
-                               progress=progress)
-    test_root = Path(d.test_image_root)
-    test_images = load_images([test_root / p for p in test["image_path"]], img_size, d.cache_dir,
-                              progress=progress)
-    if not Path(d.folds_csv).is_file():
-        write_folds(folds, d.folds_csv)
-    return PreparedData(train, test, num_classes, train_images, test_images)
 
 
 def check_trial(cfg: SweepConfig, fold: int, source: str) -> None:
@@ -143,9 +107,8 @@ def run_trial(
     train_cfg: TrainConfig,
     fold: int,
     *,
-    report: Callable[[dict[str, float]], None] | None = None,
+    report: Callable[[dict[str, float], FitState], None] | None = None,
     resume: dict[str, Any] | None = None,
-    on_state: Callable[[FitState], None] | None = None,
     extra_manifest: dict[str, Any] | None = None,
     data: PreparedData | None = None,
     device: torch.device | None = None,
@@ -153,9 +116,10 @@ def run_trial(
 ) -> TrialResult:
     """Train `train_cfg` on every fold but `fold`, keep the best epoch, write its predictions.
 
-    `report(metrics)` gets each epoch's metrics; `on_state(state)` is called before each
-    report, so a caller (Ray) can checkpoint the state beside the metrics. `resume` is a
-    `FitState.state_dict()` to continue from.
+    `report(metrics, state)` gets each epoch's metrics and the training state after that
+    epoch, so a caller (Ray) can checkpoint the state beside the metrics; it may raise to stop
+    training. `resume` is a `FitState.state_dict()` to continue from. `data` is the
+    prepared data (prepared here when not given).
     """
     if not 0 <= fold < cfg.data.n_folds:
         raise ConfigError(f"--fold {fold}: must be in [0, {cfg.data.n_folds})")
@@ -190,10 +154,8 @@ def run_trial(
 
     def _report(metrics: dict[str, float]) -> None:
         maybe_fail(int(metrics["epoch"]))  # a no-op unless a reliability test asks for a fault
-        if on_state is not None:
-            on_state(state)
         if report is not None:
-            report(metrics)
+            report(metrics, state)
         else:
             _log.info("epoch %d: %s", metrics["epoch"],
                       " ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k != "epoch"))
@@ -246,20 +208,6 @@ def run_trial(
         val_targets=targets[va_idx], val_probs=val_probs, test_probs=test_probs, manifest=manifest,
     )
     return TrialResult(cid, fold, state.best_epoch, state.epoch, dict(state.best_metrics), path)
-
-
-def load_state(path: Path) -> dict[str, Any]:
-    """A `FitState.state_dict()` saved with torch.save, read without running any pickle code.
-
-    `weights_only=True` lets through tensors and plain containers only; anything else in the
-    file (a planted object whose unpickling would run code) is refused with a StoreError.
-    """
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        first = first_line(err)
-        raise StoreError(f"{path}: refused to load a checkpoint that holds more than tensors "
-                         f"({first})") from None
 
 
 class _Subset:

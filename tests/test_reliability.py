@@ -18,12 +18,14 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from sketchtune.checkpoint import load_state
 from sketchtune.config import ConfigError, candidate_id, load_config
 from sketchtune.faults import ENV
 from sketchtune.folds import make_folds
+from sketchtune.prepare import prepare_data
 from sketchtune.store import PredictionStore, StoreError
-from sketchtune.train import load_state, prepare_data, run_trial
 from sketchtune.train import main as train_main
+from sketchtune.train import run_trial
 
 ROOT = Path(__file__).resolve().parent.parent
 

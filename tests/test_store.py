@@ -102,3 +102,21 @@ def test_store_update_manifest_is_atomic_and_persistent(tmp_path):
     store.update_manifest("abc", 0, mlflow_run_id="r1")
     assert store.read_manifest("abc", 0)["mlflow_run_id"] == "r1"
     assert not list((tmp_path / "candidates/abc").glob("*.tmp"))
+
+
+def test_store_oof_correct_is_argmax_equals_target_first_max_winning(tmp_path):
+    store = PredictionStore(tmp_path)
+    # Row 0: a tie between classes 0 and 1 goes to 0 (numpy's argmax), so target 0 is right
+    # and target 1 wrong; row 2 is plainly right, row 3 plainly wrong.
+    probs = np.array([[0.4, 0.4, 0.2], [0.4, 0.4, 0.2], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]],
+                     dtype=np.float32)
+    keys = ["a", "b", "c", "d"]
+    store.write_fold("abc", 0, val_keys=keys, val_targets=np.array([0, 1, 2, 1]),
+                     val_probs=probs, test_probs=probs[:1], manifest={})
+    store.write_fold("abc", 1, val_keys=["e"], val_targets=np.array([2]),
+                     val_probs=probs[2:3], test_probs=probs[:1], manifest={})
+    got_keys, correct = store.oof_correct("abc")
+    assert got_keys.tolist() == ["a", "b", "c", "d", "e"]
+    assert correct.tolist() == [True, False, True, False, True]
+    assert store.oof_correct("abc", folds=[1])[1].tolist() == [True]
+    assert store.oof_correct("nothing")[1].shape == (0,)

@@ -45,7 +45,7 @@ def test_train_cli_writes_fold_predictions_above_chance(tiny_cfg, capsys):
 def test_run_trial_reports_each_epoch(tiny_cfg):
     cfg, _ = tiny_cfg(save_weights=False)
     seen: list[dict] = []
-    res = run_trial(cfg, cfg.train, 0, report=seen.append)
+    res = run_trial(cfg, cfg.train, 0, report=lambda metrics, state: seen.append(metrics))
     assert [m["epoch"] for m in seen] == [1, 2]
     assert res.best_epoch in (1, 2) and res.metrics["val_acc"] == max(m["val_acc"] for m in seen)
     assert PredictionStore(cfg.sweep_dir).read_manifest(res.candidate_id, 0)["weights_file"] is None
@@ -70,15 +70,13 @@ def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg):
     class Stop(Exception):
         pass
 
-    def stop_after_first(metrics):
+    def keep_then_stop(metrics, state):
+        torch.save(state.state_dict(), cfg.storage_path / "state.pt")  # as the Ray checkpoint
         if metrics["epoch"] == 1:
             raise Stop
 
-    def keep(state):  # what the sweep's Ray checkpoint holds
-        torch.save(state.state_dict(), cfg.storage_path / "state.pt")
-
     with pytest.raises(Stop):
-        run_trial(cfg, cfg.train, 3, report=stop_after_first, on_state=keep)
+        run_trial(cfg, cfg.train, 3, report=keep_then_stop)
     state = torch.load(cfg.storage_path / "state.pt", weights_only=True)
     run_trial(cfg, cfg.train, 3, resume=state)
     run_trial(cfg.model_copy(update={"name": "other"}), cfg.train, 3)  # uninterrupted

@@ -1,0 +1,81 @@
+"""The Ray the sweep runs on: a fresh local Ray, or a join of `ray.address`; its trial slots."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from .errors import first_line
+from .config import ConfigError, SweepConfig
+
+__all__ = ["check_address", "check_resources", "pythonpath", "start_ray"]
+
+# Set here, before anything imports Ray, which reads them at import or Tuner start:
+# the classic table reporter (CLIReporter) honours our column choice; Ray's newer output
+# engine ignores `progress_reporter`.
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+# Keeping one checkpoint per trial makes Tune snapshot its state after each checkpoint, which
+# is what resume needs; its warning about that would repeat every few seconds.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+
+
+def _address(cfg: SweepConfig) -> str:
+    # No address: always a fresh Ray of our own ("local"); a plain ray.init() would join
+    # whatever cluster this machine last ran, even a dead one.
+    return cfg.ray.address or "local"
+
+
+def check_address(cfg: SweepConfig) -> None:
+    """A `host:port` address must answer now: Ray itself retries an unreachable head for
+    minutes, one quick TCP try says it at once. `local` and `auto` are not checked here."""
+    address = _address(cfg)
+    host, _, port = address.rpartition(":")
+    if not (host and port.isdigit() and "://" not in address):
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=5).close()
+    except OSError as err:
+        why = err.strerror or err
+        raise ConfigError(f"ray.address={address!r}: nothing answers there ({why}); start "
+                          "the head with `ray start --head --port=...`") from None
+
+
+def pythonpath() -> str:
+    """PYTHONPATH for Ray's workers: this source tree first, then the driver's own."""
+    root = str(Path(__file__).resolve().parent.parent)
+    extra = os.environ.get("PYTHONPATH")
+    return f"{root}{os.pathsep}{extra}" if extra else root
+
+
+def start_ray(cfg: SweepConfig, quiet: bool) -> None:
+    """Start a local Ray or join `ray.address` (checked by `check_address` first)."""
+    import ray
+
+    address = _address(cfg)
+    kwargs: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
+    try:
+        ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING,
+                 # Trials import sketchtune from the driver's source tree, also when it is not
+                 # pip-installed (a worker's working directory is its trial's).
+                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath()}}, **kwargs)
+    except (ConnectionError, RuntimeError) as err:
+        hint = ("start one with `ray start --head`, or leave ray.address unset for a local Ray"
+                if cfg.ray.address else "see `ray status`")
+        raise ConfigError(f"ray.address={cfg.ray.address!r}: cannot start or join Ray "
+                          f"({first_line(err)}); {hint}") from None
+
+
+def check_resources(cfg: SweepConfig) -> int:
+    """A trial's resources must fit the cluster; returns how many trials fit at once (>= 1)."""
+    import ray
+
+    have = ray.cluster_resources()
+    for name, want in (("CPU", cfg.resources.cpu), ("GPU", cfg.resources.gpu)):
+        if want > have.get(name, 0):
+            raise ConfigError(
+                f"resources.{name.lower()}={want}: the Ray cluster has {have.get(name, 0):g} "
+                f"{name}(s) in all, so no trial could ever start")
+    return max(1, int(have.get("CPU", 1) // cfg.resources.cpu))

@@ -1,0 +1,169 @@
+"""The stage planner: candidates, the search space as Ray domains, top-k selection, cv jobs.
+
+One trial config shape for both stages: `{"job": {"params": {dotted key: value}, "fold": k}}`.
+The search stage samples `params` (Optuna); the cv stage grids over whole jobs, because the
+pending (candidate, fold) pairs are a list, not a product of two axes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+from .config import ParamSpec, SweepConfig, TrainConfig, candidate_id, with_train_overrides
+from .store import PredictionStore
+
+__all__ = ["FOLD_COLUMN", "JOB", "Candidate", "Job", "cv_candidates", "cv_experiment_name",
+           "cv_param_space", "describe_trial", "job_of", "max_epochs", "plan_cv_jobs",
+           "probe_values", "search_param_space", "search_space", "select_top", "trial_config"]
+
+JOB = "job"  # the trial config's one key
+FOLD_COLUMN = f"{JOB}/fold"  # the fold's path in a trial config, as Tune's reporter spells it
+
+
+class Job(TypedDict):
+    params: dict[str, Any]  # dotted overrides of the base TrainConfig
+    fold: int
+
+
+@dataclass(frozen=True)
+class Candidate:
+    params: dict[str, Any]  # dotted overrides of the base TrainConfig
+    train: TrainConfig
+    origin: str  # where it came from: "search", "fixed" (the YAML's candidates) or "base"
+
+    @property
+    def id(self) -> str:
+        return candidate_id(self.train)
+
+    @property
+    def backbone(self) -> str:
+        return self.train.model.name
+
+
+# ---------------------------------------------------------------- the trial config shape
+
+
+def trial_config(params: dict[str, Any], fold: Any) -> dict[str, Any]:
+    """A trial config (or a Tune param space, when `params` holds domains)."""
+    return {JOB: {"params": params, "fold": fold}}
+
+
+def search_param_space(cfg: SweepConfig) -> dict[str, Any]:
+    """The search stage's param space: the sampled params on `search.fold`."""
+    return trial_config(search_space(cfg.search.space), cfg.search.fold)
+
+
+def cv_param_space(jobs: list[Job]) -> dict[str, Any]:
+    """The cv stage's param space: one grid point per job."""
+    from ray import tune
+
+    return {JOB: tune.grid_search(jobs)}
+
+
+def job_of(config: dict[str, Any]) -> Job:
+    """The (params, fold) job of a trial config made by `trial_config` or the cv grid."""
+    return config[JOB]
+
+
+def describe_trial(cfg: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:
+    """A trial config -> {candidate_id, backbone, fold, train (the resolved config as JSON)}."""
+    job = job_of(config)
+    train = with_train_overrides(cfg.train, job["params"], "trial config")
+    return {"candidate_id": candidate_id(train), "backbone": train.model.name,
+            "fold": job["fold"], "train": train.model_dump(mode="json")}
+
+
+# ---------------------------------------------------------------- search stage
+
+
+def probe_values(spec: ParamSpec) -> list[Any]:
+    """The values a dimension can take at its ends (every value of a choice)."""
+    if spec.type == "choice":
+        return list(spec.values or [])
+    if spec.type == "int":
+        return [int(spec.low), int(spec.high)]
+    return [spec.low, spec.high]
+
+
+def search_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
+    """The YAML's dimensions as Ray Tune domains (OptunaSearch converts them to Optuna's)."""
+    from ray import tune
+
+    out: dict[str, Any] = {}
+    for key, s in space.items():
+        if s.type == "choice":
+            out[key] = tune.choice(s.values)
+        elif s.type == "loguniform":
+            out[key] = tune.loguniform(s.low, s.high)
+        elif s.type == "uniform":
+            out[key] = tune.uniform(s.low, s.high)
+        else:  # int: both ends included
+            out[key] = tune.randint(int(s.low), int(s.high) + 1)
+    return out
+
+
+def max_epochs(cfg: SweepConfig) -> int:
+    """The most epochs a search trial can run (the base's, or the space's largest)."""
+    if "epochs" in cfg.search.space:
+        return max([cfg.train.epochs] + [int(v) for v in probe_values(cfg.search.space["epochs"])])
+    return cfg.train.epochs
+
+
+def select_top(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
+    """Search results (Tune `Result`s) -> the top `search.top_k_per_backbone` per backbone.
+
+    Like with like: a trial ASHA let run further ranks above one it stopped early (whose
+    val_acc is from fewer epochs); among equals, the higher best val_acc wins, then the
+    earlier trial. Failed trials and trials without a result are left out.
+    """
+    scored = []
+    for i, r in enumerate(results):
+        if r.error is not None or not r.metrics:
+            continue
+        params = job_of(r.config)["params"]
+        train = with_train_overrides(cfg.train, params, "search result")
+        best = r.metrics.get("best_val_acc", r.metrics.get("val_acc", 0.0))
+        reached = r.metrics.get("epoch", 0)
+        scored.append((-reached, -best, i, Candidate(dict(params), train, "search")))
+    top: dict[str, list[Candidate]] = {}
+    for *_, c in sorted(scored, key=lambda t: t[:3]):
+        chosen = top.setdefault(c.backbone, [])
+        if len(chosen) < cfg.search.top_k_per_backbone and c.id not in {x.id for x in chosen}:
+            chosen.append(c)
+    return [c for cs in top.values() for c in cs]
+
+
+# ---------------------------------------------------------------- cv stage
+
+
+def cv_candidates(cfg: SweepConfig, searched: list[Candidate] | None,
+                  fixed: list[Candidate]) -> list[Candidate]:
+    """The search's choices, then the fixed candidates not among them; the base config alone
+    when no search ran (`searched` is None) and there is no fixed candidate."""
+    chosen = list(searched or [])
+    if searched is None and not fixed:
+        chosen = [Candidate({}, cfg.train, "base")]
+    seen = {c.id for c in chosen}
+    return chosen + [c for c in fixed if c.id not in seen and not seen.add(c.id)]
+
+
+def plan_cv_jobs(cfg: SweepConfig, candidates: list[Candidate],
+                 store: PredictionStore) -> list[Job]:
+    """(candidate, fold) pairs not yet in the store, in candidate then fold order."""
+    return [
+        Job(params=c.params, fold=k)
+        for c in candidates
+        for k in range(cfg.data.n_folds)
+        if not store.has_fold(c.id, k)
+    ]
+
+
+def cv_experiment_name(candidates: list[Candidate]) -> str:
+    """Named after the candidate set, so re-running the same sweep finds (and restores) the
+    same experiment, while adding a backbone starts a new one for what is new."""
+    key = hashlib.sha1(json.dumps(sorted(c.id for c in candidates)).encode()).hexdigest()[:8]
+    return f"cv-{key}"
