@@ -8,8 +8,8 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from .errors import first_line
 from .config import ConfigError, SweepConfig
+from .errors import first_line
 
 __all__ = ["check_address", "check_resources", "pythonpath", "start_ray"]
 
