@@ -7,25 +7,30 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from sketchtune.cli import add_debug_argument, run_cli, setup_logging
 from sketchtune.cli import base_parser as shared_parser
-from sketchtune.cli import fail, setup_logging
 from sketchtune.cli import load_sweep_config as shared_load
 from sketchtune.config import ConfigError, SweepConfig
-from sketchtune.store import StoreError, atomic_write_bytes
+from sketchtune.store import StoreError
 
 from .load import EnsembleError
+from .output import write_file_set
 
 __all__ = ["USER_ERRORS", "base_parser", "load_sweep_config", "run_main", "write_files"]
 
-# The errors a user can cause; each becomes one line on stderr and exit status 2.
+# The errors a user can cause; each becomes one line on stderr and exit status 2. (Also
+# sketchtune.data.DataError and sketchtune.model.ModelError, from `predict --images`: they
+# live in modules that import torch, which the CLIs load only for --images; see _user_error.)
 USER_ERRORS = (ConfigError, StoreError, EnsembleError)
+_LAZY_USER_ERRORS = (("sketchtune.data", "DataError"), ("sketchtune.model", "ModelError"))
 
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
-    """The options every sketchtune CLI takes, plus --out."""
+    """The options every sketchtune CLI takes, plus --out and --debug."""
     p = shared_parser(prog, description)
     p.add_argument("--out", metavar="DIR", default=None,
                    help="output folder (default: <sweep folder>/ensemble)")
+    add_debug_argument(p)
     return p
 
 
@@ -39,22 +44,38 @@ def out_dir(args: argparse.Namespace, cfg: SweepConfig) -> Path:
 
 
 def write_files(folder: Path, files: dict[str, bytes]) -> list[Path]:
-    """Write every file atomically (temp + rename); call only once all checks have passed."""
-    paths = []
-    for name, data in files.items():
-        atomic_write_bytes(folder / name, data)
-        paths.append(folder / name)
-    return paths
+    """Write the output set whole or not at all (see `output.write_file_set`); call only once
+    all checks have passed. Files of `folder` that the set does not replace are kept."""
+    return write_file_set(folder, files)
+
+
+def _user_error(err: Exception) -> EnsembleError | None:
+    """`err` as a one-line user error, or None when it is not one (a bug: the last resort)."""
+    if isinstance(err, OSError):  # a folder given as a file, a permission: the OS names it
+        return EnsembleError(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
+    for module, name in _LAZY_USER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)  # loaded only if it could be raised
+        if cls is not None and isinstance(err, cls):
+            return EnsembleError(str(err))
+    return None
 
 
 def run_main(prog: str, body: Callable[[argparse.Namespace], int],
              args: argparse.Namespace) -> int:
-    """Run a CLI body: user errors and unwritable outputs become one stderr line and status 2."""
+    """Run a CLI body under `sketchtune.cli.run_cli`: a user error (bad input, an unwritable
+    or unreadable file) is one stderr line and status 2; anything else one line naming its
+    type, status 1, its traceback with --debug or SKETCHTUNE_DEBUG=1."""
     setup_logging(args.quiet, prog)
-    try:
-        return body(args)
-    except USER_ERRORS as err:
-        return fail(prog, err)
-    except OSError as err:  # a full disk or a read-only folder, named by the OS error
-        print(f"{prog}: error: {err.filename or ''}: {err.strerror or err}", file=sys.stderr)
-        return 2
+
+    def guarded(a: argparse.Namespace) -> int:
+        try:
+            return body(a)
+        except USER_ERRORS:
+            raise
+        except Exception as err:
+            user = _user_error(err)
+            if user is None:
+                raise
+            raise user from None
+
+    return run_cli(prog, guarded, args, USER_ERRORS)

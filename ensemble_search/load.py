@@ -1,14 +1,17 @@
 """Complete candidates from the prediction store -> aligned arrays (`OOFSet`), validated.
 
 Rows follow the folds file (`image_path,target,fold`, the file every trial reads), or
-`train.csv` when there is none. A candidate is complete when its folds' validation rows
-cover every train row exactly once; incomplete ones are skipped (search-stage trials
-have one fold) unless named explicitly.
+`train.csv` when there is none; labels always come from `train.csv`, and every stored row's
+(image_path, target) must agree with it. A candidate is complete when its folds' validation
+rows cover every train row exactly once; incomplete ones are skipped (search-stage trials
+have one fold) unless named explicitly. Test predictions are matched to test.csv rows by
+image_path (`load_test_probs`), never by position.
 """
 
 from __future__ import annotations
 
 import logging
+import posixpath
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +33,7 @@ __all__ = [
     "load_test_probs",
     "read_test_keys",
     "read_train_rows",
+    "show",
 ]
 
 _log = logging.getLogger(__name__)
@@ -42,12 +46,29 @@ class EnsembleError(ValueError):
     """Bad input to the ensemble search; the message is one line naming the file."""
 
 
+def show(x: object) -> str:
+    """One value for a message: an int plainly (not np.int64(0)), text quoted (not np.str_)."""
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        return str(int(x))
+    return repr(str(x))
+
+
+def _shown(items: list | np.ndarray, n: int = 3) -> str:
+    return ", ".join(show(x) for x in list(items)[:n])
+
+
+def image_key(path: str) -> str:
+    """The spelling rows are matched by: './a//b' and 'a/b' are one image."""
+    return posixpath.normpath(str(path))
+
+
 @dataclass(frozen=True)
 class TrainRows:
     keys: np.ndarray  # (N,) str image_path, in file order
-    targets: np.ndarray | None  # (N,) int64, or None when the file has no target column
+    targets: np.ndarray  # (N,) int64, train.csv's label of each row
     folds: np.ndarray | None  # (N,) int64, or None without a folds file
-    source: Path
+    source: Path  # the file the rows follow: the folds file, or train.csv without one
+    labels_from: Path  # train.csv, where the targets come from
 
 
 @dataclass
@@ -70,7 +91,7 @@ class OOFSet:
 
 def _read_csv(path: Path, need: tuple[str, ...]) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path)
+        df = pd.read_csv(path, encoding="utf-8-sig")  # a spreadsheet's byte-order mark
     except FileNotFoundError:
         raise EnsembleError(f"{path}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -81,21 +102,59 @@ def _read_csv(path: Path, need: tuple[str, ...]) -> pd.DataFrame:
     return df
 
 
-def read_train_rows(data: DataConfig) -> TrainRows:
-    """The train rows: the folds file if it exists, else train.csv's image_path column."""
-    if data.folds_csv is not None and Path(data.folds_csv).is_file():
-        path, df = Path(data.folds_csv), _read_csv(Path(data.folds_csv),
-                                                   ("image_path", "target", "fold"))
-    else:
-        path = Path(data.train_csv)
-        df = _read_csv(path, ("image_path",))
+def _int_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
+    values = pd.to_numeric(df[col], errors="coerce")
+    bad = values.isna() | (values != values.round())
+    if bad.any():
+        raise EnsembleError(f"{path}: {col} must be an integer; {show(df[col][bad].iloc[0])} "
+                            f"in row {int(np.flatnonzero(bad)[0]) + 2}")
+    return values.to_numpy(np.int64)
+
+
+def _unique_keys(df: pd.DataFrame, path: Path) -> np.ndarray:
     keys = df["image_path"].astype(str).to_numpy()
-    dup = pd.Index(keys).duplicated()
+    dup = pd.Index([image_key(k) for k in keys]).duplicated()
     if dup.any():
-        raise EnsembleError(f"{path}: image_path {keys[dup][0]!r} appears more than once")
-    targets = df["target"].to_numpy(np.int64) if "target" in df.columns else None
-    folds = df["fold"].to_numpy(np.int64) if "fold" in df.columns else None
-    return TrainRows(keys, targets, folds, path)
+        raise EnsembleError(f"{path}: image_path {show(keys[dup][0])} appears more than once")
+    return keys
+
+
+def read_train_rows(data: DataConfig) -> TrainRows:
+    """The train rows: the folds file's if it exists, else train.csv's; labels from train.csv.
+
+    train.csv is the truth the ensemble is scored against: a folds file whose rows or
+    labels differ from it (train.csv edited after the sweep) is refused, naming the first
+    differing image and both labels.
+    """
+    train_csv = Path(data.train_csv)
+    train = _read_csv(train_csv, ("image_path", "target"))
+    train_keys = _unique_keys(train, train_csv)
+    train_targets = _int_column(train, "target", train_csv)
+    if data.folds_csv is None or not Path(data.folds_csv).is_file():
+        return TrainRows(train_keys, train_targets, None, train_csv, train_csv)
+    path = Path(data.folds_csv)
+    df = _read_csv(path, ("image_path", "target", "fold"))
+    keys = _unique_keys(df, path)
+    folds = _int_column(df, "fold", path)
+    labels = pd.Series(train_targets, index=[image_key(k) for k in train_keys])
+    norm = [image_key(k) for k in keys]
+    lost = sorted(set(labels.index) - set(norm))
+    extra = [k for k, n in zip(keys, norm, strict=True) if n not in labels.index]
+    if lost or extra:
+        first = (f"{show(lost[0])} is in {train_csv} but not in it" if lost
+                 else f"{show(extra[0])} is in it but not in {train_csv}")
+        raise EnsembleError(f"{path}: the folds file's rows are not train.csv's ({first}); "
+                            "train.csv changed after the sweep: restore it, or run the sweep "
+                            "again with a new data.folds_csv")
+    targets = labels.loc[norm].to_numpy(np.int64)
+    stored = _int_column(df, "target", path)
+    if (bad := np.flatnonzero(stored != targets)).size:
+        i = bad[0]
+        raise EnsembleError(f"{train_csv}: image {show(keys[i])} has target {show(targets[i])} "
+                            f"but {path} (the split the sweep trained on) has "
+                            f"{show(stored[i])}; {bad.size} row(s) differ: restore train.csv, or "
+                            "run the sweep again with a new data.folds_csv")
+    return TrainRows(keys, targets, folds, path, train_csv)
 
 
 def read_test_keys(test_csv: Path) -> np.ndarray:
@@ -160,10 +219,10 @@ def load_oof(store: PredictionStore, rows: TrainRows,
              candidate_ids: list[str] | None = None) -> OOFSet:
     """Load every complete candidate (or exactly `candidate_ids`, each must be complete).
 
-    Checks: finite probabilities with rows summing to 1, one class count, targets and fold
-    assignment agreeing with the folds file (or, without one, across candidates), one
-    test row count. Raises EnsembleError naming the candidate, fold and file. The test
-    probabilities themselves are read by `load_test_probs`.
+    Checks: finite probabilities with rows summing to 1, one class count, every stored row's
+    target equal to train.csv's, fold assignment agreeing with the folds file (or, without
+    one, across candidates), one test row count. Raises EnsembleError naming the candidate,
+    fold and file. The test probabilities themselves are read by `load_test_probs`.
     """
     ids, skipped = _complete_ids(store, rows.keys, candidate_ids)
     index = pd.Index(rows.keys)
@@ -202,26 +261,29 @@ def load_oof(store: PredictionStore, rows: TrainRows,
             if k == store.folds(cid)[0]:
                 manifests.append(fp.manifest)
         what = f"{store.candidate_dir(cid)}: candidate {cid}"
-        against = f"{rows.source}" if rows.targets is not None else f"candidate {ref}"
-        if targets is not None and (bad := np.flatnonzero(cand_targets != targets)).size:
-            raise EnsembleError(f"{what}: {bad.size} target(s) differ from {against} "
-                                f"(first: {rows.keys[bad[0]]!r})")
+        if (bad := np.flatnonzero(cand_targets != targets)).size:
+            i = bad[0]
+            raise EnsembleError(f"{what}: image {show(rows.keys[i])} has target "
+                                f"{show(cand_targets[i])} in fold {show(cand_folds[i])}'s "
+                                f"predictions but {show(targets[i])} in {rows.labels_from}; "
+                                f"{bad.size} row(s) differ: train.csv changed after the sweep "
+                                "(restore it, or run the sweep again on the new labels)")
         against = f"{rows.source}" if rows.folds is not None else f"candidate {ref}"
         if folds is not None and (bad := np.flatnonzero(cand_folds != folds)).size:
-            raise EnsembleError(f"{what}: fold {cand_folds[bad[0]]} holds {rows.keys[bad[0]]!r}, "
-                                f"which {against} puts in fold {folds[bad[0]]}")
+            raise EnsembleError(f"{what}: fold {show(cand_folds[bad[0]])} holds "
+                                f"{show(rows.keys[bad[0]])}, which {against} puts in fold "
+                                f"{show(folds[bad[0]])}")
         if ref_n_test is not None and ref_n_test != n_test:
             raise EnsembleError(f"{what}: {n_test} test rows but candidate {ref} has "
                                 f"{ref_n_test}")
-        targets = cand_targets if targets is None else targets
         folds = cand_folds if folds is None else folds
         ref_n_test = n_test if ref_n_test is None else ref_n_test
         names.append(display_name(fp.manifest, cid))
         ref = ref or cid
     if len(set(names)) < len(names):  # a 6-char id clash: fall back to full ids
         names = [f"{nm.rsplit('-', 1)[0]}-{cid}" for nm, cid in zip(names, ids, strict=True)]
-    if targets.min() < 0 or targets.max() >= probs.shape[2]:
-        raise EnsembleError(f"{rows.source}: target {int(targets.max())} outside the "
+    if (out := (targets < 0) | (targets >= probs.shape[2])).any():
+        raise EnsembleError(f"{rows.labels_from}: target {show(targets[out][0])} outside the "
                             f"{probs.shape[2]} classes of the stored predictions")
     return OOFSet(
         probs=probs, targets=targets, folds=folds, keys=rows.keys, candidate_ids=ids,
@@ -229,13 +291,53 @@ def load_oof(store: PredictionStore, rows: TrainRows,
     )
 
 
+def _fold_test_probs(store: PredictionStore, cid: str, k: int, index: pd.Index,
+                     raw: np.ndarray, source: str) -> tuple[np.ndarray, np.ndarray]:
+    """Fold k's test probabilities in `index` order (the requested image_paths, normalised;
+    `raw` as test.csv spells them, for messages): (n, C) and the fold's own test keys.
+
+    EnsembleError when the fold recorded no test keys (written before they were) or did
+    not predict some of the requested images.
+    """
+    fp = store.read_fold(cid, k)
+    npz = store.candidate_dir(cid) / f"fold{k}.npz"
+    check_probs(fp.test_probs, f"{npz} test_probs")
+    if fp.test_keys is None:
+        raise EnsembleError(
+            f"{npz}: written before fold files recorded their test image_paths, so its rows "
+            f"cannot be matched to {source} by image_path (only by position, which is how a "
+            "reordered or edited test.csv got wrong labels); predict the test images from the "
+            f"saved weights: python -m ensemble_search.predict --images {source}, or delete "
+            f"{store.candidate_dir(cid)} and run the sweep again")
+    stored = pd.Index([image_key(x) for x in fp.test_keys])
+    if not stored.is_unique:
+        raise EnsembleError(f"{npz}: test_keys list "
+                            f"{show(stored[stored.duplicated()][0])} more than once")
+    at = stored.get_indexer(index)
+    if (missing := np.flatnonzero(at < 0)).size:
+        made = fp.manifest.get("test_csv") or "another test.csv"
+        raise EnsembleError(
+            f"{source}: {missing.size} of {len(index)} rows have no stored prediction "
+            f"(first: {_shown(raw[missing])}; the sweep predicted {made}); predict new "
+            f"images from the saved weights: python -m ensemble_search.predict --images "
+            f"{source}")
+    return fp.test_probs[at], fp.test_keys
+
+
 def load_test_probs(store: PredictionStore, candidate_ids: list[str],
+                    test_keys: np.ndarray | list[str] | None = None, *,
+                    source: str | Path | None = None,
                     n_folds: dict[str, int] | None = None) -> np.ndarray:
     """(M, n_test, C) float32: each candidate's test probabilities averaged over its folds.
 
-    Every fold 0..n_folds-1 (from the manifest, or `n_folds`) must be present.
+    Rows follow `test_keys` (test.csv's image_path column, matched by image_path, never by
+    position; default: the first fold's own list). Every fold 0..n_folds-1 (from the
+    manifest, or `n_folds`) must be present and have predicted the same test images; every
+    requested image must have a prediction. `source` names the test.csv in messages.
     """
     out: list[np.ndarray] = []
+    raw = None if test_keys is None else np.asarray(test_keys, dtype=str)
+    index = None if raw is None else pd.Index([image_key(x) for x in raw])
     for cid in candidate_ids:
         have = store.folds(cid)
         if not have:
@@ -245,15 +347,26 @@ def load_test_probs(store: PredictionStore, candidate_ids: list[str],
         if missing:
             raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} is missing "
                                 f"fold(s) {missing}; run the sweep again to finish them")
-        total = None
+        if index is None:  # no test.csv given: the order the first fold predicted
+            raw = store.read_fold(cid, have[0]).test_keys
+            index = pd.Index([image_key(x) for x in raw]) if raw is not None else None
+        where = source or "test.csv"
+        total, ref_keys = None, None
         for k in have:
-            fp = store.read_fold(cid, k)
-            where = f"{store.candidate_dir(cid) / f'fold{k}.npz'} test_probs"
-            check_probs(fp.test_probs, where)
-            if total is not None and fp.test_probs.shape != total.shape:
-                raise EnsembleError(f"{where}: shape {fp.test_probs.shape}, fold {have[0]} has "
-                                    f"{total.shape}")
-            total = fp.test_probs.astype(np.float64) if total is None else total + fp.test_probs
+            probs, keys = _fold_test_probs(store, cid, k, index, raw, str(where))
+            if ref_keys is None:
+                ref_keys = set(keys.tolist())
+            elif set(keys.tolist()) != ref_keys:
+                raise EnsembleError(
+                    f"{store.candidate_dir(cid) / f'fold{k}.npz'}: predicted other test images "
+                    f"than fold {have[0]} of candidate {cid} (test_keys differ); its folds come "
+                    "from different test.csv files: delete the stale fold and run the sweep "
+                    "again")
+            if total is not None and probs.shape[1] != total.shape[1]:
+                raise EnsembleError(f"{store.candidate_dir(cid) / f'fold{k}.npz'}: "
+                                    f"{probs.shape[1]} classes, fold {have[0]} has "
+                                    f"{total.shape[1]}")
+            total = probs.astype(np.float64) if total is None else total + probs
         if out and total.shape != out[0].shape:
             raise EnsembleError(f"{store.candidate_dir(cid)}: test probabilities {total.shape} "
                                 f"but candidate {candidate_ids[0]} has {out[0].shape}")

@@ -6,20 +6,65 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from .config import SweepConfig, TrainConfig
-from .data import SketchDataset, load_images, read_test_csv
+from .data import DataError, SketchDataset, load_images
 from .engine import predict, select_device
+from .errors import first_line
 from .model import build_model
 from .store import PredictionStore, StoreError
 from .transforms import build_eval_transform
 
-__all__ = ["predict_csv"]
+__all__ = ["predict_csv", "read_image_list"]
+
+_SHOW = 3  # how many offending rows a message lists
 
 _log = logging.getLogger(__name__)
+
+
+def read_image_list(csv_path: Path, image_root: Path) -> list[Path]:
+    """The files named by the `image_path` column of `csv_path`, in row order.
+
+    A relative path is read under `image_root`; an absolute one as it is (new images are
+    the user's own files, so unlike a training CSV they are not confined to a root).
+    DataError naming the CSV for a missing column, an empty cell, or missing or empty files.
+    """
+    csv_path, root = Path(csv_path), Path(image_root)
+    try:
+        # utf-8-sig: a spreadsheet's byte-order mark would glue onto the column name.
+        df = pd.read_csv(csv_path, encoding="utf-8-sig", dtype=str, keep_default_na=False,
+                         index_col=False)
+    except FileNotFoundError:
+        raise DataError(f"{csv_path}: file not found") from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{csv_path}: empty file") from None
+    except (UnicodeDecodeError, pd.errors.ParserError) as err:
+        raise DataError(f"{csv_path}: not a readable UTF-8 CSV ({first_line(err)})") from None
+    df.columns = [str(c).strip() for c in df.columns]
+    if "image_path" not in df.columns:
+        raise DataError(f"{csv_path}: missing column 'image_path' (found: "
+                        f"{', '.join(map(repr, df.columns))})")
+    if len(df) == 0:
+        raise DataError(f"{csv_path}: no rows")
+    rels = df["image_path"].tolist()
+    if blank := [i + 2 for i, r in enumerate(rels) if not r.strip()]:
+        raise DataError(f"{csv_path}: empty 'image_path' in {len(blank)} row(s) (first: line "
+                        f"{blank[0]})")
+    paths = [Path(r) if Path(r).is_absolute() else root / r for r in rels]
+    missing = [r for r, q in zip(rels, paths, strict=True) if not q.is_file()]
+    if missing:
+        shown = ", ".join(repr(m) for m in missing[:_SHOW])
+        raise DataError(f"{csv_path}: {len(missing)} image(s) not found (first: {shown}); "
+                        f"relative paths are read under {root} (--image-root)")
+    empty = [r for r, q in zip(rels, paths, strict=True) if q.stat().st_size == 0]
+    if empty:
+        shown = ", ".join(repr(m) for m in empty[:_SHOW])
+        raise DataError(f"{csv_path}: {len(empty)} empty (0-byte) image(s) (first: {shown})")
+    return paths
 
 
 def predict_csv(
@@ -29,8 +74,8 @@ def predict_csv(
     """Class probabilities (N, C) float32 for the `image_path` rows of `csv_path`.
 
     Each fold's best weights (safetensors, never a pickle) predict every row; the result is
-    their mean, as for the stored test predictions. Image paths are relative to
-    `image_root` (default: the CSV's folder) and may not leave it.
+    their mean, as for the stored test predictions. Relative image paths are read under
+    `image_root` (default: the CSV's folder), absolute ones as they are (`read_image_list`).
     """
     store = PredictionStore(cfg.sweep_dir)
     folds = store.folds(candidate_id)
@@ -44,9 +89,8 @@ def predict_csv(
                          "weights (save_weights was false); retrain them to predict new images")
     train_cfg = TrainConfig.model_validate(manifests[0]["config"])
     root = Path(image_root) if image_root is not None else Path(csv_path).parent
-    rows = read_test_csv(Path(csv_path), root)
-    images = load_images([root / p for p in rows["image_path"]], train_cfg.img_size,
-                         cfg.data.cache_dir, progress=progress)
+    paths = read_image_list(Path(csv_path), root)
+    images = load_images(paths, train_cfg.img_size, cfg.data.cache_dir, progress=progress)
     device = device or select_device()
     loader = DataLoader(SketchDataset(images, None, build_eval_transform(train_cfg.img_size)),
                         batch_size=train_cfg.batch_size, shuffle=False,

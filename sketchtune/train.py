@@ -205,7 +205,8 @@ def run_trial(
     }
     path = store.write_fold(
         cid, fold, val_keys=data.train["image_path"].to_numpy()[va_idx],
-        val_targets=targets[va_idx], val_probs=val_probs, test_probs=test_probs, manifest=manifest,
+        val_targets=targets[va_idx], val_probs=val_probs,
+        test_keys=data.test["image_path"].to_numpy(), test_probs=test_probs, manifest=manifest,
     )
     return TrialResult(cid, fold, state.best_epoch, state.epoch, dict(state.best_metrics), path)
 

@@ -39,6 +39,7 @@ class Sweep:
     probs: np.ndarray  # (M, N, C) OOF
     test_probs: np.ndarray  # (M, n_folds, n_test, C)
     ids: list[str]
+    test_keys: np.ndarray  # (n_test,) test.csv's image_path, the order test_probs follow
 
 
 def make_sweep(tmp: Path, skills: tuple[float, ...] = (2.0, 1.0, 0.5), n: int = 60, c: int = 4,
@@ -54,7 +55,7 @@ def make_sweep(tmp: Path, skills: tuple[float, ...] = (2.0, 1.0, 0.5), n: int = 
     pd.DataFrame({"image_path": keys, "target": y}).to_csv(data / "train.csv", index=False)
     pd.DataFrame({"image_path": keys, "target": y, "fold": folds}).to_csv(data / "folds.csv",
                                                                         index=False)
-    test_keys = [f"test/{i:04d}.png" for i in range(n_test)]
+    test_keys = np.array([f"test/{i:04d}.png" for i in range(n_test)])
     pd.DataFrame({"image_path": test_keys}).to_csv(data / "test.csv", index=False)
     probs, _ = make_probs(rng, list(skills), n, c, targets=y)
     test = softmax(rng.normal(size=(len(skills), n_folds, n_test, c)))
@@ -69,7 +70,7 @@ def make_sweep(tmp: Path, skills: tuple[float, ...] = (2.0, 1.0, 0.5), n: int = 
     store = PredictionStore(sweep_dir)
     ids = [f"c{j:02d}abcdef" for j in range(len(skills))]
     sw = Sweep(cfg, sweep_dir, store, data / "folds.csv", data / "test.csv", keys, y, folds,
-               probs, test, ids)
+               probs, test, ids, test_keys)
     if write:
         for j in range(len(skills)):
             write_candidate(sw, j)
@@ -79,10 +80,11 @@ def make_sweep(tmp: Path, skills: tuple[float, ...] = (2.0, 1.0, 0.5), n: int = 
 def write_candidate(sw: Sweep, j: int, folds: list[int] | None = None,
                     probs: np.ndarray | None = None, test_probs: np.ndarray | None = None,
                     cid: str | None = None, backbone: str = "test_resnet.r160_in1k",
-                    weights_file: str | None = None) -> str:
+                    weights_file: str | None = None, test_keys: np.ndarray | None = None) -> str:
     """Write candidate j's folds (all by default) to the store, optionally with other arrays.
 
     weights_file: what each fold's manifest names as its saved weights (none are written).
+    test_keys: the image_paths the test probabilities are for (default: test.csv's).
     """
     p = sw.probs[j] if probs is None else probs
     n_folds = int(sw.folds.max()) + 1
@@ -91,6 +93,7 @@ def write_candidate(sw: Sweep, j: int, folds: list[int] | None = None,
         rows = np.flatnonzero(sw.folds == k)
         sw.store.write_fold(
             cid, k, val_keys=sw.keys[rows], val_targets=sw.targets[rows], val_probs=p[rows],
+            test_keys=sw.test_keys if test_keys is None else test_keys,
             test_probs=sw.test_probs[j, k] if test_probs is None else test_probs,
             manifest={"n_folds": n_folds, "best_epoch": 1,
                       "metrics": {"val_acc": 0.5, "val_loss": 1.0},

@@ -294,14 +294,15 @@ def _opt_class_count(s: Setup):
     rows = np.flatnonzero(sw.folds == 1)
     sw.store.write_fold(sw.ids[0], 1, val_keys=sw.keys[rows], val_targets=sw.targets[rows],
                         val_probs=softmax(rng.normal(size=(len(rows), 5))),
-                        test_probs=softmax(rng.normal(size=(6, 5))),
+                        test_keys=sw.test_keys, test_probs=softmax(rng.normal(size=(6, 5))),
                         manifest={"n_folds": 3, "metrics": {"val_acc": 0.5, "val_loss": 1.0}})
     return [], sw.store.candidate_dir(sw.ids[0]) / "fold1.npz"
 
 
 def _opt_test_rows(s: Setup):
     sw = s.sweep
-    write_candidate(sw, 0, folds=[2], test_probs=sw.test_probs[0, 2][:5])
+    write_candidate(sw, 0, folds=[2], test_probs=sw.test_probs[0, 2][:5],
+                    test_keys=sw.test_keys[:5])
     return [], sw.store.candidate_dir(sw.ids[0]) / "fold2.npz"
 
 
@@ -311,7 +312,8 @@ def _opt_keys_mismatch(s: Setup):
     keys = sw.keys[rows].copy()
     keys[0] = "train/elsewhere.png"  # a row of some other train.csv
     sw.store.write_fold(sw.ids[0], 0, val_keys=keys, val_targets=sw.targets[rows],
-                        val_probs=sw.probs[0][rows], test_probs=sw.test_probs[0, 0],
+                        val_probs=sw.probs[0][rows], test_keys=sw.test_keys,
+                        test_probs=sw.test_probs[0, 0],
                         manifest={"n_folds": 3, "metrics": {"val_acc": 0.5, "val_loss": 1.0}})
     return [f"--candidates={sw.ids[0]}"], sw.store.candidate_dir(sw.ids[0])
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 
 import numpy as np
 import pandas as pd
@@ -155,13 +158,39 @@ def test_optimize_bad_config_key(tmp_path, capsys):
     assert "ensemble.methd" in line and str(sw.config) in line
 
 
-def test_predict_test_csv_mismatch(done, tmp_path, capsys):
-    short = tmp_path / "short.csv"
-    pd.read_csv(done.test_csv).head(5).to_csv(short, index=False)
+def _expected_test_probs(sw, spec) -> np.ndarray:
+    """(n_test, C): the ensemble of the stored test probabilities, in the fixture's order."""
+    return sum(c["weight"] * sw.test_probs[sw.ids.index(c["candidate_id"])].mean(axis=0)
+               for c in spec["candidates"])
+
+
+@pytest.mark.parametrize("edit", ["reversed", "subset"])
+def test_predict_matches_test_rows_by_image_path(done, tmp_path, edit):
+    test = pd.read_csv(done.test_csv)
+    rows = test.iloc[::-1] if edit == "reversed" else test.iloc[[7, 2, 5]]
+    csv = tmp_path / "test.csv"
+    rows.to_csv(csv, index=False)
     out = tmp_path / "out"
-    assert predict.main([str(done.config), "--test-csv", str(short), "--out", str(out)]) == 2
+    assert predict.main([str(done.config), "--test-csv", str(csv), "--out", str(out),
+                         "--quiet"]) == 0
+    sub = pd.read_csv(out / "submission.csv")
+    assert list(sub["image_path"]) == list(rows["image_path"])
+    assert list(sub["ID"]) == list(range(len(rows)))
+    spec = json.loads((done.sweep_dir / "ensemble" / "ensemble.json").read_text())
+    expected = _expected_test_probs(done, spec)[rows.index.to_numpy()]
+    assert np.allclose(np.load(out / "test_probs.npy"), expected, atol=1e-5)
+    assert np.array_equal(sub["target"].to_numpy(), expected.argmax(axis=1))
+
+
+def test_predict_refuses_test_images_without_prediction(done, tmp_path, capsys):
+    csv = tmp_path / "test.csv"
+    test = pd.read_csv(done.test_csv)
+    pd.concat([test, pd.DataFrame({"image_path": ["test/new.png"]})]).to_csv(csv, index=False)
+    out = tmp_path / "out"
+    assert predict.main([str(done.config), "--test-csv", str(csv), "--out", str(out)]) == 2
     (line,) = _errors(capsys, "ensemble_search.predict")
-    assert str(short) in line and "5 rows" in line and "12" in line
+    assert f"{csv}: 1 of 13 rows have no stored prediction (first: 'test/new.png'" in line
+    assert f"python -m ensemble_search.predict --images {csv}" in line
     assert not out.exists()
 
 
@@ -210,3 +239,160 @@ def test_cli_help_lists_defaults(capsys):
     listed = {line.split()[0] for line in helps[optimize].split("ensemble.method")[-1]
               .splitlines()[1:] if line.strip()}
     assert listed == {"auto", *METHODS}  # the registry, one method a line
+
+
+def _spec_with(sw, **fields) -> dict:
+    spec = {"method": "mean", "num_classes": 4, "temperature": 1.0,
+            "candidates": [{"candidate_id": cid, "weight": 1.0 / len(sw.ids)} for cid in sw.ids]}
+    for key, value in fields.items():
+        if key.startswith("w"):  # w0=...: the first candidate's weight
+            spec["candidates"][int(key[1:])]["weight"] = value
+        else:
+            spec[key] = value
+    return spec
+
+
+@pytest.mark.parametrize(("fields", "want"), [
+    ({"w0": float("nan")}, "candidates[0].weight: Input should be a finite number (got NaN)"),
+    ({"w0": "0.25"}, 'candidates[0].weight: Input should be a valid number (got "0.25")'),
+    ({"w0": None}, "candidates[0].weight: Input should be a valid number (got null)"),
+    ({"w0": True}, "candidates[0].weight: Input should be a valid number (got true)"),
+    ({"w0": -0.25, "w1": 0.75}, "candidates[0].weight: Input should be greater than or equal"),
+    ({"w0": 0.9}, "candidates: weights must sum to 1 (within 1e-06) but sum to 1.4"),
+    ({"temperature": 0}, "temperature: Input should be greater than 0 (got 0)"),
+    ({"temperature": None}, "temperature: Input should be a valid number (got null)"),
+    ({"temperature": "1.0"}, "temperature: Input should be a valid number"),
+    ({"num_classes": 0}, "num_classes: Input should be greater than 0"),
+    ({"num_classes": 4.5}, "num_classes: Input should be a valid integer"),
+    ({"num_classes": None}, "num_classes: Input should be a valid integer (got null)"),
+    ({"candidates": []}, "candidates: List should have at least 1 item"),
+])
+def test_predict_ensemble_json_schema(tmp_path, capsys, fields, want):
+    sw = make_sweep(tmp_path, skills=(1.0, 0.5))
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps(_spec_with(sw, **fields)))
+    out = tmp_path / "out"
+    assert predict.main([str(sw.config), "--ensemble", str(path), "--out", str(out)]) == 2
+    (line,) = _errors(capsys, "ensemble_search.predict")
+    assert f"{path}: {want}" in line, line
+    assert not out.exists()
+
+
+def test_predict_ensemble_json_temperature_is_used_not_read_as_one(tmp_path):
+    sw = make_sweep(tmp_path, skills=(1.0, 0.5))
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps(_spec_with(sw, temperature=4.0)))
+    assert predict.main([str(sw.config), "--ensemble", str(path), "--out",
+                         str(tmp_path / "out"), "--quiet"]) == 0
+    got = np.load(tmp_path / "out" / "test_probs.npy")
+    mean = sw.test_probs.mean(axis=1).mean(axis=0)
+    want = np.exp(np.log(mean) / 4.0)
+    assert np.allclose(got, want / want.sum(axis=1, keepdims=True), atol=1e-5)
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_predict_full_disk_mid_set_leaves_the_previous_set(done, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "submission.csv").write_text("old\n")
+    (out / "test_probs.npy").write_text("old\n")
+    (out / "ensemble.json").write_text("{}\n")  # optimize's file: must survive
+    before = _snapshot(out)
+    calls = []
+
+    def fsync(fd):
+        calls.append(fd)
+        if len(calls) == 2:  # the second file of the set
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    assert predict.main([str(done.config), "--out", str(out)]) == 2
+    monkeypatch.undo()
+    (line,) = _errors(capsys, "ensemble_search.predict")
+    assert "No space left on device" in line and f"{out} is unchanged" in line
+    assert _snapshot(out) == before
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no stage left beside it
+
+
+@pytest.mark.parametrize("where", ["out-is-a-file", "folder-named-like-an-output"])
+def test_predict_file_in_the_way_is_one_line_and_changes_nothing(done, tmp_path, capsys, where):
+    out = tmp_path / "out"
+    if where == "out-is-a-file":
+        out.write_text("mine\n")
+    else:
+        out.mkdir()
+        (out / "submission.csv").write_text("old\n")
+        (out / "test_probs.npy").mkdir()  # the second file of the set is a folder
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    assert predict.main([str(done.config), "--out", str(out)]) == 2
+    (line,) = _errors(capsys, "ensemble_search.predict")
+    assert "in the way" in line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before
+    if where != "out-is-a-file":
+        assert (out / "submission.csv").read_text() == "old\n"
+
+
+def test_predict_keeps_optimize_files_and_writes_readable_modes(done, tmp_path):
+    out = tmp_path / "out"
+    assert optimize.main([str(done.config), "--out", str(out), "--quiet"]) == 0
+    opt = _snapshot(out)
+    old = os.umask(0o022)
+    try:
+        assert predict.main([str(done.config), "--out", str(out), "--quiet"]) == 0
+    finally:
+        os.umask(old)
+    now = _snapshot(out)
+    assert {k: now[k] for k in opt} == opt
+    assert set(now) == set(opt) | {"submission.csv", "test_probs.npy"}
+    for name in ("submission.csv", "test_probs.npy"):
+        assert stat.S_IMODE((out / name).stat().st_mode) == 0o644, name
+
+
+@pytest.mark.parametrize("debug", [False, True])
+def test_unexpected_error_is_one_line_exit_1_with_traceback_on_debug(tmp_path, capsys,
+                                                                     monkeypatch, debug):
+    sw = make_sweep(tmp_path, skills=(1.0, 0.5))
+
+    def boom(*a, **k):
+        raise RuntimeError("a bug\nsecond line")
+
+    monkeypatch.setattr(optimize, "compare_methods", boom)
+    monkeypatch.delenv("SKETCHTUNE_DEBUG", raising=False)
+    rc = optimize.main([str(sw.config), *(["--debug"] if debug else [])])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "ensemble_search.optimize: unexpected RuntimeError: a bug (traceback: --debug" in err
+    assert ("Traceback" in err) == debug
+    _assert_nothing_written(sw)
+
+
+@pytest.mark.parametrize("damage", ["zero-byte-npz", "truncated-npz", "manifest-a-list"])
+def test_damaged_fold_files_are_one_line_exit_2(tmp_path, capsys, damage):
+    sw = make_sweep(tmp_path, skills=(1.0, 0.5))
+    d = sw.store.candidate_dir(sw.ids[1])
+    if damage == "manifest-a-list":
+        (d / "fold1.json").write_text("[]\n")
+    else:
+        npz = d / "fold1.npz"
+        npz.write_bytes(b"" if damage == "zero-byte-npz" else npz.read_bytes()[:200])
+    assert optimize.main([str(sw.config)]) == 2
+    (line,) = _errors(capsys, "ensemble_search.optimize")
+    assert str(d / "fold1.") in line
+    _assert_nothing_written(sw)
+
+
+def test_predict_images_reads_relative_paths_under_image_root(tmp_path, capsys):
+    sw = make_sweep(tmp_path, skills=(1.0,))
+    write_candidate(sw, 0, weights_file="fold{k}.safetensors")
+    csv = tmp_path / "new.csv"
+    pd.DataFrame({"image_path": ["gone.png"]}).to_csv(csv, index=False)
+    (tmp_path / "ensemble.json").write_text(json.dumps(
+        {"candidates": [{"candidate_id": sw.ids[0], "weight": 1.0}]}))
+    root = tmp_path / "pictures"
+    assert predict.main([str(sw.config), "--images", str(csv), "--image-root", str(root),
+                         "--ensemble", str(tmp_path / "ensemble.json")]) == 2
+    (line,) = _errors(capsys, "ensemble_search.predict")
+    assert f"relative paths are read under {root} (--image-root)" in line

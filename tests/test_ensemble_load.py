@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from ensemble_search.load import EnsembleError, load_oof, load_test_probs, read_train_rows
@@ -96,3 +97,66 @@ def test_load_test_probs_is_fold_mean_and_names_missing_fold(tmp_path):
     (sw.store.candidate_dir(sw.ids[1]) / "fold1.json").unlink()
     with pytest.raises(EnsembleError, match=r"c01abcdef is missing fold\(s\) \[1\]"):
         load_test_probs(sw.store, sw.ids)
+
+
+def test_load_test_probs_matches_rows_by_image_path_not_position(tmp_path):
+    sw = make_sweep(tmp_path)
+    order = np.random.default_rng(1).permutation(len(sw.test_keys))
+    got = load_test_probs(sw.store, sw.ids, sw.test_keys[order])
+    assert np.allclose(got, sw.test_probs.mean(axis=1)[:, order], atol=1e-6)
+    # './x' and 'x' name one image
+    dotted = ["./" + k for k in sw.test_keys]
+    assert np.allclose(load_test_probs(sw.store, sw.ids, dotted), sw.test_probs.mean(axis=1),
+                       atol=1e-6)
+
+
+def test_load_test_probs_names_images_without_prediction_and_the_command(tmp_path):
+    sw = make_sweep(tmp_path)
+    keys = [*sw.test_keys, "test/new1.png", "test/new2.png"]
+    with pytest.raises(EnsembleError, match=r"t\.csv: 2 of 14 rows have no stored prediction "
+                       r"\(first: 'test/new1.png', 'test/new2.png'.*--images t\.csv"):
+        load_test_probs(sw.store, sw.ids, keys, source="t.csv")
+
+
+def test_load_test_probs_refuses_folds_that_predicted_other_images(tmp_path):
+    sw = make_sweep(tmp_path, skills=(1.0,))
+    other = np.array([*sw.test_keys[:-1], "test/other.png"])
+    write_candidate(sw, 0, folds=[1], test_keys=other)
+    with pytest.raises(EnsembleError, match=r"fold1\.npz: predicted other test images than "
+                                            r"fold 0"):
+        load_test_probs(sw.store, sw.ids, sw.test_keys[:-1])
+
+
+def test_load_test_probs_refuses_fold_written_without_test_keys(tmp_path):
+    sw = make_sweep(tmp_path, skills=(1.0,))
+    npz = sw.store.candidate_dir(sw.ids[0]) / "fold2.npz"
+    with np.load(npz) as z:
+        old = {k: z[k] for k in ("val_keys", "val_targets", "val_probs", "test_probs")}
+    np.savez(npz, **old)
+    sw.store.update_manifest(sw.ids[0], 2, test_keys_sha256=None)
+    with pytest.raises(EnsembleError, match=r"fold2\.npz: written before fold files recorded "
+                       r"their test image_paths.*--images"):
+        load_test_probs(sw.store, sw.ids, sw.test_keys, source="t.csv")
+
+
+def test_read_train_rows_refuses_train_csv_relabelled_after_the_sweep(tmp_path):
+    sw = make_sweep(tmp_path)
+    train = pd.read_csv(sw.folds_csv.parent / "train.csv")
+    train.loc[3, "target"] = (train.loc[3, "target"] + 1) % 4
+    train.to_csv(sw.folds_csv.parent / "train.csv", index=False)
+    want = (f"image 'train/0003.png' has target {(sw.targets[3] + 1) % 4} but "
+            f".*folds.csv .* has {sw.targets[3]}; 1 row")
+    with pytest.raises(EnsembleError, match=want):
+        _rows(sw)
+
+
+def test_load_oof_names_both_labels_when_stored_target_differs_from_train_csv(tmp_path):
+    sw = make_sweep(tmp_path, skills=(1.0,))
+    sw.folds_csv.unlink()
+    train = pd.read_csv(sw.folds_csv.parent / "train.csv")
+    train.loc[5, "target"] = (train.loc[5, "target"] + 2) % 4
+    train.to_csv(sw.folds_csv.parent / "train.csv", index=False)
+    want = (rf"image 'train/0005\.png' has target {sw.targets[5]} in fold {sw.folds[5]}'s "
+            rf"predictions but {(sw.targets[5] + 2) % 4} in .*train\.csv")
+    with pytest.raises(EnsembleError, match=want):
+        load_oof(sw.store, _rows(sw))

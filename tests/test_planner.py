@@ -70,7 +70,7 @@ def test_planner_plan_cv_jobs_skips_folds_in_the_store(tiny_cfg):
     store = PredictionStore(cfg.sweep_dir)
     p = np.full((1, 2), 0.5, dtype=np.float32)
     store.write_fold(a.id, 1, val_keys=["x"], val_targets=np.array([0]), val_probs=p,
-                     test_probs=p, manifest={})
+                     test_probs=p, test_keys=["t"], manifest={})
     jobs = plan_cv_jobs(cfg, [a, b], store)
     assert [(j["params"], j["fold"]) for j in jobs] == [
         ({}, 0), ({}, 2), ({"optim.lr": 1e-3}, 0), ({"optim.lr": 1e-3}, 1),

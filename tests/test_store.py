@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
 import numpy as np
 import pytest
 
-from sketchtune.store import PredictionStore, StoreError
+from sketchtune.store import PredictionStore, StoreError, keys_digest
 
 KEYS = [f"train/c{i % 3}/img{i}.JPEG" for i in range(12)]
 FOLDS = np.arange(12) % 3  # 3 folds of 4 rows
@@ -17,7 +20,7 @@ def write(store: PredictionStore, cid: str, fold: int, keys=None, n_folds: int =
     keys = [KEYS[i] for i in idx] if keys is None else keys
     p = rng.dirichlet(np.ones(3), size=len(keys)).astype(np.float32)
     return store.write_fold(cid, fold, val_keys=keys, val_targets=np.arange(len(keys)) % 3,
-                            val_probs=p, test_probs=p[:2],
+                            val_probs=p, test_keys=["test/a.png", "test/b.png"], test_probs=p[:2],
                             manifest={"n_folds": n_folds, "metrics": {"val_acc": 0.5}})
 
 
@@ -112,11 +115,71 @@ def test_store_oof_correct_is_argmax_equals_target_first_max_winning(tmp_path):
                      dtype=np.float32)
     keys = ["a", "b", "c", "d"]
     store.write_fold("abc", 0, val_keys=keys, val_targets=np.array([0, 1, 2, 1]),
-                     val_probs=probs, test_probs=probs[:1], manifest={})
+                     val_probs=probs, test_probs=probs[:1], test_keys=["t"], manifest={})
     store.write_fold("abc", 1, val_keys=["e"], val_targets=np.array([2]),
-                     val_probs=probs[2:3], test_probs=probs[:1], manifest={})
+                     val_probs=probs[2:3], test_probs=probs[:1], test_keys=["t"],
+                     manifest={})
     got_keys, correct = store.oof_correct("abc")
     assert got_keys.tolist() == ["a", "b", "c", "d", "e"]
     assert correct.tolist() == [True, False, True, False, True]
     assert store.oof_correct("abc", folds=[1])[1].tolist() == [True]
     assert store.oof_correct("nothing")[1].shape == (0,)
+
+
+def test_store_records_the_test_images_it_predicted(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    f = store.read_fold("abc", 0)
+    assert list(f.test_keys) == ["test/a.png", "test/b.png"]
+    assert f.manifest["test_keys_sha256"] == keys_digest(["test/a.png", "test/b.png"])
+    assert keys_digest(["test/b.png", "test/a.png"]) != f.manifest["test_keys_sha256"]
+
+
+def test_store_fold_without_test_keys_reads_as_none(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    npz = tmp_path / "candidates/abc/fold0.npz"
+    with np.load(npz) as z:  # a fold file written before test keys were recorded
+        old = {k: z[k] for k in ("val_keys", "val_targets", "val_probs", "test_probs")}
+    np.savez(npz, **old)
+    store.update_manifest("abc", 0, test_keys_sha256=None)
+    assert store.read_fold("abc", 0).test_keys is None
+
+
+def test_store_refuses_test_keys_its_manifest_does_not_record(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    store.update_manifest("abc", 0, test_keys_sha256=keys_digest(["test/other.png"]))
+    with pytest.raises(StoreError, match="test_keys_sha256"):
+        store.read_fold("abc", 0)
+
+
+@pytest.mark.parametrize("cut", [0, 100])
+def test_store_zero_byte_or_truncated_fold_is_one_store_error(tmp_path, cut):
+    store = PredictionStore(tmp_path)
+    for k in range(3):
+        write(store, "abc", k)
+    npz = tmp_path / "candidates/abc/fold1.npz"
+    npz.write_bytes(npz.read_bytes()[:cut])  # a copy cut short (BadZipFile) or empty (EOFError)
+    with pytest.raises(StoreError, match=r"fold1\.npz: unreadable prediction file"):
+        store.read_fold("abc", 1)
+    with pytest.raises(StoreError, match=r"fold1\.npz: unreadable"):
+        store.completeness("abc", KEYS)
+
+
+def test_store_manifest_that_is_not_an_object_is_a_store_error(tmp_path):
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    (tmp_path / "candidates/abc/fold0.json").write_text("[1, 2]\n")
+    with pytest.raises(StoreError, match=r"fold0\.json: manifest must be a JSON object, not list"):
+        store.read_manifest("abc", 0)
+
+
+def test_store_files_get_the_umask_mode_not_0600(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write(PredictionStore(tmp_path), "abc", 0)
+    finally:
+        os.umask(old)
+    for f in (tmp_path / "candidates/abc").iterdir():
+        assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from sketchtune.config import candidate_id
 from sketchtune.predict import predict_csv
-from sketchtune.store import PredictionStore
+from sketchtune.store import PredictionStore, keys_digest
 from sketchtune.train import main, run_trial
 
 pytestmark = pytest.mark.slow
 
 
-def test_train_cli_writes_fold_predictions_above_chance(tiny_cfg, capsys):
+def test_train_cli_writes_fold_predictions_above_chance(tiny_cfg, capsys, tmp_path):
     cfg, path = tiny_cfg(**{"train.epochs": 3})
     assert main([str(path), "--fold", "2", "--quiet"]) == 0
     cid = candidate_id(cfg.train)
@@ -36,9 +38,19 @@ def test_train_cli_writes_fold_predictions_above_chance(tiny_cfg, capsys):
     assert acc == pytest.approx(f.manifest["metrics"]["val_acc"])
     assert acc > 1.0 / n_classes + 0.15, f"val_acc {acc} is not above chance"
     assert f.manifest["n_folds"] == 5 and 1 <= f.manifest["best_epoch"] <= 3
+    assert f.test_keys.tolist() == test["image_path"].tolist()  # rows matched by image_path
+    assert f.manifest["test_keys_sha256"] == keys_digest(test["image_path"].tolist())
     # The saved best weights reproduce the stored test predictions exactly.
     again = predict_csv(cfg, cid, cfg.data.test_csv)
     assert np.allclose(again, f.test_probs, atol=1e-5)
+    # New images: absolute paths as they are, relative ones under image_root (any order).
+    root = Path(cfg.data.test_csv).parent
+    mixed = tmp_path / "new.csv"
+    paths = test["image_path"].tolist()[::-1]
+    paths = [str(root / q) if i % 2 else q for i, q in enumerate(paths)]
+    pd.DataFrame({"image_path": paths}).to_csv(mixed, index=False)
+    again = predict_csv(cfg, cid, mixed, image_root=root)
+    assert np.allclose(again, f.test_probs[::-1], atol=1e-5)
     assert f"candidate {cid} fold 2" in capsys.readouterr().out
 
 
