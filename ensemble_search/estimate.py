@@ -50,6 +50,7 @@ through the refit of b), and the method term (half the distance between the side
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -154,7 +155,7 @@ def _mean_q(shifted: np.ndarray, b: float, pick: np.ndarray | None) -> float:
     return float(np.exp(top - log_norm).mean())
 
 
-def _fit_b(curve, target: float) -> float:
+def _fit_b(curve: Callable[[float], float], target: float) -> float:
     """b with curve(b) = target; curve rises with b. Clipped to the search range's ends."""
     lo, hi = _LOG_B
     seen: dict[float, float] = {}  # brentq evaluates the ends again: each costs a softmax
