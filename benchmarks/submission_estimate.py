@@ -30,7 +30,7 @@ from scipy.special import log_softmax, softmax
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from ensemble_search.estimate import estimate_submission  # noqa: E402
+from ensemble_search.estimate import _Pools, estimate_submission  # noqa: E402
 from ensemble_search.synthetic import make_synthetic  # noqa: E402
 from sketchtune.store import PredictionStore  # noqa: E402
 
@@ -110,23 +110,35 @@ def synthetic_rows(seeds: int, smoke: bool) -> list[dict]:
     return out
 
 
-def sweep_row(sweep: Path, test_csv: Path, labels_csv: Path) -> dict:
-    """A finished sweep: its ensemble.json's weights, store, and the test labels."""
-    spec = json.loads((sweep / "ensemble" / "ensemble.json").read_text())
-    store = PredictionStore(sweep)  # it adds candidates/ itself
-    ids = [c["candidate_id"] for c in spec["candidates"]]
-    w = np.array([float(c["weight"]) for c in spec["candidates"]])
-    folds_of = {cid: store.folds(cid) for cid in ids}
-    k = len(folds_of[ids[0]])
-    test_keys = pd.read_csv(test_csv)["image_path"].astype(str)
-    labels = pd.read_csv(labels_csv).set_index("image_path")["target"]
-    test_targets = labels.loc[test_keys].to_numpy(np.int64)
-    first = store.read_fold(ids[0], 0)
+def sides_check(seed: int = 1) -> list[str]:
+    """The two sides with the labelled term exact (the expected single-fold accuracy on the
+    test rows, from the true posterior): their bias as a share of the true averaging gain."""
+    out = ["| regime | true gain | low side | high side | midpoint |", "|---|---|---|---|---|"]
+    for name, kw in REGIMES.items():
+        if "real size" in name:
+            continue
+        s = make_synthetic(seed=seed, **{**SMALL, **kw})
+        w = np.ones(s.oof_probs.shape[0]) / s.oof_probs.shape[0]
+        pools = _Pools(np.einsum("m,mknc->knc", w.astype(np.float32), s.fold_test_probs))
+        rows = np.arange(len(pools.sub_pred))
+        single = float(s.test_posterior[rows[None], pools.fold_preds].mean())
+        sub = float(s.test_posterior[rows, pools.sub_pred].mean())
+        gain = sub - single
+        lo, hi = pools.low_side(single) - sub, pools.high_side(single) - sub
+        out.append(f"| {name} | {gain:.4f} | {lo:+.4f} ({lo / gain:+.0%}) | {hi:+.4f} "
+                   f"({hi / gain:+.0%}) | {(lo + hi) / 2:+.4f} ({(lo + hi) / 2 / gain:+.0%}) |")
+    return out
+
+
+def _load_sweep(store: PredictionStore, ids: list[str], n_test: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(oof (M, N, C), targets, folds, fold_test (M, K, n_test, C)) for complete candidates."""
+    k = len(store.folds(ids[0]))
     keys = np.concatenate([store.read_fold(ids[0], f).val_keys.astype(str) for f in range(k)])
     index = pd.Index(keys)
-    c = first.val_probs.shape[1]
+    c = store.read_fold(ids[0], 0).val_probs.shape[1]
     oof = np.empty((len(ids), len(keys), c), dtype=np.float32)
-    fold_test = np.empty((len(ids), k, len(test_keys), c), dtype=np.float32)
+    fold_test = np.empty((len(ids), k, n_test, c), dtype=np.float32)
     targets, folds = np.empty(len(keys), np.int64), np.empty(len(keys), np.int64)
     for m, cid in enumerate(ids):
         for f in range(k):
@@ -134,10 +146,48 @@ def sweep_row(sweep: Path, test_csv: Path, labels_csv: Path) -> dict:
             idx = index.get_indexer(fp.val_keys.astype(str))
             oof[m, idx], targets[idx], folds[idx] = fp.val_probs, fp.val_targets, f
             fold_test[m, f] = fp.test_probs
-    sub = np.einsum("m,mknc->nc", w / w.sum(), fold_test).argmax(axis=1)
-    true = float((sub == test_targets).mean())
-    return _row(f"{sweep.name} ({spec['method']}, M={len(ids)}, n_test={len(test_keys)})", true,
-                oof, targets, folds, fold_test, w)
+    return oof, targets, folds, fold_test
+
+
+def _gain_check(fold_test: np.ndarray, w: np.ndarray, test_targets: np.ndarray) -> str:
+    """With test labels: the true averaging gain (submission minus the mean fold ensemble)
+    and the two sides given the exact single-fold accuracy, so that the method is seen
+    apart from the honest term's sampling noise."""
+    wn = (w / w.sum()).astype(np.float32)
+    pools = _Pools(np.einsum("m,mknc->knc", wn, fold_test))
+    single = float((pools.fold_preds == test_targets[None]).mean())
+    gain = float((pools.sub_pred == test_targets).mean()) - single
+    return (f"gain {gain:+.4f}, sides {pools.low_side(single) - single:+.4f} / "
+            f"{pools.high_side(single) - single:+.4f}")
+
+
+def sweep_rows(sweep: Path, test_csv: Path, labels_csv: Path) -> list[dict]:
+    """A finished sweep: the submission of its ensemble.json, then each complete candidate
+    alone (M = 1: the fold averaging is then the whole gain). Test rows match by image_path."""
+    spec = json.loads((sweep / "ensemble" / "ensemble.json").read_text())
+    store = PredictionStore(sweep)  # it adds candidates/ itself
+    test_keys = pd.read_csv(test_csv)["image_path"].astype(str)
+    labels = pd.read_csv(labels_csv).set_index("image_path")["target"]
+    test_targets = labels.loc[test_keys].to_numpy(np.int64)
+    chosen = [c["candidate_id"] for c in spec["candidates"]]
+    k = len(store.folds(chosen[0]))
+    ids = chosen + sorted(c for c in store.candidates()
+                          if c not in chosen and len(store.folds(c)) == k)
+    oof, targets, folds, fold_test = _load_sweep(store, ids, len(test_keys))
+    w = np.zeros(len(ids))
+    w[:len(chosen)] = [float(c["weight"]) for c in spec["candidates"]]
+    jobs = [(f"{sweep.name}: submission ({spec['method']}, M={len(chosen)})", w)]
+    jobs += [(f"{sweep.name}: candidate {cid[:6]} alone", np.eye(len(ids))[j])
+             for j, cid in enumerate(ids)]
+    out = []
+    for name, wj in jobs:
+        keep = np.flatnonzero(wj)
+        sub = np.einsum("m,mknc->nc", wj[keep], fold_test[keep]).argmax(axis=1)
+        true = float((sub == test_targets).mean())
+        out.append(_row(f"{name}, n_test={len(test_keys)}", true, oof[keep], targets, folds,
+                        fold_test[keep], wj[keep], extra=_gain_check(
+                            fold_test[keep], wj[keep], test_targets)))
+    return out
 
 
 def _fmt(r: dict) -> str:
@@ -149,7 +199,7 @@ def _fmt(r: dict) -> str:
 
 
 HEADER = ("| data | true | honest (bias) | naive ATC | naive DoC | estimate (bias) | 95 % interval"
-          " | inside? | sides low / high | expected acc | CPU s |\n"
+          " | inside? | sides low / high | expected acc or gain check | CPU s |\n"
           "|---|---|---|---|---|---|---|---|---|---|---|")
 
 
@@ -168,13 +218,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--smoke-test", action="store_true", help="small sizes, 1 seed")
     ap.add_argument("--sweep", nargs=3, action="append", default=[],
                     metavar=("SWEEP_DIR", "TEST_CSV", "TEST_LABELS_CSV"))
+    ap.add_argument("--sides", action="store_true",
+                    help="only the check of the two sides with an exact labelled term")
     args = ap.parse_args(argv)
+    if args.sides:
+        print("\n".join(sides_check()))
+        return 0
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     print(f"commit {commit}, {platform.machine()} {os.cpu_count()} cores, load average "
           f"{os.getloadavg()[0]:.1f}, python {platform.python_version()}\n")
     print(HEADER)
-    real = [sweep_row(Path(s), Path(t), Path(lab)) for s, t, lab in args.sweep]
+    real = [r for s, t, lab in args.sweep for r in sweep_rows(Path(s), Path(t), Path(lab))]
     for r in real:
         print(_fmt(r), flush=True)
     rows = synthetic_rows(1 if args.smoke_test else args.seeds, args.smoke_test)
