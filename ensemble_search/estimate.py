@@ -192,6 +192,11 @@ class _Pools:
             - _mean_q(self.full[None], b, self.fold_preds)
         return honest + gain
 
+    def sides(self, honest: float) -> tuple[float, float]:
+        """(low side, high side), each clipped to [0, 1]."""
+        return (min(max(self.low_side(honest), 0.0), 1.0),
+                min(max(self.high_side(honest), 0.0), 1.0))
+
     def high_side(self, honest: float) -> float:
         b = _fit_b(lambda b: _mean_q(self.loo, b, self.fold_preds), honest)
         # Anchored on honest, so a clipped b still leaves the labelled term in charge.
@@ -244,10 +249,12 @@ def estimate_submission(
         low_side = high_side = honest
         slope = 1.0
     else:
-        low_side, high_side = pools.low_side(honest), pools.high_side(honest)
+        # Clipped: on a few rows b can hit its bound, and the anchored difference then
+        # says nothing the unit interval does not.
+        low_side, high_side = pools.sides(honest)
         # How the estimate moves with the labelled term, for carrying its noise through.
         step = max(sd_honest, 1e-3)
-        moved = (pools.low_side(honest + step) + pools.high_side(honest + step)) / 2
+        moved = sum(pools.sides(honest + step)) / 2
         slope = (moved - (low_side + high_side) / 2) / step
     acc = (low_side + high_side) / 2
 
