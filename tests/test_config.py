@@ -75,7 +75,7 @@ def test_load_config_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_load_config_overrides_are_parsed_and_validated(tmp_path):
-    path = write(tmp_path, "")
+    path = write(tmp_path, "name: demo\n")
     cfg = load_config(path, ["train.optim.lr=3e-4", "train.tta_hflip=true", "data.n_folds=3"])
     assert cfg.train.optim.lr == 3e-4 and cfg.train.tta_hflip is True and cfg.data.n_folds == 3
     with pytest.raises(ConfigError, match=r"--set.*train\.optim\.lr"):
