@@ -586,8 +586,8 @@ class EnsembleConfig(Strict):
         description="What `pruned` does with the survivors: average them, or select greedily. "
         "mean: pruning is there to make a plain average work.",
     )
-    seed: Int = Field(42, **_SEED, description="Seeds greedy bagging's random halves. 42: the project's "
-                      "seed everywhere.")
+    seed: Int = Field(42, **_SEED, description="Seeds greedy bagging's random halves. 42: the "
+                      "project's seed everywhere.")
 
 
 class SweepConfig(Strict):
@@ -719,14 +719,11 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
     return out
 
 
-# Maps whose keys are themselves dotted keys into `train` (`optim.lr`): a --set path into one
-# is matched against its keys, longest first, instead of being split at every dot.
-_DOTTED_MAPS = (("search", "space"), ("candidates", None))  # None: any list index
-
-
 def _is_dotted_map(path: list[Any]) -> bool:
-    return any(len(path) == len(m) and all(b is None or a == b for a, b in zip(path, m))
-               for m in _DOTTED_MAPS)
+    # Maps whose keys are themselves dotted keys into `train` (`optim.lr`): search.space and
+    # each fixed candidate. A --set path into one is matched against its keys, longest first,
+    # instead of being split at every dot.
+    return path == ["search", "space"] or (len(path) == 2 and path[0] == "candidates")
 
 
 def _space_hint(dotted: str, rest: list[str], space: dict[str, Any]) -> str:

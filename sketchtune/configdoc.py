@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import re
 import sys
@@ -15,6 +14,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from .cli import OneLineParser
 from .config import SweepConfig
 
 __all__ = ["COMMAND", "DOC", "main", "render", "sections"]
@@ -167,7 +167,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sketchtune.configdoc",
+    p = OneLineParser(prog="python -m sketchtune.configdoc",
                                 description="Print, write or check docs/config.md, generated "
                                             "from sketchtune/config.py.")
     what = p.add_mutually_exclusive_group()

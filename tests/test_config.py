@@ -110,7 +110,8 @@ def test_candidate_id_ignores_weights_file_folder():
 
 @pytest.mark.parametrize("text, key", [
     ("train: {epochs: 3}\ntrain: {epochs: 4}\n", "'train' at line 2 (first at line 1)"),
-    ("train:\n  epochs: 50\n  batch_size: 8\n  epochs: 1\n", "'epochs' at line 4 (first at line 2)"),
+    ("train:\n  epochs: 50\n  batch_size: 8\n  epochs: 1\n",
+     "'epochs' at line 4 (first at line 2)"),
     ("search: {space: {optim.lr: {type: uniform, low: 0.1, low: 0.2, high: 1}}}\n", "'low'"),
 ])
 def test_load_config_duplicate_key_is_refused_with_its_lines(tmp_path, text, key):
