@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import SweepConfig
 from .errors import first_line
-from .planner import Candidate, cv_candidates, max_epochs, plan_cv_jobs, probe_values
+from .planner import Candidate, cv_candidates, max_epochs, probe_values
 from .preflight import check_sweep, image_sizes
 from .store import PredictionStore
 
@@ -86,6 +87,14 @@ def _size(n: float | None) -> str:
     raise AssertionError("unreachable")
 
 
+def _folds_in_store(store: PredictionStore, cid: str, n_folds: int) -> int:
+    """Folds of `cid` in the store, as `plan_cv_jobs` counts them, from the files there (so a
+    huge n_folds costs nothing)."""
+    found = {int(m.group(1)) for f in store.candidate_dir(cid).glob("fold*.json")
+             if (m := re.fullmatch(r"fold(\d+)\.json", f.name))}
+    return sum(1 for fold in found if fold < n_folds and store.has_fold(cid, fold))
+
+
 def _slots(cfg: SweepConfig) -> tuple[int, str]:
     """Trials that fit this machine at once, and the counts it was worked out from."""
     import torch
@@ -149,9 +158,8 @@ def describe_plan(cfg: SweepConfig, where: str = "config") -> str:
         n_cv = upper
     else:
         cands = cv_candidates(cfg, None, fixed)
-        jobs = plan_cv_jobs(cfg, cands, store)
-        n_cv = len(jobs)
-        have = len(cands) * k - n_cv
+        have = sum(_folds_in_store(store, c.id, k) for c in cands)
+        n_cv = len(cands) * k - have
         lines.append(f"stage cv: {n_cv} trial(s): {len(cands)} candidate(s) x {k} folds"
                      + (f", {have} fold(s) already in the store" if have else "")
                      + " (no search: search.enabled is off or search.space is empty)")
