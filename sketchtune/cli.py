@@ -14,10 +14,19 @@ from typing import NoReturn
 from .config import ConfigError, SweepConfig, load_config
 from .errors import first_line
 
-__all__ = ["OneLineParser", "add_debug_argument", "base_parser", "fail", "first_line",
+__all__ = ["EPILOG", "OneLineParser", "add_debug_argument", "base_parser", "fail", "first_line",
            "load_sweep_config", "run_cli", "setup_logging"]
 
 DEBUG_ENV = "SKETCHTUNE_DEBUG"  # =1 shows the traceback of an unexpected error, like --debug
+
+# The forms of --set that are not obvious from `key=value`; README "Config" says the same.
+EPILOG = """\
+Every config key, its default and why: docs/config.md.
+--set values are YAML: --set train.epochs=1, --set 'search.space={optim.lr: {type: loguniform,
+low: 1e-4, high: 1e-2}}' (a flow mapping replaces the whole space), --set
+search.space.optim.lr.high=1e-2 (one field of a dimension: keys of search.space and of
+candidates contain dots, the longest one matching is used), --set candidates.0.optim.lr=3e-4.
+"""
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -37,7 +46,7 @@ def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """A parser with the options all four commands take, the same way, with their defaults."""
     p = OneLineParser(prog=f"python -m {prog}", description=description,
                       formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                      epilog="Every config key, its default and why: docs/config.md")
+                      epilog=EPILOG)
     p.add_argument("config", nargs="?", default="configs/sweep.yaml", help="the sweep's config")
     p.add_argument("--sweep", metavar="DIR", default=None,
                    help="the sweep folder (overrides storage_path/name of the config)")

@@ -26,6 +26,7 @@ __all__ = [
     "AugConfig",
     "ConfigError",
     "DataConfig",
+    "DuplicateKeyError",
     "EnsembleConfig",
     "LossConfig",
     "ModelConfig",
@@ -35,6 +36,7 @@ __all__ = [
     "SearchConfig",
     "SweepConfig",
     "TrainConfig",
+    "UniqueKeyLoader",
     "apply_overrides",
     "candidate_id",
     "load_config",
@@ -49,6 +51,24 @@ class ConfigError(ValueError):
 class Strict(BaseModel):
     # An unknown key is a typo until proven otherwise (nanoGPT's rule).
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# Field types that say what they mean. pydantic's lax mode reads YAML's `epochs: yes` (a bool)
+# as 1, `epochs: 2.0` as 2 and `epochs: "3"` as 3, and a bool as 1.0 for a float: a config
+# that means something else than it says. Ints and bools are strict. Floats stay lax for
+# strings, because YAML 1.1 reads `1e-3` (no dot) as a string and users write it that way;
+# they refuse bools, and NaN or infinity, which pass or bend every range check below.
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("expected a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, Field(strict=True)]
+Bool = Annotated[bool, Field(strict=True)]
+Float = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+# numpy's RandomState (the folds' StratifiedKFold, the ensemble's bagging) takes 0..2**32-1.
+_SEED = {"ge": 0, "le": 2**32 - 1}
 
 
 # Every field carries its description and the reason for its default; docs/config.md is
@@ -66,7 +86,7 @@ class ModelConfig(Strict):
         "trial). Default: a tiny timm test model that trains on a CPU in seconds (the demo); "
         "real configs name a real backbone.",
     )
-    pretrained: bool = Field(
+    pretrained: Bool = Field(
         False,
         description="Start from pretrained weights (the Hugging Face hub, or `weights_file`). "
         "Off so that nothing is downloaded unless asked (offline machines, tests); "
@@ -79,12 +99,12 @@ class ModelConfig(Strict):
         "hub. It enters the candidate hash by file name only, so a copy elsewhere is the same "
         "candidate. null: the hub.",
     )
-    drop_rate: float = Field(
+    drop_rate: Float = Field(
         0.0, ge=0.0, lt=1.0,
         description="Dropout before the classifier (timm's `drop_rate`). 0: timm's default; "
         "a value a search can sample.",
     )
-    drop_path_rate: float | None = Field(
+    drop_path_rate: Float | None = Field(
         None, ge=0.0, lt=1.0,
         description="Stochastic depth (timm's `drop_path_rate`). null leaves the model's own "
         "timm default, which the pretrained weights were trained with.",
@@ -100,18 +120,18 @@ class OptimConfig(Strict):
         "checked before any trial). AdamW: the usual optimizer for fine-tuning timm backbones; "
         "timm skips weight decay on biases and norm weights.",
     )
-    lr: float = Field(
+    lr: Float = Field(
         1e-3, gt=0.0,
         description="Peak learning rate, reached after the warm-up. 1e-3: torch's AdamW "
         "default, a fair start for the demo's small models; a search usually samples it "
         "(`search.space`).",
     )
-    weight_decay: float = Field(
+    weight_decay: Float = Field(
         0.05, ge=0.0,
         description="Decoupled weight decay. 0.05: the usual AdamW value for fine-tuning "
         "ConvNeXt/ViT-style backbones.",
     )
-    momentum: float = Field(
+    momentum: Float = Field(
         0.9, ge=0.0, lt=1.0,
         description="Momentum of SGD-type optimizers (sgd, momentum, ...); AdamW ignores it. "
         "0.9: the usual SGD value.",
@@ -127,18 +147,18 @@ class SchedConfig(Strict):
         "epochs/3 epochs; `none` keeps `lr`. Cosine: no step sizes to tune, and it ends near "
         "`min_lr`. Stepped per update, so the warm-up is smooth even on small data.",
     )
-    warmup_epochs: int = Field(
+    warmup_epochs: Int = Field(
         1, ge=0,
         description="Epochs of linear warm-up from `warmup_lr` to `lr` (at most epochs - 1). "
         "One epoch keeps a new classifier's large early gradients from wrecking pretrained "
         "features.",
     )
-    warmup_lr: float = Field(
+    warmup_lr: Float = Field(
         1e-6, ge=0.0,
         description="Learning rate at the first update of the warm-up. Near zero, so the "
         "warm-up starts gently.",
     )
-    min_lr: float = Field(
+    min_lr: Float = Field(
         1e-6, ge=0.0,
         description="Floor of the cosine decay. Near zero, so the last epochs fine-tune; "
         "above zero so they still learn.",
@@ -153,17 +173,17 @@ class LossConfig(Strict):
         description="`focal`: focal loss, alpha * (1 - p) ** gamma * CE; `ce`: cross entropy "
         "(alpha and gamma unused). Focal: the reference pipeline's loss.",
     )
-    alpha: float = Field(
+    alpha: Float = Field(
         0.5, gt=0.0,
         description="Focal loss scale. 0.5: the reference pipeline's FocalLoss(alpha=0.5, "
         "gamma=2).",
     )
-    gamma: float = Field(
+    gamma: Float = Field(
         2.0, ge=0.0,
         description="Focal loss focusing power (0 with alpha 1 is cross entropy). 2: the "
         "reference pipeline's and Lin et al. (2017)'s value.",
     )
-    label_smoothing: float = Field(
+    label_smoothing: Float = Field(
         0.0, ge=0.0, lt=1.0,
         description="Label smoothing of the cross-entropy term (both losses). 0: off, so "
         "the focal loss is the plain formula above; a value a search can sample.",
@@ -178,49 +198,49 @@ class AugConfig(Strict):
     brightness.
     """
 
-    strength: float = Field(
+    strength: Float = Field(
         1.0, ge=0.0, le=2.0,
         description="Multiplies every probability (capped at 1) and magnitude below: one "
         "knob a search can sample. 1: the reference pipeline; 0: no augmentation at all "
         "(exactly the eval transform).",
     )
-    hflip_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a horizontal "
+    hflip_p: Float = Field(0.5, ge=0.0, le=1.0, description="Probability of a horizontal "
                            "flip. 0.5: the reference value; a mirrored sketch is the same class.")
-    rotate_limit: float = Field(30.0, ge=0.0, le=180.0, description="Largest rotation, in "
+    rotate_limit: Float = Field(30.0, ge=0.0, le=180.0, description="Largest rotation, in "
                                 "degrees either way. 30: the reference value.")
-    rotate_p: float = Field(0.5, ge=0.0, le=1.0,
+    rotate_p: Float = Field(0.5, ge=0.0, le=1.0,
                             description="Probability of a rotation. 0.5: the reference value.")
-    dropout_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of coarse dropout "
+    dropout_p: Float = Field(0.5, ge=0.0, le=1.0, description="Probability of coarse dropout "
                              "(holes filled with `fill`). 0.5: the reference value.")
-    dropout_max_holes: int = Field(8, ge=1, description="Number of dropout holes. 8: the "
+    dropout_max_holes: Int = Field(8, ge=1, description="Number of dropout holes. 8: the "
                                    "reference CoarseDropout(max_holes=8), which meant exactly 8.")
-    dropout_size: int = Field(16, ge=1, description="Hole side in px at img_size 224, scaled "
+    dropout_size: Int = Field(16, ge=1, description="Hole side in px at img_size 224, scaled "
                               "with img_size. 16: the reference CoarseDropout(max_height=16, "
                               "max_width=16), set for 224 px.")
-    grid_distortion_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of a grid "
+    grid_distortion_p: Float = Field(0.5, ge=0.0, le=1.0, description="Probability of a grid "
                                      "distortion. 0.5: the reference value.")
-    grid_distort_limit: tuple[float, float] = Field(
+    grid_distort_limit: tuple[Float, Float] = Field(
         (-0.03, 0.05),
         description="Range of the grid distortion (albumentations' `distort_limit`). "
         "(-0.03, 0.05): the reference value; small, so strokes bend but stay readable.",
     )
-    unsharp_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of the unsharp mask. "
+    unsharp_p: Float = Field(0.5, ge=0.0, le=1.0, description="Probability of the unsharp mask. "
                              "0.5: the reference value.")
-    unsharp_kernel: int = Field(7, ge=3, description="Gaussian kernel side of the unsharp mask, "
+    unsharp_kernel: Int = Field(7, ge=3, description="Gaussian kernel side of the unsharp mask, "
                                 "odd. 7: the reference value.")
-    unsharp_sigma: float = Field(1.5, gt=0.0, description="Gaussian sigma of the unsharp mask. "
+    unsharp_sigma: Float = Field(1.5, gt=0.0, description="Gaussian sigma of the unsharp mask. "
                                  "1.5: the reference value.")
-    unsharp_amount: float = Field(1.5, ge=0.0, description="Sharpening amount: image + amount * "
+    unsharp_amount: Float = Field(1.5, ge=0.0, description="Sharpening amount: image + amount * "
                                   "(image - blurred). 1.5: the reference value (stronger than "
                                   "albumentations' UnsharpMask allows, hence its own transform).")
-    unsharp_threshold: float = Field(0.0, ge=0.0, description="Sharpen only where |image - "
+    unsharp_threshold: Float = Field(0.0, ge=0.0, description="Sharpen only where |image - "
                                      "blurred| exceeds this. 0: everywhere, the reference value.")
-    brightness: float = Field(-0.2, ge=-1.0, le=1.0, description="Brightness shift, a fraction "
+    brightness: Float = Field(-0.2, ge=-1.0, le=1.0, description="Brightness shift, a fraction "
                               "of the range; always this shift, not a random one either way. "
                               "-0.2 (darker): the reference value.")
-    brightness_p: float = Field(0.5, ge=0.0, le=1.0, description="Probability of the brightness "
+    brightness_p: Float = Field(0.5, ge=0.0, le=1.0, description="Probability of the brightness "
                                 "shift. 0.5: the reference value.")
-    fill: int = Field(
+    fill: Int = Field(
         255, ge=0, le=255,
         description="Grey level that pads rotations and distortions and fills dropout holes. "
         "255 (white): sketches are dark strokes on white, and a black patch would be a stroke "
@@ -243,18 +263,18 @@ class TrainConfig(Strict):
     """
 
     model: ModelConfig = Field(ModelConfig(), description="The backbone.")
-    img_size: int = Field(
+    img_size: Int = Field(
         64, ge=16, le=1024,
         description="Side of the square images the model sees, in px (images are decoded and "
         "resized once into a cache per size). 64: the demo's sketches; the competition "
         "configs use 224.",
     )
-    epochs: int = Field(
+    epochs: Int = Field(
         3, ge=1,
         description="Epochs per fold (also ASHA's max_t in the search). 3: enough for the demo "
         "to learn on a CPU in seconds per trial.",
     )
-    batch_size: int = Field(
+    batch_size: Int = Field(
         32, ge=1,
         description="Images per update. 32: the shipped configs' value, small enough for the "
         "demo on a CPU.",
@@ -263,19 +283,19 @@ class TrainConfig(Strict):
     sched: SchedConfig = Field(SchedConfig(), description="The learning-rate schedule.")
     loss: LossConfig = Field(LossConfig(), description="The loss.")
     aug: AugConfig = Field(AugConfig(), description="The training augmentation.")
-    patience: int = Field(
+    patience: Int = Field(
         5, ge=1,
         description="Stop a fold after this many epochs without a better val_acc; the best "
         "epoch's weights are kept either way. 5: tolerant of the noise of a small validation "
         "fold (a few hundred images move val_acc by several points).",
     )
-    tta_hflip: bool = Field(
+    tta_hflip: Bool = Field(
         False,
         description="Average each prediction with that of the mirrored image (validation and "
         "test). Off: it doubles prediction time for a gain to measure per backbone.",
     )
-    seed: int = Field(
-        42,
+    seed: Int = Field(
+        42, **_SEED,
         description="Seeds the model's initialisation and, per epoch, the shuffling, "
         "augmentation and dropout (so a resumed trial repeats exactly), and the Optuna "
         "sampler. Any fixed value makes runs repeatable; 42 is fold_seed's too. Part of the "
@@ -311,14 +331,14 @@ class DataConfig(Strict):
         "releases of the competition data list train paths relative to train/ and test paths "
         "relative to test/.)",
     )
-    n_folds: int = Field(
+    n_folds: Int = Field(
         5, ge=2,
         description="Folds of the cross-validation; every candidate trains once per fold. 5: "
         "the reference pipeline's StratifiedKFold(5); with ~30 images a class it leaves ~6 a "
         "class in each validation fold.",
     )
-    fold_seed: int = Field(
-        42,
+    fold_seed: Int = Field(
+        42, **_SEED,
         description="`random_state` of the StratifiedKFold split. 42: the reference "
         "pipeline's, so the same CSV gets the same folds.",
     )
@@ -334,7 +354,7 @@ class DataConfig(Strict):
         "image list and size, shared by every trial). null: `<train_csv folder>/.cache`, beside "
         "the data it is made from.",
     )
-    num_workers: int = Field(
+    num_workers: Int = Field(
         2, ge=0,
         description="DataLoader worker processes per trial. Images come decoded from the "
         "cache, so workers only augment: 2 overlap that with training; on a 2-core machine 0 "
@@ -370,8 +390,8 @@ class ParamSpec(Strict):
         "(for scales such as `optim.lr`); `int`: an integer in [low, high], both ends "
         "included; `choice`: one of `values`. Required: there is no sensible default.",
     )
-    low: float | None = Field(None, description="Lower end, for every type but `choice`.")
-    high: float | None = Field(None, description="Upper end (above `low`), for every type but "
+    low: Float | None = Field(None, description="Lower end, for every type but `choice`.")
+    high: Float | None = Field(None, description="Upper end (above `low`), for every type but "
                                "`choice`.")
     values: list[Any] | None = Field(None, description="The values of a `choice` (e.g. "
                                      "backbones for `model.name`).")
@@ -397,17 +417,17 @@ class SearchConfig(Strict):
     The top configs of each backbone then go to stage *cv*, which trains them on every fold.
     """
 
-    enabled: bool = Field(
+    enabled: Bool = Field(
         True,
         description="Run the search stage. Off (or an empty `space`): only the fixed "
         "`candidates`, or the `train` config itself when there are none, go to cv.",
     )
-    num_samples: int = Field(
+    num_samples: Int = Field(
         4, ge=1,
         description="Configs Optuna samples. 4: the demo on a CPU; real searches use tens "
         "(configs/imagenet_sketch.yaml: 24).",
     )
-    fold: int = Field(
+    fold: Int = Field(
         0, ge=0,
         description="The fold the search trains on (below data.n_folds). A search trial that "
         "ran to its last epoch is already that fold of its candidate, so cv does not train it "
@@ -424,12 +444,12 @@ class SearchConfig(Strict):
         description="Dimensions by dotted key into `train` (`optim.lr`, `model.name`, "
         "`aug.strength`). Empty: no search.",
     )
-    asha: bool = Field(
+    asha: Bool = Field(
         True,
         description="Stop weak trials early with ASHA. On: it saved half the trial-epochs of "
         "the demo's search (benchmarks/RESULTS-sweep.md).",
     )
-    grace_period: int = Field(
+    grace_period: Int = Field(
         1, ge=1,
         description="Epochs every trial runs before ASHA may stop it; at each rung after it, "
         "a trial goes on only if it is in the top 1/reduction_factor. 1: Ray's default, the "
@@ -437,12 +457,12 @@ class SearchConfig(Strict):
         "it past `train.sched.warmup_epochs` when backbones warm up at different speeds (the "
         "sweep warns otherwise; benchmarks/RESULTS-sweep.md).",
     )
-    reduction_factor: float = Field(
+    reduction_factor: Float = Field(
         2.0, gt=1.0,
         description="ASHA keeps the top 1/reduction_factor of the trials at each rung. 2, not "
         "Ray's 4: with a handful of samples, keeping a quarter would leave one trial.",
     )
-    top_k_per_backbone: int = Field(
+    top_k_per_backbone: Int = Field(
         1, ge=1,
         description="How many of each backbone's best search configs go to cv (trials that "
         "ran further rank first, then by best val_acc). 1: cv costs one config x n_folds per "
@@ -453,14 +473,14 @@ class SearchConfig(Strict):
 class ResourcesConfig(Strict):
     """What each trial asks Ray for; Ray runs as many trials at once as these fit."""
 
-    cpu: float = Field(
+    cpu: Float = Field(
         1.0, gt=0.0,
         description="CPUs per trial (Ray sets a trial's OMP_NUM_THREADS to it unless already "
         "set). 1: "
         "one trial per core on a CPU machine, the steadiest on a small one "
         "(benchmarks/RESULTS-sweep.md).",
     )
-    gpu: float = Field(
+    gpu: Float = Field(
         0.0, ge=0.0,
         description="GPUs per trial; a fraction packs small models onto one GPU (a scheduling "
         "count only: size it by memory). 0: the demo runs on a CPU.",
@@ -476,22 +496,22 @@ class RayConfig(Strict):
         "started with `ray start --head`; or `HOST:PORT`. null rather than Ray's own default, "
         "which would join whatever cluster this machine last ran, even a dead one.",
     )
-    max_concurrent_trials: int | None = Field(
+    max_concurrent_trials: Int | None = Field(
         None, ge=1,
         description="At most this many trials at once. null: as many as `resources` fit.",
     )
-    max_failures: int = Field(
+    max_failures: Int = Field(
         2, ge=0,
         description="Times Ray retries a failed trial from its last checkpoint. 2: rides out a "
         "crashed process or a lost node without looping on a bug.",
     )
-    reuse_actors: bool = Field(
+    reuse_actors: Bool = Field(
         True,
         description="Run the next trial in the process of the last one. On: it saves ~5 s of "
         "start-up and imports per trial (benchmarks/RESULTS-sweep.md), and every trial "
         "rebuilds all it uses anyway; turn off if a backbone leaks memory between trials.",
     )
-    verbose: int = Field(
+    verbose: Int = Field(
         1, ge=0, le=3,
         description="Ray Tune's verbosity: 0 silent, 1 default (its status table), 2 verbose "
         "(3: Tune's old output's most detailed); --quiet sets 0. 1: Tune's own default.",
@@ -535,28 +555,28 @@ class EnsembleConfig(Strict):
         "spelling `accuracy` is accepted) is the competition's metric (the shipped configs set "
         "it).",
     )
-    greedy_iterations: int = Field(
+    greedy_iterations: Int = Field(
         25, ge=1,
         description="Picks (with replacement) of greedy selection; the weights are the pick "
         "counts. 25: AutoGluon's default ensemble size.",
     )
-    greedy_sorted_init: int = Field(
+    greedy_sorted_init: Int = Field(
         0, ge=0,
         description="Start greedy selection from this many best single candidates (Caruana et "
         "al. 2004's sorted initialisation). 0: start empty.",
     )
-    greedy_bagging: int = Field(
+    greedy_bagging: Int = Field(
         0, ge=0,
         description="If above 0, run greedy selection on this many random halves of the "
         "candidates and average the weights. 0: off; a sweep has few candidates, and a half "
         "of few is fewer.",
     )
-    temperature: bool = Field(
+    temperature: Bool = Field(
         False,
         description="Also fit one temperature after `optimized`'s weights. Off: it can only "
         "improve log loss; it never changes a row's predicted class under the same weights.",
     )
-    prune_threshold: float = Field(
+    prune_threshold: Float = Field(
         0.95, gt=-1.0, le=1.0,
         description="`pruned` drops a candidate whose OOF probabilities correlate above this "
         "with a better one. 0.95: only near-duplicates go.",
@@ -566,8 +586,8 @@ class EnsembleConfig(Strict):
         description="What `pruned` does with the survivors: average them, or select greedily. "
         "mean: pruning is there to make a plain average work.",
     )
-    seed: int = Field(42, description="Seeds greedy bagging's random halves. 42: the project's "
-                      "seed everywhere.")
+    seed: Int = Field(42, **_SEED, description="Seeds greedy bagging's random halves. 42: the "
+                      "project's seed everywhere.")
 
 
 class SweepConfig(Strict):
@@ -592,7 +612,7 @@ class SweepConfig(Strict):
         "in `mlruns/` beside it, MLflow's own default, so a plain `mlflow ui` there shows every "
         "sweep (made absolute at load: Ray moves each trial into its own directory).",
     )
-    save_weights: bool = Field(
+    save_weights: Bool = Field(
         True,
         description="Keep each fold's best weights (safetensors) beside its predictions, for "
         "predicting new images later. A b36 model is ~400 MB a fold: turn off to save disk.",
@@ -630,7 +650,7 @@ class SweepConfig(Strict):
 def _format_error(err: ValidationError, source: str, raw: dict[str, Any]) -> str:
     e = err.errors()[0]
     key = ".".join(str(p) for p in e["loc"])
-    value = _lookup(raw, key)
+    value = _lookup(raw, e["loc"])
     got = f" (got {value!r})" if value is not _MISSING else ""
     msg = e["msg"].removeprefix("Value error, ")
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
@@ -640,16 +660,47 @@ def _format_error(err: ValidationError, source: str, raw: dict[str, Any]) -> str
 _MISSING = object()
 
 
-def _lookup(raw: Any, dotted: str) -> Any:
+def _lookup(raw: Any, loc: tuple[Any, ...]) -> Any:
+    # By pydantic's loc, not a dotted string: search.space's keys contain dots themselves.
     cur = raw
-    for part in dotted.split("."):
+    for part in loc:
         if isinstance(cur, dict) and part in cur:
             cur = cur[part]
-        elif isinstance(cur, list) and part.isdigit() and int(part) < len(cur):
-            cur = cur[int(part)]
+        elif isinstance(cur, list) and isinstance(part, int) and 0 <= part < len(cur):
+            cur = cur[part]
         else:
             return _MISSING
     return cur
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A YAML mapping gives one key twice; the message is one line with both lines."""
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """`yaml.SafeLoader` that refuses a key given twice in one mapping.
+
+    YAML 1.1 loaders keep the last value silently, so `epochs: 50` above a forgotten
+    `epochs: 1` trains for one epoch. A `<<: *anchor` merge may still be overridden by a key
+    beside it: that is what merging is for.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+                seen.setdefault(key, line)
+            except TypeError:  # an unhashable key: SafeLoader's own error names it below
+                continue
+            if first is not None:
+                raise DuplicateKeyError(f"duplicate key {key!r} at line {line} (first at line "
+                                        f"{first}); YAML would keep the last one silently")
+        return super().construct_mapping(node, deep=deep)
 
 
 def parse_overrides(items: list[str] | None) -> dict[str, Any]:
@@ -660,27 +711,68 @@ def parse_overrides(items: list[str] | None) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"--set {item!r}: expected key=value, e.g. --set train.epochs=5")
         try:
-            out[key.strip()] = yaml.safe_load(value) if value.strip() else None
-        except yaml.YAMLError:
+            out[key.strip()] = yaml.load(value, Loader=UniqueKeyLoader) if value.strip() else None
+        except DuplicateKeyError as err:
+            raise ConfigError(f"--set {item!r}: {err}") from None
+        except yaml.YAMLError:  # not YAML: the text itself (a name with a colon, say)
             out[key.strip()] = value
     return out
 
 
+def _is_dotted_map(path: list[Any]) -> bool:
+    # Maps whose keys are themselves dotted keys into `train` (`optim.lr`): search.space and
+    # each fixed candidate. A --set path into one is matched against its keys, longest first,
+    # instead of being split at every dot.
+    return path == ["search", "space"] or (len(path) == 2 and path[0] == "candidates")
+
+
+def _space_hint(dotted: str, rest: list[str], space: dict[str, Any]) -> str:
+    name = ".".join(rest[:-1]) if len(rest) > 1 else rest[0]
+    have = f" (it has {', '.join(map(str, space))})" if space else ""
+    return (f"override {dotted!r}: search.space has no dimension {name!r}{have}; give a new "
+            f"one whole: --set 'search.space.{name}={{type: uniform, low: 0.1, high: 0.5}}'")
+
+
 def apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """Return a copy of `raw` with dotted keys set; intermediate dicts are created."""
+    """Return a copy of `raw` with dotted keys set; intermediate dicts are created.
+
+    A list is entered by index (`candidates.0.optim.lr`). Inside `search.space` and a
+    candidate, whose keys contain dots, the longest key the path starts with is used
+    (`search.space.optim.lr.high` is `high` of the dimension `optim.lr`); no such key makes
+    the rest of the path one new key.
+    """
     raw = copy.deepcopy(raw)
     for dotted, value in overrides.items():
         parts = dotted.split(".")
-        cur = raw
-        for i, part in enumerate(parts[:-1]):
-            nxt = cur.get(part)
+        cur: Any = raw
+        path: list[Any] = []
+        i = 0
+        while True:
+            if isinstance(cur, list):
+                n = len(cur)
+                if not (parts[i].isdigit() and int(parts[i]) < n):
+                    raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:i])!r} is a list "
+                                      f"of {n}; give an index below {n} or set the list whole")
+                key: Any = int(parts[i])
+                j = i + 1
+            elif _is_dotted_map(path):
+                j = next((j for j in range(len(parts), i, -1)
+                          if ".".join(parts[i:j]) in cur), len(parts))
+                key = ".".join(parts[i:j])
+                if key not in cur and path == ["search", "space"] and not isinstance(value, dict):
+                    raise ConfigError(_space_hint(dotted, parts[i:], cur))
+            else:
+                key, j = parts[i], i + 1
+            if j == len(parts):
+                cur[key] = value
+                break
+            nxt = cur[key] if isinstance(cur, list) else cur.get(key)
             if nxt is None:
-                nxt = cur[part] = {}
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"override {dotted!r}: {part!r} is a value, not a section; "
-                                  f"set {'.'.join(parts[:i + 1])!r} itself")
-            cur = nxt
-        cur[parts[-1]] = value
+                nxt = cur[key] = {}
+            if not isinstance(nxt, (dict, list)):
+                raise ConfigError(f"override {dotted!r}: {'.'.join(parts[:j - 1] + [str(key)])!r} "
+                                  f"is a value, not a section; set it itself")
+            cur, path, i = nxt, [*path, key], j
     return raw
 
 
@@ -692,16 +784,28 @@ def validate(model: type[BaseModel], raw: dict[str, Any], source: str) -> Any:
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
+    """The config file's top-level mapping; every way it can fail is one ConfigError line."""
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ConfigError(f"{path}: is a folder, not a config file (e.g. configs/sweep.yaml)")
+    if not path.exists():
         raise ConfigError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as err:
-        first = first_line(err)
-        raise ConfigError(f"{path}: not valid YAML: {first}") from None
-    if raw is None:
-        raw = {}
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not valid YAML: not UTF-8 text ({err.reason} at byte "
+                          f"{err.start})") from None
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot read the config: {err.strerror or err}") from None
+    try:
+        raw = yaml.load(text, Loader=UniqueKeyLoader)
+    except DuplicateKeyError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {first_line(err)}") from None
+    if raw is None or raw == {}:
+        # Every default is the demo's: a sweep of nothing the user chose.
+        raise ConfigError(f"{path}: empty config; copy configs/sweep.yaml and edit it")
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(raw).__name__}")
     return raw

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import re
 import sys
 import types
 from pathlib import Path
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from .cli import OneLineParser
 from .config import SweepConfig
 
 __all__ = ["COMMAND", "DOC", "main", "render", "sections"]
@@ -27,7 +27,9 @@ _HEADER = f"""\
 
 Every key of a sweep config (`configs/sweep.yaml`, `configs/imagenet_sketch.yaml`), with its
 type, its default and the reason for the default. The sweep, the trainer and the ensemble
-commands all read the same file. An unknown key or a wrong type is an error naming the key;
+commands all read the same file. An unknown key or a wrong type is an error naming the key
+(ints and bools are strict: `yes` or `2.0` is not an int; `1e-3` is a float, as written), and so
+is a key given twice;
 `--set KEY=VALUE` overrides any key by its dotted name (`--set train.optim.lr=3e-4`), and
 relative paths are relative to the directory the command runs from.
 
@@ -65,6 +67,8 @@ def _section_of(ann: Any) -> tuple[type[BaseModel], str] | None:
 
 def _type_name(ann: Any) -> str:
     origin, args = get_origin(ann), get_args(ann)
+    if origin is Annotated:  # config.py's Int, Float, Bool: the type is the first argument
+        return _type_name(args[0])
     if origin is Literal:
         return "one of " + ", ".join(str(a) for a in args)
     if origin in (Union, types.UnionType):
@@ -92,7 +96,8 @@ def _constraints(field: FieldInfo) -> list[str]:
     for meta in field.metadata:
         for attr, sign in _BOUNDS:
             if getattr(meta, attr, None) is not None:
-                out.append(f"{sign} {getattr(meta, attr):g}")
+                bound = getattr(meta, attr)
+                out.append(f"{sign} {bound}" if isinstance(bound, int) else f"{sign} {bound:g}")
         if getattr(meta, "pattern", None):
             out.append(f"matching `{meta.pattern}`")
     return out
@@ -162,7 +167,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sketchtune.configdoc",
+    p = OneLineParser(prog="python -m sketchtune.configdoc",
                                 description="Print, write or check docs/config.md, generated "
                                             "from sketchtune/config.py.")
     what = p.add_mutually_exclusive_group()

@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     prog = "sketchtune.sweep"
     p = base_parser(prog, "Run a sweep: Optuna search (ASHA early stopping) on one fold, then "
                           "the top configs per backbone on every fold; resumes when re-run.")
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the plan (stages, trials, epochs, resources, estimated disk) "
+                        "and exit; writes nothing: no folds, caches, MLflow or Ray")
     args = p.parse_args(argv)
     setup_logging(args.quiet, prog)
     import optuna
@@ -108,6 +111,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = load_sweep_config(args)
+        if args.dry_run:
+            from .plan import describe_plan
+
+            print(describe_plan(cfg, str(args.config)))
+            return 0
         summaries = run_sweep(cfg, str(args.config), quiet=args.quiet)
     except (*USER_ERRORS, TrackingError) as err:
         return fail(prog, err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from sketchtune.config import (
     candidate_id,
     load_config,
     parse_overrides,
+    read_yaml,
     with_train_overrides,
 )
 
@@ -75,7 +77,7 @@ def test_load_config_missing_file_and_bad_yaml(tmp_path):
 
 
 def test_load_config_overrides_are_parsed_and_validated(tmp_path):
-    path = write(tmp_path, "")
+    path = write(tmp_path, "name: demo\n")
     cfg = load_config(path, ["train.optim.lr=3e-4", "train.tta_hflip=true", "data.n_folds=3"])
     assert cfg.train.optim.lr == 3e-4 and cfg.train.tta_hflip is True and cfg.data.n_folds == 3
     with pytest.raises(ConfigError, match=r"--set.*train\.optim\.lr"):
@@ -101,3 +103,127 @@ def test_candidate_id_ignores_weights_file_folder():
     a = with_train_overrides(TrainConfig(), {"model.weights_file": "/x/w.safetensors"}, "t")
     b = with_train_overrides(TrainConfig(), {"model.weights_file": "/y/w.safetensors"}, "t")
     assert candidate_id(a) == candidate_id(b)
+
+
+# ---------------------------------------------------------------- values YAML or pydantic coerce
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train: {epochs: 3}\ntrain: {epochs: 4}\n", "'train' at line 2 (first at line 1)"),
+    ("train:\n  epochs: 50\n  batch_size: 8\n  epochs: 1\n",
+     "'epochs' at line 4 (first at line 2)"),
+    ("search: {space: {optim.lr: {type: uniform, low: 0.1, low: 0.2, high: 1}}}\n", "'low'"),
+])
+def test_load_config_duplicate_key_is_refused_with_its_lines(tmp_path, text, key):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert msg.startswith(f"{path}: duplicate key {key}") and "\n" not in msg
+
+
+def test_load_config_merge_key_may_be_overridden(tmp_path):
+    # `<<: *anchor` then a key beside it is YAML's way to override, not a duplicate.
+    text = "x-base: &b {epochs: 3, batch_size: 8}\ntrain:\n  <<: *b\n  epochs: 5\n"
+    raw = read_yaml(write(tmp_path, text))
+    assert raw["train"] == {"epochs": 5, "batch_size": 8}
+
+
+@pytest.mark.parametrize("value", ["yes", "true", "3.0", "'3'", "1e0"])
+def test_load_config_int_fields_take_ints_only(tmp_path, value):
+    # Lax pydantic reads each of these as an int (yes -> 1): a config saying something else.
+    path = write(tmp_path, f"train: {{epochs: {value}}}\n")
+    with pytest.raises(ConfigError, match=r"train\.epochs: Input should be a valid integer"):
+        load_config(path)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("train: {tta_hflip: 1}\n", "train.tta_hflip"),
+    ("train: {model: {pretrained: 'yes'}}\n", "train.model.pretrained"),
+    ("ensemble: {temperature: 0}\n", "ensemble.temperature"),
+    ("train: {optim: {lr: true}}\n", "train.optim.lr"),
+    ("train: {optim: {lr: .nan}}\n", "train.optim.lr"),
+    ("train: {optim: {weight_decay: .inf}}\n", "train.optim.weight_decay"),
+    ("search: {space: {loss.gamma: {type: uniform, low: .nan, high: 1}}}\n", "low"),
+    ("ray: {max_concurrent_trials: 2.0}\n", "ray.max_concurrent_trials"),
+])
+def test_load_config_bools_and_floats_are_not_coerced(tmp_path, text, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(write(tmp_path, text))
+
+
+def test_load_config_float_fields_accept_yaml_1_1_exponents(tmp_path):
+    # PyYAML (YAML 1.1) reads `1e-3` without a dot as a string; users write it, so it works.
+    cfg = load_config(write(tmp_path, "train: {optim: {lr: 1e-3}, sched: {min_lr: 2E-7}}\n"
+                                      "search: {space: {optim.lr: {type: loguniform, "
+                                      "low: 1e-4, high: 1e-2}}}\n"))
+    assert cfg.train.optim.lr == 1e-3 and cfg.train.sched.min_lr == 2e-7
+    assert cfg.search.space["optim.lr"].low == 1e-4
+    assert load_config(write(tmp_path, "name: x\n"), ["train.optim.lr=3e-4"]).train.optim.lr == 3e-4
+
+
+@pytest.mark.parametrize("key", ["train.seed", "data.fold_seed", "ensemble.seed"])
+def test_load_config_negative_seed_is_refused(tmp_path, key):
+    section, name = key.split(".")
+    with pytest.raises(ConfigError, match=re.escape(key) + r".*greater than or equal to 0"):
+        load_config(write(tmp_path, f"{section}: {{{name}: -1}}\n"))
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config(write(tmp_path, f"{section}: {{{name}: {2**32}}}\n"))
+
+
+@pytest.mark.parametrize("text", ["", "\n# only a comment\n", "{}\n"])
+def test_load_config_empty_file_is_refused(tmp_path, text):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError, match=r"empty config; copy configs/sweep\.yaml") as e:
+        load_config(path, ["train.epochs=1"])
+    assert str(e.value).startswith(str(path))
+
+
+def test_load_config_folder_is_named_a_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"is a folder") as e:
+        load_config(tmp_path)
+    assert str(e.value).startswith(str(tmp_path)) and "not found" not in str(e.value)
+
+
+# ---------------------------------------------------------------- --set into search.space
+
+
+SPACE = ("name: x\nsearch: {space: {optim.lr: {type: loguniform, low: 1.0e-4, high: 1.0e-2}, "
+         "model.name: {type: choice, values: [test_resnet]}}}\n"
+         "candidates: [{optim.lr: 0.1}]\n")
+
+
+def test_override_reaches_a_field_of_a_dotted_search_dimension(tmp_path):
+    cfg = load_config(write(tmp_path, SPACE), ["search.space.optim.lr.high=0.05",
+                                               "search.space.model.name.values=[test_vit]"])
+    assert cfg.search.space["optim.lr"].high == 0.05 and cfg.search.space["optim.lr"].low == 1e-4
+    assert cfg.search.space["model.name"].values == ["test_vit"]
+
+
+def test_override_adds_a_whole_dimension_or_replaces_the_space(tmp_path):
+    path = write(tmp_path, SPACE)
+    cfg = load_config(path, ["search.space.loss.gamma={type: uniform, low: 0, high: 2}"])
+    assert set(cfg.search.space) == {"optim.lr", "model.name", "loss.gamma"}
+    cfg = load_config(path, ["search.space={aug.strength: {type: uniform, low: 0.2, high: 1}}"])
+    assert set(cfg.search.space) == {"aug.strength"}
+
+
+def test_override_of_an_unknown_dimension_says_how_to_add_one(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, SPACE), ["search.space.optim.momentum.high=0.99"])
+    msg = str(e.value)
+    assert "no dimension 'optim.momentum'" in msg and "--set 'search.space.optim.momentum={" in msg
+    assert "Field required" not in msg and "\n" not in msg
+
+
+def test_override_reaches_a_fixed_candidate_by_index(tmp_path):
+    path = write(tmp_path, SPACE)
+    cfg = load_config(path, ["candidates.0.optim.lr=0.5", "candidates.0.loss.gamma=1.0"])
+    assert cfg.candidates == [{"optim.lr": 0.5, "loss.gamma": 1.0}]
+    with pytest.raises(ConfigError, match=r"'candidates' is a list of 1"):
+        load_config(path, ["candidates.1.optim.lr=0.5"])
+
+
+def test_override_with_a_duplicate_key_is_refused(tmp_path):
+    with pytest.raises(ConfigError, match=r"--set .*duplicate key 'a'"):
+        load_config(write(tmp_path, SPACE), ["search.space={a: 1, a: 2}"])
