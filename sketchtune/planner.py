@@ -13,7 +13,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from .config import ParamSpec, SweepConfig, TrainConfig, candidate_id, with_train_overrides
+from .config import (
+    ParamSpec,
+    SweepConfig,
+    TrainConfig,
+    candidate_id,
+    search_max_epochs,
+    with_train_overrides,
+)
 from .store import PredictionStore
 
 __all__ = ["FOLD_COLUMN", "JOB", "Candidate", "Job", "cv_candidates", "cv_experiment_name",
@@ -108,9 +115,7 @@ def search_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
 
 def max_epochs(cfg: SweepConfig) -> int:
     """The most epochs a search trial can run (the base's, or the space's largest)."""
-    if "epochs" in cfg.search.space:
-        return max([cfg.train.epochs] + [int(v) for v in probe_values(cfg.search.space["epochs"])])
-    return cfg.train.epochs
+    return search_max_epochs(cfg)
 
 
 def select_top(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
