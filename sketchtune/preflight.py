@@ -150,9 +150,10 @@ def _hub_answers(endpoint: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def check_weights(model: ModelConfig, where: str) -> None:
+def check_weights(model: ModelConfig, where: str, key: str = "train") -> None:
     """`pretrained` without a `weights_file`: the weights must be in the local cache or the hub
     must answer; the load is tried once here, which also downloads them once for every trial.
+    Errors start with `where` (the config file) and name `key` (the section).
 
     The hub client retries an unreachable host for about a minute per trial and attempt; a
     local-cache load and one 5-second request say the same at once.
@@ -172,10 +173,10 @@ def check_weights(model: ModelConfig, where: str) -> None:
         hub.HF_HUB_OFFLINE = offline
     why = "HF_HUB_OFFLINE is set" if offline else _hub_answers(hub.ENDPOINT)
     if why is not None:
-        raise ModelError(f"{where}.model.pretrained=true: no weights for {model.name!r} in the "
-                         f"local cache and no network to {hub.ENDPOINT} ({why}): set "
-                         f"{where}.model.weights_file to a downloaded file, or "
-                         f"{where}.model.pretrained=false")
+        raise ModelError(f"{where}: {key}.model.pretrained=true: no weights for {model.name!r} "
+                         f"in the local cache and no network to {hub.ENDPOINT} ({why}): set "
+                         f"{key}.model.weights_file to a downloaded file, or "
+                         f"{key}.model.pretrained=false")
     build_model(model, 2)  # downloads into the hub cache; ModelError names what failed
 
 
@@ -217,7 +218,7 @@ def check_environment(cfg: SweepConfig, trains: list[TrainConfig], where: str, *
         key = t.model.model_dump_json()
         if key not in seen:
             seen.add(key)
-            check_weights(t.model, f"{where}: train")
+            check_weights(t.model, where)
 
 
 def preflight(cfg: SweepConfig, where: str = "config", *, quiet: bool = False) -> Preflight:
