@@ -71,7 +71,9 @@ def load_sweep_config(args: argparse.Namespace, *, must_exist: bool = False) -> 
 def setup_logging(quiet: bool, prog: str) -> None:
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO,
                         format=f"{prog}: %(message)s", stream=sys.stderr)
-    # Library chatter that says nothing a user acts on (table creation and the like).
+    # Library chatter that says nothing a user acts on (table creation and the like). MLflow
+    # sets its loggers' level from MLFLOW_LOGGING_LEVEL when it is imported, after this.
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     logging.getLogger("mlflow").setLevel(logging.WARNING)
 
 

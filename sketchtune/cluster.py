@@ -56,6 +56,10 @@ def start_ray(cfg: SweepConfig, quiet: bool) -> None:
 
     address = _address(cfg)
     kwargs: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
+    if quiet:
+        # Ray's notice that token authentication is on is advice, not a problem (warnings and
+        # errors stay on); it is logged by the driver while Ray starts.
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     try:
         ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING,
                  # Trials import sketchtune from the driver's source tree, also when it is not

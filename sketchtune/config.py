@@ -5,8 +5,9 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import types
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -41,6 +42,7 @@ __all__ = [
     "candidate_id",
     "load_config",
     "parse_overrides",
+    "search_max_epochs",
 ]
 
 
@@ -639,9 +641,105 @@ class SweepConfig(Strict):
                              "plain files): use a folder every node mounts, e.g. NFS")
         return v
 
+    @model_validator(mode="after")
+    def _search_fits_train(self) -> SweepConfig:
+        # A dimension whose draws do not fit its field's type would pass the probe of its ends
+        # (pydantic takes 16.0 for an int) and fail the first trial; say so here instead.
+        for key, spec in self.search.space.items():
+            problem = _dimension_problem(key, spec)
+            if problem:
+                raise ValueError(f"search.space[{key!r}]: {problem}")
+        s = self.search
+        if s.enabled and s.asha and s.space:
+            max_t = search_max_epochs(self)
+            if s.grace_period > max_t:
+                where = ("train.epochs" if "epochs" not in s.space
+                         else "train.epochs and search.space['epochs']")
+                raise ValueError(
+                    f"search.grace_period={s.grace_period} is above the {max_t} epoch(s) a "
+                    f"search trial can run ({where}; ASHA's max_t): lower search.grace_period "
+                    "or raise train.epochs")
+        return self
+
     @property
     def sweep_dir(self) -> Path:
         return self.storage_path / self.name
+
+
+def search_max_epochs(cfg: SweepConfig) -> int:
+    """The most epochs a search trial can run: the base's, or the space's largest."""
+    spec = cfg.search.space.get("epochs")
+    if spec is None:
+        return cfg.train.epochs
+    ends = list(spec.values or []) if spec.type == "choice" else [spec.low, spec.high]
+    return max([cfg.train.epochs, *(int(v) for v in ends)])
+
+
+def _field_type(dotted: str) -> Any:
+    """The annotation of TrainConfig's field at a dotted key, or None when there is none."""
+    model: Any = TrainConfig
+    ann: Any = None
+    for part in dotted.split("."):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) \
+                or part not in model.model_fields:
+            return None  # an unknown key: the probe of the dimension's values names it
+        ann = model = model.model_fields[part].annotation
+    return ann
+
+
+def _value_fits(value: Any, kinds: set[type], literals: tuple) -> bool:
+    if value is None:
+        return type(None) in kinds
+    if literals:
+        return value in literals
+    if isinstance(value, bool):  # a bool is an int to Python; to a config key it is not
+        return bool in kinds
+    if isinstance(value, int):
+        return bool(kinds & {int, float})
+    if isinstance(value, float):
+        return float in kinds
+    if isinstance(value, str):
+        return bool(kinds & {str, Path})
+    return False
+
+
+def _unannotated(ann: Any) -> Any:
+    """`Annotated[float, ...]` (the strict `Int`, `Float`, `Bool`) -> `float`; others unchanged."""
+    return get_args(ann)[0] if get_origin(ann) is Annotated else ann
+
+
+def _dimension_problem(key: str, spec: ParamSpec) -> str | None:
+    """Why `spec` cannot fill TrainConfig's `key` (None when it can, or the key is unknown)."""
+    ann = _field_type(key)
+    if ann is None:
+        return None
+    ann = _unannotated(ann)
+    args = get_args(ann) if get_origin(ann) in (Union, types.UnionType) else (ann,)
+    kinds: set[type] = set()
+    literals: tuple = ()
+    for a in map(_unannotated, args):
+        if get_origin(a) is Literal:
+            literals += get_args(a)
+            kinds |= {type(v) for v in get_args(a)}
+        elif isinstance(a, type):
+            kinds.add(a)
+    if kinds & {dict, list} or any(isinstance(k, type) and issubclass(k, BaseModel)
+                                   for k in kinds):
+        return None  # a section or a list: the probe validates it as a whole
+    names = (f"one of {list(literals)}" if literals
+             else "/".join(sorted(k.__name__ for k in kinds if k is not type(None))))
+    if spec.type == "choice":
+        bad = [v for v in spec.values or [] if not _value_fits(v, kinds, literals)]
+        if bad:
+            return f"choice value {bad[0]!r} does not fit train.{key}, which takes {names}"
+        return None
+    if float in kinds or (spec.type == "int" and int in kinds):
+        return None
+    if int in kinds and bool not in kinds:
+        return (f"a {spec.type!r} dimension draws floats but train.{key} takes an integer; "
+                "use type 'int' or a 'choice' of integers")
+    return (f"a {spec.type!r} dimension draws numbers but train.{key} takes {names}; "
+            "use a 'choice' of its values")
 
 
 # ---------------------------------------------------------------- loading
@@ -654,7 +752,8 @@ def _format_error(err: ValidationError, source: str, raw: dict[str, Any]) -> str
     got = f" (got {value!r})" if value is not _MISSING else ""
     msg = e["msg"].removeprefix("Value error, ")
     more = f" (+{len(err.errors()) - 1} more)" if len(err.errors()) > 1 else ""
-    return f"{source}: {key}: {msg}{got}{more}"
+    # A check across sections (a model validator of the whole config) names its keys itself.
+    return f"{source}: {key}: {msg}{got}{more}" if key else f"{source}: {msg}{more}"
 
 
 _MISSING = object()

@@ -20,7 +20,6 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from .config import ConfigError, OptimConfig, SchedConfig
-from .errors import first_line
 
 __all__ = [
     "FitState",
@@ -43,12 +42,23 @@ def select_device(prefer: str | None = None) -> torch.device:
     if prefer:
         try:
             device = torch.device(prefer)
-        except RuntimeError as err:
-            first = first_line(err)
-            raise ConfigError(f"--device {prefer!r}: {first}") from None
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ConfigError(f"--device {prefer!r}: this machine has no CUDA device; "
-                              "use --device cpu")
+        except RuntimeError:
+            raise ConfigError(f"--device {prefer!r}: not a torch device; use cpu, cuda or "
+                              "mps") from None
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"--device {prefer!r}: this machine has no CUDA device; "
+                                  "use --device cpu")
+            if device.index is not None and device.index >= torch.cuda.device_count():
+                raise ConfigError(f"--device {prefer!r}: this machine has "
+                                  f"{torch.cuda.device_count()} CUDA device(s)")
+        elif device.type == "mps":
+            if not torch.backends.mps.is_available():
+                raise ConfigError(f"--device {prefer!r}: this machine has no Apple MPS device; "
+                                  "use --device cpu")
+        elif device.type != "cpu":
+            # torch names more device types (xpu, meta, ...) than the trainer supports.
+            raise ConfigError(f"--device {prefer!r}: unsupported here; use cpu, cuda or mps")
         return device
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

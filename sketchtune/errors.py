@@ -1,8 +1,8 @@
-"""One-line error text: the first line of a library's (often multi-line) error message."""
+"""One-line error text: the first line of a library's error, and the root cause under wrappers."""
 
 from __future__ import annotations
 
-__all__ = ["first_line"]
+__all__ = ["first_line", "root_cause"]
 
 
 def first_line(err: BaseException | str, limit: int = 160) -> str:
@@ -14,3 +14,19 @@ def first_line(err: BaseException | str, limit: int = 160) -> str:
     text = str(err).strip()
     line = text.splitlines()[0].strip() if text else type(err).__name__
     return line[:limit]
+
+
+def root_cause(err: BaseException) -> BaseException:
+    """The error a wrapper carries: Ray's `RayTaskError.cause`, else `__cause__`, innermost first.
+
+    A trial's own error reaches the driver wrapped in Ray's ("ray::ImplicitFunc.train() (pid=..,
+    ip=..)" and a remote traceback); the user acts on the error inside.
+    """
+    seen: set[int] = set()
+    while id(err) not in seen:
+        seen.add(id(err))
+        inner = getattr(err, "cause", None) or err.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        err = inner
+    return err

@@ -11,7 +11,7 @@ from torch import nn
 from .config import ModelConfig
 from .errors import first_line
 
-__all__ = ["ModelError", "build_model", "check_model_name"]
+__all__ = ["ModelError", "build_model", "check_model_name", "create_on_meta"]
 
 _log = logging.getLogger(__name__)
 
@@ -64,6 +64,15 @@ def build_model(cfg: ModelConfig, num_classes: int, img_size: int | None = None)
         ) from None
     _log.info("built %s (%d classes, pretrained=%s)", cfg.name, num_classes, cfg.pretrained)
     return model
+
+
+def create_on_meta(name: str, img_size: int) -> nn.Module:
+    """The architecture, randomly initialised on the meta device (shapes only, no memory), in
+    eval mode: a forward pass there checks an image size in a second, for any backbone."""
+    import torch
+
+    with torch.device("meta"):
+        return _create(name, False, img_size, {"num_classes": 2}).eval()
 
 
 def _create(name: str, pretrained: bool, img_size: int | None, kwargs: dict) -> nn.Module:

@@ -13,12 +13,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from .config import ParamSpec, SweepConfig, TrainConfig, candidate_id, with_train_overrides
+from .config import (
+    ParamSpec,
+    SweepConfig,
+    TrainConfig,
+    candidate_id,
+    search_max_epochs,
+    with_train_overrides,
+)
 from .store import PredictionStore
 
-__all__ = ["FOLD_COLUMN", "JOB", "Candidate", "Job", "cv_candidates", "cv_experiment_name",
-           "cv_param_space", "describe_trial", "job_of", "max_epochs", "plan_cv_jobs",
-           "probe_values", "search_param_space", "search_space", "select_top", "trial_config"]
+__all__ = ["FOLD_COLUMN", "JOB", "Candidate", "Job", "config_digest", "cv_candidates",
+           "cv_experiment_name", "cv_param_space", "describe_trial", "job_of", "max_epochs",
+           "plan_cv_jobs", "probe_values", "search_experiment_name", "search_param_space",
+           "search_space", "select_top", "trial_config"]
 
 JOB = "job"  # the trial config's one key
 FOLD_COLUMN = f"{JOB}/fold"  # the fold's path in a trial config, as Tune's reporter spells it
@@ -108,9 +116,7 @@ def search_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
 
 def max_epochs(cfg: SweepConfig) -> int:
     """The most epochs a search trial can run (the base's, or the space's largest)."""
-    if "epochs" in cfg.search.space:
-        return max([cfg.train.epochs] + [int(v) for v in probe_values(cfg.search.space["epochs"])])
-    return cfg.train.epochs
+    return search_max_epochs(cfg)
 
 
 def select_top(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
@@ -162,8 +168,29 @@ def plan_cv_jobs(cfg: SweepConfig, candidates: list[Candidate],
     ]
 
 
-def cv_experiment_name(candidates: list[Candidate]) -> str:
-    """Named after the candidate set, so re-running the same sweep finds (and restores) the
-    same experiment, while adding a backbone starts a new one for what is new."""
-    key = hashlib.sha1(json.dumps(sorted(c.id for c in candidates)).encode()).hexdigest()[:8]
-    return f"cv-{key}"
+def config_digest(cfg: SweepConfig) -> str:
+    """A short hash of everything that changes what a stage's trials do.
+
+    The stages' Ray experiments and the sweep's MLflow run are named by it: the same command
+    after a kill finds (and resumes) them, a fixed config starts new ones instead of resuming
+    trials that would fail again. Display and ensemble settings, and where the sweep lives,
+    stay out of it.
+    """
+    d = cfg.model_dump(mode="json", exclude={"name": True, "storage_path": True,
+                                             "tracking_uri": True, "ensemble": True,
+                                             "ray": {"verbose"}})
+    return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
+
+
+def search_experiment_name(cfg: SweepConfig) -> str:
+    """The search stage's experiment, named after the config (see `config_digest`)."""
+    return f"search-{config_digest(cfg)}"
+
+
+def cv_experiment_name(candidates: list[Candidate], cfg: SweepConfig | None = None) -> str:
+    """Named after the candidate set (and the config, see `config_digest`), so re-running the
+    same sweep finds (and restores) the same experiment, while adding a backbone or fixing the
+    config starts a new one for what is new."""
+    ids = sorted(c.id for c in candidates)
+    key = json.dumps(ids if cfg is None else [ids, config_digest(cfg)])
+    return f"cv-{hashlib.sha1(key.encode()).hexdigest()[:8]}"

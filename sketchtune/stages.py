@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from .checkpoint import can_restore, restore_tuner
 from .config import SweepConfig
+from .errors import first_line, root_cause
 from .planner import (
     FOLD_COLUMN,
     Candidate,
@@ -14,13 +20,14 @@ from .planner import (
     cv_param_space,
     max_epochs,
     plan_cv_jobs,
+    search_experiment_name,
     search_param_space,
     select_top,
 )
 from .store import PredictionStore
 from .trainable import trial
 
-__all__ = ["ray_storage", "run_cv", "run_search"]
+__all__ = ["StageOutcome", "describe_error", "ray_storage", "run_cv", "run_search"]
 
 _log = logging.getLogger(__name__)
 
@@ -28,6 +35,82 @@ _log = logging.getLogger(__name__)
 def ray_storage(cfg: SweepConfig) -> str:
     """Tune's storage path: one experiment folder per stage under the sweep's folder."""
     return str(cfg.sweep_dir / "ray")
+
+
+@dataclass(frozen=True)
+class StageOutcome:
+    """How a stage's trials ended: how many ran, failed after every retry, and the first
+    failed trial's own error (one line), which names the cause when all of them failed."""
+
+    trials: int
+    errors: int
+    first_error: str | None
+
+
+def describe_error(err: BaseException) -> str:
+    """One line for a trial's error: the trial's own exception, not Ray's wrapper of it. A
+    user error (a config, data or weights problem) is its message; anything else its type too."""
+    from .train import USER_ERRORS
+
+    root = root_cause(err)
+    text = first_line(root, 300)
+    return text if isinstance(root, USER_ERRORS) else f"{type(root).__name__}: {text}"
+
+
+def _outcome(results) -> StageOutcome:
+    errors = [r.error for r in results if r.error is not None]
+    return StageOutcome(len(results), len(errors),
+                        describe_error(errors[0]) if errors else None)
+
+
+class _OncePerCause(logging.Filter):
+    """Tune logs a failed trial's whole traceback at every attempt; one line per root cause
+    says the same (the stage's end names it again; SKETCHTUNE_DEBUG=1 keeps Tune's output)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = str(record.msg)
+        if msg.startswith("Trials did not complete"):
+            return False  # the sweep's own last line says which failed and why
+        if not (msg.startswith("Trial task failed") and record.exc_info):
+            return True
+        text = describe_error(record.exc_info[1])
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        record.msg, record.args = f"{msg}: {text} (the same error is not repeated)", ()
+        record.exc_info = record.exc_text = None
+        return True
+
+
+@contextmanager
+def _trial_errors_once() -> Iterator[None]:
+    if os.environ.get("SKETCHTUNE_DEBUG", "") not in ("", "0"):
+        yield
+        return
+    f = _OncePerCause()
+    loggers = [logging.getLogger(n) for n in ("ray.tune.execution.tune_controller",
+                                              "ray.tune.tune")]
+    for lg in loggers:
+        lg.addFilter(f)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(f)
+
+
+def _stale_experiments(cfg: SweepConfig, stage: str, name: str) -> list[str]:
+    """This stage's other experiments in the sweep folder that could be resumed."""
+    root = Path(ray_storage(cfg))
+    if not root.is_dir():
+        return []
+    return sorted(str(d) for d in root.iterdir()
+                  if d.is_dir() and d.name.startswith(stage) and d.name != name
+                  and can_restore(str(d)))
 
 
 def _trial_name(trial) -> str:
@@ -47,6 +130,12 @@ def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
     restored = restore_tuner(stage, path, trainable, param_space)
     if restored is not None:
         return restored
+    stale = _stale_experiments(cfg, stage, name) if stage == "search" else []
+    if stale:
+        # Resuming it would rerun trials of the old config (and fail again if that was why
+        # it stopped); finished folds are in the prediction store either way.
+        _log.warning("%s: the config differs from the one of %s; starting a fresh experiment "
+                     "%s (delete the old one to free its disk)", stage, stale[-1], name)
     reporter = tune.CLIReporter(
         metric_columns={"epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best"},
         parameter_columns={FOLD_COLUMN: "fold"},
@@ -72,10 +161,10 @@ def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
 
 
 def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
-               failures: dict[str, int] | None = None) -> list[Candidate]:
+               outcomes: dict[str, StageOutcome] | None = None) -> list[Candidate]:
     """Stage 1: Optuna + ASHA on one fold; returns the top-k configs per backbone.
 
-    `failures["search"]` gets the number of trials that failed even after their retries.
+    `outcomes["search"]` gets how its trials ended (failed ones: after every retry).
     """
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
@@ -96,19 +185,21 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
         max_concurrent_trials=cfg.ray.max_concurrent_trials,
         reuse_actors=cfg.ray.reuse_actors,
     )
-    results = _tuner(cfg, "search", "search", search_param_space(cfg), tune_config, callbacks,
-                     quiet).fit()
-    if failures is not None:
-        failures["search"] = results.num_errors
+    tuner = _tuner(cfg, "search", search_experiment_name(cfg), search_param_space(cfg),
+                   tune_config, callbacks, quiet)
+    with _trial_errors_once():
+        results = tuner.fit()
+    if outcomes is not None:
+        outcomes["search"] = _outcome(results)
     return select_top(cfg, results)
 
 
 def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet: bool,
-           failures: dict[str, int] | None = None) -> None:
-    """Stage 2: every chosen candidate on every fold, to the end (failures as in run_search)."""
+           outcomes: dict[str, StageOutcome] | None = None) -> None:
+    """Stage 2: every chosen candidate on every fold, to the end (outcomes as in run_search)."""
     from ray import tune
 
-    name = cv_experiment_name(candidates)
+    name = cv_experiment_name(candidates, cfg)
     jobs = plan_cv_jobs(cfg, candidates, PredictionStore(cfg.sweep_dir))
     if not jobs and not can_restore(f"{ray_storage(cfg)}/{name}"):
         _log.info("cv: every (candidate, fold) is already in the store")
@@ -116,6 +207,8 @@ def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet
     tune_config = tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials,
                                   reuse_actors=cfg.ray.reuse_actors)
     # One grid point per pending (candidate, fold): Ray's grid search over whole jobs.
-    results = _tuner(cfg, "cv", name, cv_param_space(jobs), tune_config, callbacks, quiet).fit()
-    if failures is not None:
-        failures["cv"] = results.num_errors
+    tuner = _tuner(cfg, "cv", name, cv_param_space(jobs), tune_config, callbacks, quiet)
+    with _trial_errors_once():
+        results = tuner.fit()
+    if outcomes is not None:
+        outcomes["cv"] = _outcome(results)

@@ -12,22 +12,26 @@ The jobs live in modules of their own: preflight (checks), cluster (Ray start-up
 
 from __future__ import annotations
 
+import argparse
 import functools
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 
-from .cli import base_parser, fail, load_sweep_config, setup_logging
+from .cli import add_debug_argument, base_parser, fail, load_sweep_config, run_cli, setup_logging
 from .config import SweepConfig
-from .planner import Candidate, cv_candidates, describe_trial
+from .planner import Candidate, config_digest, cv_candidates, describe_trial
 from .preflight import preflight
-from .stages import ray_storage, run_cv, run_search
+from .stages import StageOutcome, ray_storage, run_cv, run_search
 from .store import PredictionStore
 from .summary import CandidateSummary, format_table, log_summaries, summarise
 from .train import USER_ERRORS
 
-__all__ = ["SweepError", "main", "run_sweep"]
+__all__ = ["CONFIG_TAG", "SweepError", "main", "run_sweep"]
+
+CONFIG_TAG = "sketchtune.config_digest"  # the parent run's tag: planner.config_digest
 
 _log = logging.getLogger(__name__)
 
@@ -45,7 +49,8 @@ def run_sweep(
 ) -> list[CandidateSummary]:
     """Both stages, tracked in MLflow; returns one summary per chosen candidate.
 
-    `source` names the config in error messages (its file, for the CLI).
+    `source` names the config in error messages (its file, for the CLI). Raises SweepError
+    when a stage's trials failed after their retries, naming the first one's own error.
     """
     from .callback import MlflowSweepCallback
     from .tracking import PARENT_TAG, Tracker, flatten
@@ -56,32 +61,44 @@ def run_sweep(
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(pre.slots))
 
     tracker = Tracker(cfg.tracking_uri, cfg.name)
+    # The parent run is found by the config's digest: the same command after a kill or a
+    # failure continues it; a changed config gets a run of its own (MLflow refuses to change
+    # a logged param's value, and the old run's params describe the old config).
     parent, _ = tracker.get_or_create_run(
-        f"sweep-{cfg.name}", {"stage": "sweep"}, {PARENT_TAG: "sweep"}, reuse_failed=True)
+        f"sweep-{cfg.name}", {"stage": "sweep"},
+        {PARENT_TAG: "sweep", CONFIG_TAG: config_digest(cfg)}, reuse_failed=True)
     tracker.safe("mark the sweep running", tracker.client.update_run, parent, "RUNNING")
     tracker.log_params(parent, flatten(cfg.model_dump(mode="json", exclude={"train"})))
     store = PredictionStore(cfg.sweep_dir)
     describe = functools.partial(describe_trial, cfg)
     status = "FAILED"
-    failed: dict[str, int] = {}
+    outcomes: dict[str, StageOutcome] = {}
+    retries = f"after {cfg.ray.max_failures} retries"
     try:
         searched: list[Candidate] | None = None
         if cfg.search.enabled and cfg.search.space:
             cb = MlflowSweepCallback(tracker, parent, "search", store, describe)
-            searched = run_search(cfg, [cb], quiet, failed)
+            searched = run_search(cfg, [cb], quiet, outcomes)
+            o = outcomes["search"]
+            if not searched:  # every trial failed: nothing to rank, cv would train nothing
+                raise SweepError(
+                    f"search: none of its {o.trials} trial(s) finished ({o.errors} failed "
+                    f"{retries}); the first one's error: {o.first_error}", [])
         chosen = cv_candidates(cfg, searched, pre.fixed)
         cb = MlflowSweepCallback(tracker, parent, "cv", store, describe)
-        run_cv(cfg, chosen, [cb], quiet, failed)
+        run_cv(cfg, chosen, [cb], quiet, outcomes)
         summaries = summarise(cfg, chosen)
         log_summaries(tracker, parent, summaries)
-        if failed.get("cv"):
+        cv = outcomes.get("cv")
+        if cv is not None and cv.errors:
             raise SweepError(
-                f"{failed['cv']} cv trial(s) failed after {cfg.ray.max_failures} retries; their "
-                f"errors are under {ray_storage(cfg)}. Fix the cause and run the same command "
-                "again: finished folds are kept", summaries)
-        if failed.get("search"):
-            _log.warning("%d search trial(s) failed and were left out of the ranking",
-                         failed["search"])
+                f"{cv.errors} cv trial(s) failed {retries}; the first one's error: "
+                f"{cv.first_error}. Fix the cause and run the same command again: finished "
+                f"folds are kept (trial logs: {ray_storage(cfg)})", summaries)
+        if "search" in outcomes and outcomes["search"].errors:
+            _log.warning("%d search trial(s) failed and were left out of the ranking; the "
+                         "first one's error: %s", outcomes["search"].errors,
+                         outcomes["search"].first_error)
         status = "FINISHED"
         return summaries
     except KeyboardInterrupt:
@@ -102,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dry-run", action="store_true",
                    help="print the plan (stages, trials, epochs, resources, estimated disk) "
                         "and exit; writes nothing: no folds, caches, MLflow or Ray")
+    add_debug_argument(p)
     args = p.parse_args(argv)
     setup_logging(args.quiet, prog)
     import optuna
@@ -109,32 +127,43 @@ def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "a new study created", per stage
     from .tracking import TrackingError
 
-    try:
-        cfg = load_sweep_config(args)
-        if args.dry_run:
-            from .plan import describe_plan
+    return run_cli(prog, functools.partial(_main, prog), args, (*USER_ERRORS, TrackingError))
 
-            print(describe_plan(cfg, str(args.config)))
-            return 0
+
+def _main(prog: str, args: argparse.Namespace) -> int:
+    cfg = load_sweep_config(args)
+    if args.dry_run:
+        from .plan import describe_plan
+
+        print(describe_plan(cfg, str(args.config)))
+        return 0
+    try:
         summaries = run_sweep(cfg, str(args.config), quiet=args.quiet)
-    except (*USER_ERRORS, TrackingError) as err:
-        return fail(prog, err)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted: run the same command again to resume", file=sys.stderr)
         return 130
     except SweepError as err:
-        print(format_table(err.summaries, cfg.data.n_folds))
+        if err.summaries:
+            print(format_table(err.summaries, cfg.data.n_folds))
         fail(prog, err)
         return 1
     print()
     print(format_table(summaries, cfg.data.n_folds))
-    root = Path(cfg.tracking_uri.removeprefix("sqlite:///")).parent \
-        if cfg.tracking_uri.startswith("sqlite:///") else None
-    ui = (f"cd {root} && mlflow ui --host 127.0.0.1" if root
-          else f"mlflow ui --backend-store-uri {cfg.tracking_uri} --host 127.0.0.1")
-    print(f"\npredictions: {cfg.sweep_dir}/candidates    MLflow: {ui}")
-    print(f"next: python -m ensemble_search.optimize {args.config}")
+    print(f"\npredictions: {cfg.sweep_dir}/candidates    MLflow: {_ui_hint(cfg.tracking_uri)}")
+    # The same config and overrides, quoted, so the line can be pasted as it is.
+    again = [str(args.config), *(f"--set={s}" for s in args.set)]
+    if args.sweep:
+        again.append(f"--sweep={args.sweep}")
+    print(f"next: python -m ensemble_search.optimize {shlex.join(again)}")
     return 0
+
+
+def _ui_hint(tracking_uri: str) -> str:
+    """The command that shows the sweep in MLflow's UI, shell-quoted."""
+    if tracking_uri.startswith("sqlite:///"):
+        root = Path(tracking_uri.removeprefix("sqlite:///")).parent
+        return f"cd {shlex.quote(str(root))} && mlflow ui --host 127.0.0.1"
+    return f"mlflow ui --backend-store-uri {shlex.quote(tracking_uri)} --host 127.0.0.1"
 
 
 if __name__ == "__main__":

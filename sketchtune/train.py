@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import timm.utils
 import torch
 from torch.utils.data import DataLoader
 
-from .cli import base_parser, fail, load_sweep_config, setup_logging
+from .cli import add_debug_argument, base_parser, load_sweep_config, run_cli, setup_logging
 from .config import ConfigError, SweepConfig, TrainConfig, candidate_id
 from .data import DataError, SketchDataset
 from .engine import (
@@ -230,15 +231,21 @@ def main(argv: list[str] | None = None) -> int:
                           "and write its predictions to the store (no Ray).")
     p.add_argument("--fold", type=int, default=0, help="validation fold")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available)")
+    add_debug_argument(p)
     args = p.parse_args(argv)
     setup_logging(args.quiet, prog)
-    try:
-        cfg = load_sweep_config(args)
-        check_trial(cfg, args.fold, str(args.config))
-        res = run_trial(cfg, cfg.train, args.fold, device=select_device(args.device),
-                        progress=not args.quiet)
-    except USER_ERRORS as err:
-        return fail(prog, err)
+    return run_cli(prog, _main, args, USER_ERRORS)
+
+
+def _main(args: argparse.Namespace) -> int:
+    from .preflight import check_environment  # preflight imports this module
+
+    cfg = load_sweep_config(args)
+    check_trial(cfg, args.fold, str(args.config))
+    device = select_device(args.device)
+    # The same machine checks as the sweep's, before the data step writes folds and caches.
+    check_environment(cfg, [cfg.train], str(args.config), device=args.device)
+    res = run_trial(cfg, cfg.train, args.fold, device=device, progress=not args.quiet)
     print(f"candidate {res.candidate_id} fold {res.fold}: best epoch {res.best_epoch}, "
           f"val_acc {res.metrics['val_acc']:.4f}, val_loss {res.metrics['val_loss']:.4f} -> "
           f"{res.manifest_path}")

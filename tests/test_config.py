@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from sketchtune.config import (
     ConfigError,
@@ -227,3 +228,55 @@ def test_override_reaches_a_fixed_candidate_by_index(tmp_path):
 def test_override_with_a_duplicate_key_is_refused(tmp_path):
     with pytest.raises(ConfigError, match=r"--set .*duplicate key 'a'"):
         load_config(write(tmp_path, SPACE), ["search.space={a: 1, a: 2}"])
+
+
+@pytest.mark.parametrize("space, words", [
+    ({"batch_size": {"type": "uniform", "low": 16, "high": 64}},
+     ("search.space['batch_size']", "uniform", "integer")),
+    ({"epochs": {"type": "choice", "values": ["1", "2"]}},
+     ("search.space['epochs']", "'1'", "int")),
+    ({"model.name": {"type": "loguniform", "low": 1, "high": 3}},
+     ("search.space['model.name']", "choice")),
+    ({"model.pretrained": {"type": "choice", "values": [True, 0]}},
+     ("search.space['model.pretrained']", "bool")),
+])
+def test_search_dimension_must_fit_its_field_type(tmp_path, space, words):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"search": {"enabled": True, "space": space}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "\n" not in msg and str(path) in msg
+    for w in words:
+        assert w in msg, msg
+
+
+def test_search_dimensions_of_the_right_type_pass(tmp_path):
+    space = {"batch_size": {"type": "int", "low": 16, "high": 64},
+             "epochs": {"type": "choice", "values": [2, 3]},
+             "optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2},
+             "model.drop_path_rate": {"type": "choice", "values": [None, 0.1]},
+             "model.name": {"type": "choice", "values": ["test_resnet", "test_vit"]}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"search": {"enabled": True, "space": space}}))
+    assert set(load_config(path).search.space) == set(space)
+
+
+def test_grace_period_above_epochs_is_refused_naming_both_keys(tmp_path):
+    space = {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"train": {"epochs": 1},
+                                    "search": {"enabled": True, "grace_period": 2,
+                                               "space": space}}))
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert "search.grace_period=2" in msg and "train.epochs" in msg and str(path) in msg
+    # An epochs dimension that reaches the grace period is enough; no search, no ASHA check.
+    ok = {"train": {"epochs": 1}, "search": {"enabled": True, "grace_period": 2, "space": {
+        **space, "epochs": {"type": "int", "low": 1, "high": 2}}}}
+    path.write_text(yaml.safe_dump(ok))
+    assert load_config(path).search.grace_period == 2
+    path.write_text(yaml.safe_dump({"train": {"epochs": 1},
+                                    "search": {"enabled": False, "grace_period": 2}}))
+    assert load_config(path).train.epochs == 1

@@ -80,6 +80,9 @@ def test_trial_failing_every_retry_fails_the_sweep_with_one_line(tiny_cfg):
     err = done.stderr.strip().splitlines()[-1]
     assert err.startswith("sketchtune.sweep: error:")
     assert "2 cv trial(s) failed after 1 retries" in err
+    # The trial's own error, not Ray's wrapper of it, and once per cause, not per attempt.
+    assert "InjectedFault: injected fault at epoch 1" in err and "ray::" not in err
+    assert done.stderr.count("injected fault at epoch 1") == 2, done.stderr[-3000:]
     assert "Traceback" not in done.stdout
     runs, cv = cv_runs(cfg)
     parent = next(r for r in runs if r.data.tags.get("sketchtune.role") == "sweep")
@@ -170,3 +173,53 @@ def test_same_seed_same_folds_and_oof_predictions(tiny_cfg, tmp_path):
     assert outs[0].val_keys.tolist() == outs[1].val_keys.tolist()
     assert np.abs(outs[0].val_probs - outs[1].val_probs).max() < 1e-6
     assert np.abs(outs[0].test_probs - outs[1].test_probs).max() < 1e-6
+
+
+@pytest.mark.slow
+def test_failed_search_exits_1_with_root_cause_and_fixed_config_restarts(demo_dir, tmp_path):
+    """Every search trial fails: exit 1, one line with the trial's own error (reported once,
+    not per retry), no cv, no `next:`. The fixed config then runs in a new Ray experiment and
+    a new parent MLflow run, quietly, and its hints work with a space in the path."""
+    import shlex
+
+    from tests.conftest import tiny_config_dict, write_config
+
+    root = tmp_path / "my sweep"
+    root.mkdir()
+    space = {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}
+    raw = tiny_config_dict(demo_dir, root, **{
+        "data.n_folds": 2, "train.epochs": 1,
+        "search": {"enabled": True, "num_samples": 1, "space": space}})
+    path = write_config(root / "sweep.yaml", raw)
+    cfg = load_config(path)
+
+    failed = run_sweep_cli(path, "raise:1:-")
+    assert failed.returncode == 1, failed.stderr[-2000:]
+    last = failed.stderr.strip().splitlines()[-1]
+    assert last.startswith("sketchtune.sweep: error: search: none of its 1 trial(s)"), last
+    assert "InjectedFault: injected fault at epoch 1" in last and "ray::" not in last
+    # Two attempts (max_failures=1), one report of their common cause, and the last line.
+    assert failed.stderr.count("injected fault at epoch 1") == 2, failed.stderr[-3000:]
+    assert "Traceback" not in failed.stderr and "next:" not in failed.stdout
+    assert PredictionStore(cfg.sweep_dir).candidates() == []
+
+    raw["search"]["num_samples"] = 2  # the fix changes a param the parent run logged
+    write_config(path, raw)
+    done = run_sweep_cli(path, None)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "starting a fresh experiment" in done.stderr
+    assert "tracking call(s) failed" not in done.stderr
+    # --quiet: no Ray token notice, no MLflow INFO chatter; warnings only.
+    assert "Token authentication" not in done.stderr and " INFO " not in done.stderr
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.name)
+    parents = client.search_runs([exp.experiment_id], "tags.`sketchtune.role` = 'sweep'",
+                                 order_by=["attributes.start_time ASC"])
+    assert [r.info.status for r in parents] == ["FAILED", "FINISHED"]
+    assert parents[0].data.params["search.num_samples"] == "1"
+    assert parents[1].data.params["search.num_samples"] == "2"
+    lines = {ln.split(":", 1)[0]: ln for ln in done.stdout.splitlines() if ":" in ln}
+    nxt = shlex.split(lines["next"].split(":", 1)[1])
+    assert nxt[-1] == str(path), nxt
+    ui = lines["predictions"].split("MLflow: ", 1)[1]
+    assert shlex.split(ui)[:2] == ["cd", str(root)], ui
