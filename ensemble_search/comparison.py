@@ -18,7 +18,7 @@ import pandas as pd
 
 from sketchtune.config import EnsembleConfig
 
-from .correlation import error_overlap, prob_correlation
+from .correlation import error_correlation, error_overlap, prob_correlation
 from .load import OOFSet
 from .methods import auto_methods, build_method, fit_view, reported_methods
 from .metrics import log_loss_from_true
@@ -35,7 +35,8 @@ _log = logging.getLogger(__name__)
 class MethodResult:
     name: str
     weights: np.ndarray  # (M,) fitted on every OOF row
-    temperature: float
+    temperature: float  # one temperature on the average (log loss only)
+    temperatures: np.ndarray | None  # (M,) per-candidate calibration first, None: none
     oof_log_loss: float  # optimistic: the same rows chose the weights
     oof_acc: float
     honest: HonestScore
@@ -50,6 +51,7 @@ class Comparison:
     candidates: pd.DataFrame  # one row per candidate: candidate_table + weight
     correlation: np.ndarray  # (M, M) Pearson of flattened OOF probabilities
     error_overlap: np.ndarray  # (M, M) fraction of rows both get wrong
+    diversity: np.ndarray  # (M, M) phi correlation of error indicators (what `pruned` uses)
     seconds: float
 
     @property
@@ -96,15 +98,17 @@ def compare_methods(oof: OOFSet, cfg: EnsembleConfig) -> Comparison:
     names = reported_methods()
     factories = {name: partial(build_method, cfg, name) for name in names}
     honest = honest_estimate(probs, y, oof.folds, factories, facts)
-    corr = prob_correlation(probs)
+    corr = prob_correlation(probs)  # the picture of predictions; no method needs it
     every_row = OOFView(probs, y, facts=facts)
     results: dict[str, MethodResult] = {}
     for name in names:
-        method = fit_view(build_method(cfg, name), every_row, corr)
+        method = fit_view(build_method(cfg, name), every_row)
         p_true, right = method.score_view(every_row)
         results[name] = MethodResult(
             name=name, weights=np.asarray(method.weights_, dtype=np.float64),
             temperature=float(method.temperature_),
+            temperatures=None if method.temperatures_ is None
+            else np.asarray(method.temperatures_, dtype=np.float64),
             oof_log_loss=log_loss_from_true(p_true), oof_acc=float(right.mean()),
             honest=honest[name],
         )
@@ -115,7 +119,8 @@ def compare_methods(oof: OOFSet, cfg: EnsembleConfig) -> Comparison:
     return Comparison(
         method=chosen, requested=cfg.method, metric=cfg.metric, results=results,
         candidates=table, correlation=corr,
-        error_overlap=error_overlap(correct), seconds=time.perf_counter() - t0,
+        error_overlap=error_overlap(correct), diversity=error_correlation(correct),
+        seconds=time.perf_counter() - t0,
     )
 
 
@@ -142,7 +147,10 @@ def ensemble_summary(res: Comparison, oof: OOFSet, cfg: EnsembleConfig) -> dict:
     """The content of ensemble.json: what predict needs, and the evidence for the choice."""
     ids, names = oof.candidate_ids, oof.names
     w = res.chosen.weights
-    chosen = [{"candidate_id": ids[j], "name": names[j], "weight": float(w[j])}
+    temps = res.chosen.temperatures
+    chosen = [{"candidate_id": ids[j], "name": names[j], "weight": float(w[j]),
+               # per-candidate calibration (`optimized`): predict applies it before weighting
+               **({} if temps is None else {"temperature": float(temps[j])})}
               for j in sorted(np.flatnonzero(w), key=lambda j: (-w[j], j))]
     n_test = [mf.get("n_test") for mf in oof.manifests]
     return {

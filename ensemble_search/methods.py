@@ -4,8 +4,11 @@
 nested estimate's k-1 folds); `fit` is `fit_view` on every row.
 
 Every method averages class probabilities with non-negative weights that sum to 1
-(`weights_`, shape (M,)), optionally followed by a temperature (`temperature_`, 1.0 =
-none). A subclass that sets `name` registers itself in `METHODS` (Optuna's samplers,
+(`weights_`, shape (M,)). `optimized` may first calibrate each candidate (`temperatures_`,
+(M,), None = none) and may end with one temperature on the average (`temperature_`, 1.0 =
+none); that last one changes log loss only, never a predicted class.
+
+A subclass that sets `name` registers itself in `METHODS` (Optuna's samplers,
 timm's `register_model`): it says how it is built from the `ensemble` config section
 (`from_config`) and whether `method: auto` considers it (`in_auto`). The config's allowed
 `ensemble.method` values, `auto`, the reported methods and `--help` all read `METHODS`,
@@ -23,9 +26,10 @@ from scipy.optimize import minimize, minimize_scalar
 from scipy.special import logsumexp
 from threadpoolctl import threadpool_limits
 
-from .correlation import prob_correlation
+from .calibration import calibrated_log_true, candidate_temperatures
+from .correlation import error_correlation
 from .greedy import greedy_log_loss, select_accuracy, selection_weights, single_scores
-from .metrics import EPS, log_loss_from_true, weighted_probs
+from .metrics import EPS, calibrate, log_loss_from_true, weighted_probs
 from .oofview import OOFView
 
 if TYPE_CHECKING:  # the config is only read, never built, here
@@ -89,6 +93,7 @@ class EnsembleMethod(ABC):
     # candidate) are fitted and scored like the others, as a reference.
     in_auto: ClassVar[bool] = True
     weights_: np.ndarray
+    temperatures_: np.ndarray | None = None  # (M,) per-candidate calibration, None: none
     temperature_: float = 1.0
 
     def __init_subclass__(cls, **kwargs: object) -> None:
@@ -101,21 +106,17 @@ class EnsembleMethod(ABC):
         """The method with its settings from the sweep's `ensemble` section."""
         return cls()
 
-    def fit(self, probs: np.ndarray, targets: np.ndarray,
-            corr: np.ndarray | None = None) -> EnsembleMethod:
-        """probs: (M, N, C) float32 candidates' probabilities; targets: (N,) int.
-
-        corr: optional (M, M) `prob_correlation(probs)`, precomputed on these same rows.
-        """
-        return self.fit_view(OOFView(probs, targets), corr)
+    def fit(self, probs: np.ndarray, targets: np.ndarray) -> EnsembleMethod:
+        """probs: (M, N, C) float32 candidates' probabilities; targets: (N,) int."""
+        return self.fit_view(OOFView(probs, targets))
 
     @abstractmethod
-    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> EnsembleMethod:
-        """Fit on the view's rows and candidates without copying them; corr: (m, m) on them."""
+    def fit_view(self, data: OOFView) -> EnsembleMethod:
+        """Fit on the view's rows and candidates without copying them."""
 
     def predict_proba(self, probs: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """probs: (M, N, C) -> (N, C) float64 (or (len(rows), C) for the given rows)."""
-        out = weighted_probs(probs, self.weights_, rows)
+        out = weighted_probs(probs, self.weights_, rows, self.temperatures_)
         return apply_temperature(out, self.temperature_)
 
     def score_view(self, data: OOFView) -> tuple[np.ndarray, np.ndarray]:
@@ -125,7 +126,8 @@ class EnsembleMethod(ABC):
         per-row facts instead of summing (n, C) probabilities.
         """
         assert data.cands is None, "scores need every candidate"
-        if self.temperature_ == 1.0 and type(self).predict_proba is EnsembleMethod.predict_proba:
+        if (self.temperature_ == 1.0 and self.temperatures_ is None
+                and type(self).predict_proba is EnsembleMethod.predict_proba):
             return data.scores(self.weights_)
         pred = self.predict_proba(data.probs, data.rows)
         return pred[np.arange(data.n), data.targets], pred.argmax(axis=1) == data.targets
@@ -140,7 +142,7 @@ class MeanEnsemble(EnsembleMethod):
 
     name = "mean"
 
-    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> MeanEnsemble:
+    def fit_view(self, data: OOFView) -> MeanEnsemble:
         self.weights_ = np.full(data.m, 1.0 / data.m)
         return self
 
@@ -177,7 +179,7 @@ class GreedyEnsemble(EnsembleMethod):
             return greedy_log_loss(q, self.iterations, self.sorted_init)
         return select_accuracy(data, self.iterations, self.sorted_init)
 
-    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> GreedyEnsemble:
+    def fit_view(self, data: OOFView) -> GreedyEnsemble:
         m = data.m
         q = data.q if self.metric == "log_loss" else None
         if not self.bagging or m < 2:
@@ -199,68 +201,180 @@ class GreedyEnsemble(EnsembleMethod):
 
 
 class OptimizedEnsemble(EnsembleMethod):
-    """Non-negative weights summing to 1 that minimise log loss (SLSQP from the mean).
+    """Weights fitted by scipy on calibrated candidates, for the configured metric.
 
-    The loss is convex in the weights, so the optimum is global; if the solver returns
-    anything worse than the plain mean, the mean is kept. temperature: also fit one
-    temperature on the weighted average.
+    1. calibrate: a temperature per candidate (`temperatures_`), fitted on the fitting rows
+       (`calibration.candidate_temperatures`). Focal-loss models are under-confident; without
+       this a log-loss fit trusts sharp weak models over flat strong ones.
+    2. log loss of the weighted average of the calibrated candidates, minimised over the
+       simplex (SLSQP from the mean; convex, so the optimum is global).
+    3. metric "acc": a smooth surrogate of accuracy, the mean sigmoid of the margin between
+       the true class and a soft maximum of the strongest wrong classes (each row's best wrong
+       class of the heaviest candidates), optimised from the log-loss weights.
+    Among the plain mean, the log-loss weights and (acc) the surrogate's weights, the one
+    that scores best on the fitting rows by `metric` is kept (ties: the simpler, in that
+    order; for acc a more complex one must win by more than one standard error of the paired
+    difference), so `optimized` is the mean unless something clearly beats it where fitted.
+
+    temperature: then one temperature on the average (`temperature_`). It changes log loss
+    only, never a predicted class (it is monotone per row), and only this method has it. It
+    comes last and the weights are not refitted through it: the candidates are already
+    calibrated, so it only corrects the flattening that averaging itself causes, and a loss
+    through a temperature of the average is no longer convex in the weights.
     """
 
     name = "optimized"
 
-    def __init__(self, temperature: bool = False, tol: float = 1e-10) -> None:
-        self.temperature, self.tol = temperature, tol
+    def __init__(self, temperature: bool = False, metric: Metric = "log_loss",
+                 calibrate: bool = True, tol: float = 1e-10) -> None:
+        _check_metric(metric)
+        self.temperature, self.metric, self.calibrate, self.tol = (temperature, metric,
+                                                                   calibrate, tol)
 
     @classmethod
     def from_config(cls, cfg: EnsembleConfig) -> OptimizedEnsemble:
-        return cls(temperature=cfg.temperature)
+        return cls(temperature=cfg.temperature, metric=cfg.metric)
 
-    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> OptimizedEnsemble:
-        q = data.q  # (n, m)
-        m = q.shape[1]
-        w0 = np.full(m, 1.0 / m)
-
-        def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
-            s = np.clip(q @ w, EPS, None)
-            return float(-np.log(s).mean()), -(q / s[:, None]).mean(axis=0)
-
-        best_w, best = w0, log_loss_from_true(q @ w0)
-        if m > 1:
-            # One BLAS thread: SLSQP's small products gain nothing from more, and scipy's own
-            # OpenBLAS threads left spinning afterwards slow numpy's next product ~10x.
-            with threadpool_limits(1, user_api="blas"):
-                res = minimize(
-                    loss_grad, w0, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
-                    constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
-                                  "jac": lambda w: np.ones_like(w)}],
-                    options={"maxiter": 1000, "ftol": self.tol},
-                )
-            w = np.clip(res.x, 0.0, None)
-            w[w < 1e-8] = 0.0  # solver dust, not a weight anyone meant
-            if w.sum() > 0:
-                w = w / w.sum()
-                score = log_loss_from_true(q @ w)
-                if score <= best:
-                    best_w, best = w, score
-        self.weights_ = best_w
+    def fit_view(self, data: OOFView) -> OptimizedEnsemble:
+        m = data.m
+        mean = np.full(m, 1.0 / m)
+        temps = candidate_temperatures(data) if self.calibrate and m > 1 else np.ones(m)
+        log_q = calibrated_log_true(data, temps) if self.calibrate and m > 1 else \
+            np.log(np.clip(data.q, EPS, None))
+        q = np.exp(log_q)  # (n, m) calibrated p(true class)
+        options = [("mean", mean, None), ("log_loss", _min_log_loss(q, self.tol), temps)]
+        if self.metric == "acc" and m > 1:
+            comp = _Competitors(data, temps, options[1][1])
+            options.append(("soft_acc", comp.soft_accuracy_weights(options[1][1]), temps))
+            right = [comp.right(w, t) for _, w, t in options]
+            best = 0
+            for i in range(1, len(options)):
+                # Leave the simpler weighting only for a gain beyond noise on the fitting rows
+                # (McNemar, one standard error): on a few hundred rows a lucky handful of images
+                # is not a better ensemble.
+                gain = int((right[i] & ~right[best]).sum())
+                loss = int((right[best] & ~right[i]).sum())
+                if gain - loss > np.sqrt(gain + loss):
+                    best = i
+            scores = [0.0 if i == best else 1.0 for i in range(len(options))]
+        else:
+            # The mean's log loss is exact (T = 1: the summary is exact); the calibrated
+            # candidates' is approximated in the tail, as their fit was.
+            scores = [log_loss_from_true(data.q @ mean), log_loss_from_true(q @ options[1][1])]
+        name, w, t = options[int(np.argmin(scores))]  # first minimum: the simpler on ties
+        self.objective_, self.weights_ = name, w
+        self.temperatures_ = None if t is None or np.all(t == 1.0) else t
         self.temperature_ = 1.0
         if self.temperature:
-            self.temperature_ = fit_temperature(data.weighted(best_w), data.targets)
+            self.temperature_ = fit_temperature(data.weighted(w, self.temperatures_),
+                                                data.targets)
         return self
 
 
-class PrunedEnsemble(EnsembleMethod):
-    """Drop candidates whose OOF probabilities correlate above `threshold` with a better one.
+def _min_log_loss(q: np.ndarray, tol: float) -> np.ndarray:
+    """q: (n, m) p(true class) -> (m,) simplex weights minimising the average's log loss."""
+    m = q.shape[1]
+    w0 = np.full(m, 1.0 / m)
+    if m == 1:
+        return w0
 
-    Candidates are visited best first (by `metric` on the fitting rows); one is kept if its
-    Pearson correlation with every kept candidate is at most `threshold`. The kept ones are
-    then averaged (`then="mean"`) or selected greedily (`then="greedy"`).
+    def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+        s = np.clip(q @ w, EPS, None)
+        return float(-np.log(s).mean()), -(q / s[:, None]).mean(axis=0)
+
+    w = _simplex_minimize(loss_grad, w0, tol)
+    return w if log_loss_from_true(q @ w) <= log_loss_from_true(q @ w0) else w0
+
+
+def _simplex_minimize(fun, w0: np.ndarray, tol: float, maxiter: int = 1000) -> np.ndarray:
+    """SLSQP over non-negative weights summing to 1; solver dust (< 1e-8) set to 0."""
+    m = len(w0)
+    # One BLAS thread: SLSQP's small products gain nothing from more, and scipy's own
+    # OpenBLAS threads left spinning afterwards slow numpy's next product ~10x.
+    with threadpool_limits(1, user_api="blas"):
+        res = minimize(
+            fun, w0, jac=True, method="SLSQP", bounds=[(0.0, 1.0)] * m,
+            constraints=[{"type": "eq", "fun": lambda w: w.sum() - 1.0,
+                          "jac": lambda w: np.ones_like(w)}],
+            options={"maxiter": maxiter, "ftol": tol},
+        )
+    w = np.clip(res.x, 0.0, None)
+    w[w < 1e-8] = 0.0  # solver dust, not a weight anyone meant
+    return w / w.sum() if w.sum() > 0 else w0
+
+
+# Wrong classes per row that the accuracy surrogate competes against, and rows it fits on.
+_COMPETITORS = 6
+_SURROGATE_ROWS = 4096
+
+
+class _Competitors:
+    """Each fitting row's true class and its strongest wrong classes, for every candidate.
+
+    The wrong classes are the best wrong class of the `_COMPETITORS` heaviest candidates of
+    the log-loss weights (the ones an average's runner-up comes from). Accuracy on them is an
+    upper bound of the real one; it only chooses between weightings and seeds the surrogate.
+    """
+
+    def __init__(self, data: OOFView, temps: np.ndarray, w_start: np.ndarray) -> None:
+        m, n = data.m, data.n
+        rows = np.arange(n) if data.rows is None else data.rows
+        cands = np.arange(m) if data.cands is None else data.cands
+        heavy = np.argsort(-w_start, kind="stable")[: min(_COMPETITORS, m)]
+        classes = data.c_other[heavy].T  # (n, L)
+        raw = data.probs[cands[None, None, :], rows[:, None, None], classes[:, :, None]]
+        self.raw = raw.astype(np.float64)  # (n, L, m) at T = 1
+        self.raw_true = data.q  # (n, m)
+        s = 1.0 / temps
+        log_q = calibrated_log_true(data, temps)
+        lz = s * np.log(np.clip(data.q, EPS, None)) - log_q  # (n, m) log normaliser
+        self.cal = np.exp(s * np.log(np.clip(self.raw, EPS, None)) - lz[:, None, :])
+        self.cal_true = np.exp(log_q)
+
+    def _arrays(self, temps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        return (self.raw_true, self.raw) if temps is None else (self.cal_true, self.cal)
+
+    def right(self, w: np.ndarray, temps: np.ndarray | None) -> np.ndarray:
+        """(n,) bool: the true class beats every listed wrong class under weights w."""
+        true, wrong = self._arrays(temps)
+        return true @ w > (wrong @ w).max(axis=1)
+
+    def soft_accuracy_weights(self, w0: np.ndarray) -> np.ndarray:
+        """Simplex weights maximising mean sigmoid(margin / tau) from w0, on calibrated rows."""
+        true, wrong = self.cal_true, self.cal
+        step = max(1, len(true) // _SURROGATE_ROWS)  # a spread subset: the cost is per row
+        true, wrong = true[::step], wrong[::step]
+        margin0 = true @ w0 - (wrong @ w0).max(axis=1)
+        # tau: a quarter of the typical margin, so the sigmoid is sharp where rows are decided
+        # and still has slope for the rows near the boundary.
+        tau = max(0.25 * float(np.median(np.abs(margin0))), 1e-4)
+
+        def loss_grad(w: np.ndarray) -> tuple[float, np.ndarray]:
+            e = wrong @ w / tau  # (n, L)
+            soft = logsumexp(e, axis=1)
+            a = np.exp(e - soft[:, None])  # (n, L)
+            margin = true @ w / tau - soft
+            sig = 0.5 * (1.0 + np.tanh(0.5 * margin))
+            dm = (true - np.einsum("nl,nlm->nm", a, wrong)) / tau  # (n, m)
+            return -float(sig.mean()), -((sig * (1.0 - sig))[:, None] * dm).mean(axis=0)
+
+        return _simplex_minimize(loss_grad, w0, 1e-9, maxiter=100)
+
+
+class PrunedEnsemble(EnsembleMethod):
+    """Drop candidates whose errors correlate above `threshold` with a better one's.
+
+    Candidates are visited best first (by `metric` on the fitting rows); one is kept if the
+    phi correlation of its error indicators with every kept candidate's is at most
+    `threshold` (`correlation.error_correlation`: two models that err on the same images add
+    nothing to each other). The kept ones are then averaged (`then="mean"`) or selected
+    greedily (`then="greedy"`).
     """
 
     name = "pruned"
 
     def __init__(
-        self, threshold: float = 0.95, metric: Metric = "log_loss",
+        self, threshold: float = 0.7, metric: Metric = "log_loss",
         then: Literal["mean", "greedy"] = "mean", iterations: int = 25,
     ) -> None:
         if not -1.0 < threshold <= 1.0:
@@ -275,10 +389,10 @@ class PrunedEnsemble(EnsembleMethod):
     def from_config(cls, cfg: EnsembleConfig) -> PrunedEnsemble:
         return cls(cfg.prune_threshold, cfg.metric, cfg.prune_then, cfg.greedy_iterations)
 
-    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> PrunedEnsemble:
+    def fit_view(self, data: OOFView) -> PrunedEnsemble:
         m = data.m
         order = np.argsort(_single_losses(data, self.metric), kind="stable")
-        corr = prob_correlation(data.take()) if corr is None else corr
+        corr = error_correlation(data.correct)
         kept: list[int] = []
         for j in order:
             if all(corr[j, k] <= self.threshold for k in kept):
@@ -310,7 +424,7 @@ class BestSingle(EnsembleMethod):
     def from_config(cls, cfg: EnsembleConfig) -> BestSingle:
         return cls(cfg.metric)
 
-    def fit_view(self, data: OOFView, corr: np.ndarray | None = None) -> BestSingle:
+    def fit_view(self, data: OOFView) -> BestSingle:
         losses = _single_losses(data, self.metric)
         self.weights_ = np.zeros(data.m)
         self.weights_[int(np.argmin(losses))] = 1.0
@@ -324,13 +438,12 @@ def _single_losses(data: OOFView, metric: Metric) -> np.ndarray:
     return single_scores(None, data.correct)
 
 
-def fit_view(method: EnsembleMethod, data: OOFView,
-             corr: np.ndarray | None = None) -> EnsembleMethod:
+def fit_view(method: EnsembleMethod, data: OOFView) -> EnsembleMethod:
     """Fit `method` on a view. A subclass that overrides `fit` gets the rows copied, as its
     `fit(probs, targets)` expects; the methods here read the view in place."""
     if type(method).fit is not EnsembleMethod.fit:
-        return method.fit(data.take(), data.targets, corr)
-    return method.fit_view(data, corr)
+        return method.fit(data.take(), data.targets)
+    return method.fit_view(data)
 
 
 def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:
@@ -352,13 +465,7 @@ def fit_temperature(probs: np.ndarray, targets: np.ndarray) -> float:
 
 def apply_temperature(probs: np.ndarray, temperature: float) -> np.ndarray:
     """probs: (N, C) -> softmax(log(probs) / T), (N, C) float64; T = 1 returns probs."""
-    if temperature == 1.0:
-        return probs
-    z = np.log(np.clip(probs, EPS, None)) / temperature
-    z -= z.max(axis=1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=1, keepdims=True)
-    return z
+    return calibrate(probs, temperature)
 
 
 def unregister(name: str) -> None:

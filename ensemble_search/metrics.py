@@ -11,6 +11,7 @@ import numpy as np
 
 __all__ = [
     "EPS",
+    "calibrate",
     "log_loss",
     "log_loss_from_true",
     "true_class_probs",
@@ -40,17 +41,37 @@ def log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
 
 
 def weighted_probs(
-    probs: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None
+    probs: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None,
+    temperatures: np.ndarray | None = None,
 ) -> np.ndarray:
     """sum_j weights[j] * probs[j, rows] -> (n, C) float64; zero weights cost nothing.
 
-    probs: (M, N, C), weights: (M,), rows: optional (n,) row indices (default: all rows).
+    probs: (M, N, C), weights: (M,), rows: optional (n,) row indices (default: all rows);
+    temperatures: optional (M,) per-candidate temperatures, each candidate's probabilities
+    are calibrated first (`calibrate`: softmax(log p / T)); None or 1.0 leaves them as they are.
     """
     shape = probs.shape[1:] if rows is None else (len(rows), probs.shape[2])
     out = np.zeros(shape, dtype=np.float64)
     tmp = np.empty(shape, dtype=np.float64)  # reused: a fresh temporary per term costs page faults
     for j in np.flatnonzero(weights):
         part = probs[j] if rows is None else probs[j, rows]
+        if temperatures is not None and temperatures[j] != 1.0:
+            part = calibrate(part, float(temperatures[j]))
         np.multiply(part, weights[j], out=tmp)
         out += tmp
     return out
+
+
+def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
+    """probs: (N, C) -> softmax(log(probs) / T), (N, C) float64; T = 1 returns probs.
+
+    Monotone in each row: it never changes which class a row predicts, only how sure it is.
+    """
+    if temperature == 1.0:
+        return probs
+    z = np.log(np.clip(probs, EPS, None), dtype=np.float64)
+    z /= temperature
+    z -= z.max(axis=1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=1, keepdims=True)
+    return z

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .correlation import corr_from_gram, fold_gram
 from .methods import EnsembleMethod, fit_view
 from .metrics import EPS
 from .oofview import OOFView, RowFacts
@@ -50,12 +49,10 @@ def honest_estimate(
     the other folds' rows (`OOFView`, no copy) and is scored on the held-out rows from the
     per-row facts; facts: `RowFacts(probs, targets)` if the caller has them already.
     """
-    _, n, c = probs.shape
+    n = probs.shape[1]
     fold_ids = [int(k) for k in np.unique(folds)]
     if fold_ids[0] < 0:
         raise ValueError(f"fold ids must be non-negative but got {fold_ids[0]}.")
-    # Correlations for "every fold but k" from per-fold sums: one pass instead of k.
-    gram, sums = fold_gram(probs, folds)
     if len(fold_ids) < 2:
         raise ValueError(f"the honest estimate needs at least 2 folds but got {fold_ids}.")
     facts = RowFacts(probs, targets) if facts is None else facts
@@ -67,10 +64,8 @@ def honest_estimate(
         held = np.flatnonzero(folds == k)
         fit_rows = OOFView(probs, targets, train, facts=facts)
         held_rows = OOFView(probs, targets, held, facts=facts)
-        others = [f for f in fold_ids if f != k]
-        corr = corr_from_gram(gram[others].sum(axis=0), sums[others].sum(axis=0), len(train) * c)
         for name, make in methods.items():
-            method = fit_view(make(), fit_rows, corr)
+            method = fit_view(make(), fit_rows)
             pt, ok = method.score_view(held_rows)
             p_true[name][held], right[name][held] = pt, ok
             s = out[name]

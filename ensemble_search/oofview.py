@@ -138,6 +138,11 @@ class OOFView:
         return self._per_cand(self.facts.c_other)
 
     @property
+    def p_second(self) -> np.ndarray:
+        """(m, n) float64."""
+        return self._per_cand(self.facts.p_second)
+
+    @property
     def correct(self) -> np.ndarray:
         """(m, n) bool."""
         return self._per_cand(self.facts.correct)
@@ -167,9 +172,12 @@ class OOFView:
         w[self.cands] = weights
         return w
 
-    def weighted(self, weights: np.ndarray) -> np.ndarray:
-        """(m,) weights -> (n, C) float64 weighted sum of these rows (`weighted_probs`)."""
-        return weighted_probs(self.probs, self.full_weights(weights), self.rows)
+    def weighted(self, weights: np.ndarray,
+                 temperatures: np.ndarray | None = None) -> np.ndarray:
+        """(m,) weights (and per-candidate temperatures) -> (n, C) float64 weighted sum of
+        these rows (`weighted_probs`)."""
+        temps = None if temperatures is None else self.full_weights(temperatures)
+        return weighted_probs(self.probs, self.full_weights(weights), self.rows, temps)
 
     def scores(self, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(m,) weights -> (n,) float64 p(true class) and (n,) bool argmax == target.

@@ -2,9 +2,9 @@
 
 Each chosen candidate's test probability is the mean over its fold models (from the
 prediction store), matched to test.csv's rows by image_path (never by position: every fold
-records the test images it predicted); the ensemble is their weighted average, then the
-temperature. Writes
-`submission.csv` (ID,image_path,target in test.csv order) and `test_probs.npy` (float32
+records the test images it predicted); the ensemble is their weighted average (each
+calibrated first by its own temperature, if ensemble.json gives one), then the temperature.
+Writes `submission.csv` (ID,image_path,target in test.csv order) and `test_probs.npy` (float32
 (n_test, C)) under `<sweep>/ensemble/` (or --out), and logs the run `ensemble-predict`.
 With --images CSV it predicts that CSV's images with the saved fold weights instead
 (relative paths under --image-root, default the CSV's folder; absolute paths as they are).
@@ -38,7 +38,8 @@ _log = logging.getLogger(__name__)
 
 def ensemble_predict(probs: np.ndarray, spec: EnsembleSpec) -> np.ndarray:
     """probs: (M, n, C) in spec's candidate order -> (n, C) float32 ensemble probabilities."""
-    out = apply_temperature(weighted_probs(probs, spec.weights), spec.temperature)
+    out = apply_temperature(weighted_probs(probs, spec.weights, temperatures=spec.temperatures),
+                            spec.temperature)
     return out.astype(np.float32)
 
 

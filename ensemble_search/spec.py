@@ -32,6 +32,9 @@ class CandidateWeight(BaseModel):
 
     candidate_id: Annotated[StrictStr, Field(min_length=1)]
     weight: _Weight
+    # This candidate's own calibration, applied before weighting (`optimized` fits one per
+    # candidate); absent: 1.0, none.
+    temperature: _Temperature = 1.0
 
 
 class EnsembleSpec(BaseModel):
@@ -67,6 +70,11 @@ class EnsembleSpec(BaseModel):
     @property
     def ids(self) -> list[str]:
         return [c.candidate_id for c in self.candidates]
+
+    @property
+    def temperatures(self) -> np.ndarray:
+        """(M,) float64 per-candidate temperatures, in `candidates` order (1.0: none)."""
+        return np.array([c.temperature for c in self.candidates], dtype=np.float64)
 
     @property
     def weights(self) -> np.ndarray:

@@ -549,13 +549,12 @@ class EnsembleConfig(Strict):
         "held-out one) on `metric`, so the choice is not made on the rows that fitted it.",
     )
     metric: Annotated[Literal["log_loss", "acc"], BeforeValidator(_metric_name)] = Field(
-        "log_loss",
-        description="What greedy selection, pruning's ranking and the best single candidate "
-        "optimise, and what `auto` compares (`optimized` always minimises log loss). log_loss: "
-        "it rewards calibrated probabilities, separates candidates that accuracy ties, and the "
-        "search is about twice as fast (benchmarks/RESULTS-ensemble.md); acc (accuracy; the older "
-        "spelling `accuracy` is accepted) is the competition's metric (the shipped configs set "
-        "it).",
+        "acc",
+        description="What greedy selection, `optimized` (a smooth surrogate of accuracy from "
+        "its log-loss weights), pruning's ranking and the best single candidate optimise, and "
+        "what `auto` compares. acc (accuracy; the older spelling `accuracy` is accepted): the "
+        "competition's metric and both shipped configs'. log_loss rewards calibrated "
+        "probabilities and separates candidates that accuracy ties.",
     )
     greedy_iterations: Int = Field(
         25, ge=1,
@@ -575,13 +574,20 @@ class EnsembleConfig(Strict):
     )
     temperature: Bool = Field(
         False,
-        description="Also fit one temperature after `optimized`'s weights. Off: it can only "
-        "improve log loss; it never changes a row's predicted class under the same weights.",
+        description="Also fit one temperature on `optimized`'s average, after its weights (only "
+        "`optimized` has it). It changes log loss only, never accuracy: it never changes a row's "
+        "predicted class. It comes after the weights because the candidates are already "
+        "calibrated one by one before them (a temperature each, always on); this one only "
+        "undoes the flattening that averaging causes. Off: accuracy is the metric.",
     )
     prune_threshold: Float = Field(
-        0.95, gt=-1.0, le=1.0,
-        description="`pruned` drops a candidate whose OOF probabilities correlate above this "
-        "with a better one. 0.95: only near-duplicates go.",
+        0.7, gt=-1.0, le=1.0,
+        description="`pruned` drops a candidate whose errors correlate (phi of the 'wrong on "
+        "this image' indicators) above this with a better one's. Errors, not probabilities: "
+        "every decent model puts its mass on the true class, so probability correlations sit "
+        "near 0.9 for models that still err differently. 0.7: chosen by measurement "
+        "(benchmarks/RESULTS-ensemble.md); it drops models whose mistakes mostly repeat a "
+        "better one's.",
     )
     prune_then: Literal["mean", "greedy"] = Field(
         "mean",

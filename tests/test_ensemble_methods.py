@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from ensemble_search.comparison import compare_methods, flat_metrics
-from ensemble_search.correlation import corr_from_gram, fold_gram
+from ensemble_search.correlation import corr_from_gram, error_correlation, fold_gram
 from ensemble_search.greedy import greedy_log_loss, greedy_reference, select_accuracy
 from ensemble_search.load import OOFSet
 from ensemble_search.methods import (
@@ -26,7 +26,7 @@ from ensemble_search.methods import (
 )
 from ensemble_search.metrics import log_loss, true_class_probs
 from ensemble_search.nested import honest_estimate
-from ensemble_search.oofview import OOFView
+from ensemble_search.oofview import OOFView, RowFacts
 from sketchtune.config import EnsembleConfig
 from tests.ensemble_fixtures import make_probs, softmax
 
@@ -87,8 +87,9 @@ def test_optimized_temperature_never_raises_log_loss():
     rng = np.random.default_rng(3)
     probs, y = make_probs(rng, [0.5, 0.5], 200, 5)
     probs = softmax(np.log(probs) * 4)  # overconfident: a temperature > 1 helps
-    plain = OptimizedEnsemble().fit(probs, y)
-    temp = OptimizedEnsemble(temperature=True).fit(probs, y)
+    # Without per-candidate calibration the global temperature must undo the overconfidence.
+    plain = OptimizedEnsemble(calibrate=False).fit(probs, y)
+    temp = OptimizedEnsemble(temperature=True, calibrate=False).fit(probs, y)
     assert temp.temperature_ > 1.0
     assert log_loss(temp.predict_proba(probs), y) < log_loss(plain.predict_proba(probs), y)
     assert np.array_equal(apply_temperature(probs[0], 1.0), probs[0])
@@ -106,9 +107,9 @@ def test_pruned_drops_duplicate_of_better_candidate():
 class _Spy(MeanEnsemble):
     seen: list[np.ndarray] = []
 
-    def fit(self, probs, targets, corr=None):
+    def fit(self, probs, targets):
         _Spy.seen.append(probs[0, :, 0].copy())  # the row ids planted below
-        return super().fit(probs, targets, corr)
+        return super().fit(probs, targets)
 
 
 def test_nested_estimate_never_sees_held_out_fold():
@@ -243,7 +244,7 @@ def test_new_method_class_is_usable_by_name_from_config_and_comparison():
 
         name = "last_candidate"
 
-        def fit_view(self, data, corr=None):
+        def fit_view(self, data):
             self.weights_ = np.zeros(data.m)
             self.weights_[-1] = 1.0
             return self
@@ -267,3 +268,98 @@ def test_new_method_class_is_usable_by_name_from_config_and_comparison():
     assert "last_candidate" not in METHODS
     with pytest.raises(ValidationError, match="last_candidate"):
         EnsembleConfig(method="last_candidate")
+
+
+def _focal_like(seed: int, n: int = 1500, c: int = 30) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One strong but under-confident candidate (flat, as focal loss leaves it) and five
+    weaker, sharp ones: a log-loss fit of raw probabilities trusts the sharp ones."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, c))
+    y = rng.integers(0, c, n)
+    z[np.arange(n), y] += 3.0
+    shared = rng.normal(size=(n, c))
+    probs = [softmax((z + 0.5 * shared + 0.8 * rng.normal(size=(n, c))) / 4.0)]
+    probs += [softmax(2.0 * (0.6 * z + 0.5 * shared + rng.normal(size=(n, c)))) for _ in range(5)]
+    return np.stack(probs), y, rng.permutation(np.arange(n) % 5)
+
+
+@pytest.mark.parametrize("metric", ["acc", "log_loss"])
+def test_optimized_calibrates_underconfident_strong_candidate(metric):
+    for seed in range(2):
+        probs, y, folds = _focal_like(seed)
+        single = (probs.argmax(axis=2) == y).mean(axis=1)
+        assert single[0] > single[1:].max() + 0.15  # the flat one is the strong one
+        res = compare_methods(_oof_set(probs, y, folds), EnsembleConfig(metric=metric))
+        opt, mean = res.results["optimized"], res.results["mean"]
+        assert opt.temperatures is not None and opt.temperatures[0] < 1.0  # sharpened
+        assert opt.honest.acc > mean.honest.acc + 0.05, seed  # labels held back
+        assert opt.honest.acc >= res.results["best_single"].honest.acc - 0.01, seed
+
+
+def test_optimized_with_acc_never_below_mean_on_held_out_folds():
+    rng = np.random.default_rng(12)
+    for trial in range(4):
+        m = int(rng.integers(2, 6))
+        probs, y = make_probs(rng, list(rng.uniform(0.0, 2.5, m)), 400, 8)
+        probs = softmax(np.log(probs) * rng.uniform(0.3, 3.0, m)[:, None, None])  # mixed scales
+        res = compare_methods(_oof_set(probs, y, np.arange(400) % 4), EnsembleConfig())
+        assert (res.results["optimized"].honest.acc
+                >= res.results["mean"].honest.acc - 0.01), trial
+
+
+def test_per_candidate_temperatures_are_applied_before_weighting():
+    rng = np.random.default_rng(13)
+    probs, y = make_probs(rng, [1.0, 0.5, 1.5], 60, 5)
+    method = OptimizedEnsemble().fit(probs, y)
+    method.weights_ = np.array([0.5, 0.0, 0.5])
+    method.temperatures_ = np.array([0.5, 3.0, 2.0])
+    want = 0.5 * apply_temperature(probs[0].astype(np.float64), 0.5) + \
+        0.5 * apply_temperature(probs[2].astype(np.float64), 2.0)
+    assert np.allclose(method.predict_proba(probs), want, atol=1e-12)
+    p_true, right = method.score_view(OOFView(probs, y))
+    assert np.array_equal(right, want.argmax(axis=1) == y)
+    assert np.allclose(p_true, want[np.arange(60), y], atol=1e-12)
+
+
+def test_error_correlation_is_phi_of_error_indicators():
+    rng = np.random.default_rng(14)
+    correct = rng.uniform(size=(4, 200)) < [[0.9], [0.7], [0.5], [0.8]]
+    correct[3] = correct[1]  # the same errors: 1
+    corr = error_correlation(correct)
+    assert np.allclose(corr, np.corrcoef((~correct).astype(float)), atol=1e-12)
+    assert corr[1, 3] == pytest.approx(1.0)
+    correct[0] = True  # never wrong: no error variance, shares nothing
+    assert error_correlation(correct)[0, 1:].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_pruned_drops_clones_of_a_weak_candidate_that_swamp_the_mean():
+    # Three good candidates with independent errors and five near-copies of a weak one:
+    # the plain mean is the weak one's vote five times over; pruning on errors keeps one copy.
+    rng = np.random.default_rng(15)
+    n, c = 600, 6
+    y = rng.integers(0, c, n)
+    good, _ = make_probs(rng, [2.0, 2.0, 2.0], n, c, targets=y)
+    weak, _ = make_probs(rng, [0.6], n, c, targets=y)
+    clones = softmax(np.log(weak) * 3 + 0.05 * rng.normal(size=(5, n, c)))
+    probs = np.concatenate([good, clones])
+    err = error_correlation(RowFacts(probs, y).correct)
+    assert np.median(err[3:, 3:][np.triu_indices(5, 1)]) > 0.7
+    assert err[:3, :3][np.triu_indices(3, 1)].max() < 0.7
+    p = PrunedEnsemble().fit(probs, y)  # the default threshold
+    assert set(p.kept_.tolist()) >= {0, 1, 2} and len(set(p.kept_.tolist()) & {3, 4, 5, 6, 7}) == 1
+    res = compare_methods(_oof_set(probs, y, np.arange(n) % 5), EnsembleConfig())
+    assert res.results["pruned"].honest.acc > res.results["mean"].honest.acc
+    assert res.diversity.shape == (8, 8)
+
+
+def test_auto_with_metric_acc_picks_best_honest_accuracy():
+    # The path both shipped configs take (metric acc is also the default).
+    assert EnsembleConfig().metric == "acc"
+    rng = np.random.default_rng(16)
+    probs, y = make_probs(rng, [0.2, 0.4, 2.5, 0.3], 300, 5)
+    res = compare_methods(_oof_set(probs, y, np.arange(300) % 5), EnsembleConfig(method="auto"))
+    assert res.metric == "acc"
+    best = max(auto_methods(), key=lambda k: res.results[k].honest.acc)
+    assert res.results[res.method].honest.acc == res.results[best].honest.acc
+    assert res.chosen.weights[2] == res.chosen.weights.max()
+    assert res.results["greedy"].honest.acc >= res.results["mean"].honest.acc

@@ -1,0 +1,89 @@
+"""A temperature per candidate, fitted from the per-row facts without touching (N, C) arrays.
+
+Focal loss leaves a model under-confident: its probabilities are flat even where it is
+right, so a log-loss fit of the weights ranks it below a weaker, sharper model. Fitting each
+candidate's temperature first (softmax(log p / T_j), Guo et al. 2017, per candidate) puts
+every candidate on the scale of its real accuracy before the weights are chosen.
+
+The exact log loss of softmax(s * log p) needs every class of every row at every step. Here
+each row is summarised by what `RowFacts` already holds: p(true class), the best and the
+second-best wrong class, and the rest of the mass `r` spread evenly over the other C - 3
+classes. The normaliser sum_c p_c^s is exact at s = 1 and for the three named classes; the
+tail is approximated (it matters little: a sharpened tail vanishes, and the fit only needs
+the temperature to a few per cent). Scores are never computed from this: the methods score
+calibrated probabilities exactly (`metrics.weighted_probs(..., temperatures=...)`).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.special import logsumexp
+
+from .metrics import EPS
+from .oofview import OOFView
+
+__all__ = ["calibrated_log_true", "candidate_temperatures", "row_summary"]
+
+# Inverse temperatures searched: T in [1/20, 20], as `methods.fit_temperature`.
+_S_MIN, _S_MAX = 1.0 / 20.0, 20.0
+_NEWTON_STEPS = 60
+
+
+def row_summary(view: OOFView) -> tuple[np.ndarray, np.ndarray]:
+    """(n, m, 4) log values and (4,) log multiplicities: true class, best wrong, second wrong,
+    one of the k = C - 3 tail classes holding r / k each. log sum_c p_c^s ~ logsumexp(b + s l)."""
+    c = view.probs.shape[2]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(view.q, EPS, None)  # (n, m)
+        p_o = np.clip(view.p_other.T, 0.0, None)  # -inf (no such class) -> 0
+        p_2 = np.clip(view.p_second.T, 0.0, None)
+        k = max(c - 3, 0)
+        tail = np.clip(1.0 - q - p_o - p_2, 0.0, None) / max(k, 1)
+        logs = np.log(np.stack([q, p_o, p_2, tail], axis=-1))  # log 0 = -inf: absent
+    mult = np.array([0.0, 0.0, 0.0, np.log(k) if k else -np.inf])
+    return logs, mult
+
+
+def _log_norm(logs: np.ndarray, mult: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, ...]:
+    """log Z(s) (n, m) and the weights of the four terms (n, m, 4) under softmax(b + s l)."""
+    z = mult + s[None, :, None] * np.where(np.isfinite(logs), logs, 0.0)
+    z = np.where(np.isfinite(logs) & np.isfinite(mult), z, -np.inf)
+    lz = logsumexp(z, axis=-1)
+    return lz, np.exp(z - lz[..., None])
+
+
+def candidate_temperatures(view: OOFView) -> np.ndarray:
+    """(m,) temperature of each candidate minimising its log loss on the view's rows.
+
+    Safeguarded Newton on s = 1/T: the loss is convex in s, so its slope is increasing and
+    brackets the minimum; a Newton step that leaves the bracket is replaced by a geometric
+    bisection (plain Newton overshoots on flat rows). T is kept in [1/20, 20].
+    """
+    logs, mult = row_summary(view)
+    l_true = logs[..., 0]
+    finite = np.where(np.isfinite(logs), logs, 0.0)
+    lo, hi = np.full(view.m, _S_MIN), np.full(view.m, _S_MAX)
+    s = np.ones(view.m)
+    for _ in range(_NEWTON_STEPS):
+        _, w = _log_norm(logs, mult, s)
+        mean_l = (w * finite).sum(axis=-1)  # (n, m): d log Z / ds
+        var_l = (w * finite**2).sum(axis=-1) - mean_l**2
+        grad = (mean_l - l_true).mean(axis=0)
+        hess = np.clip(var_l.mean(axis=0), 1e-12, None)
+        hi = np.where(grad > 0, s, hi)
+        lo = np.where(grad <= 0, s, lo)
+        new = s - grad / hess
+        new = np.where((new > lo) & (new < hi), new, np.sqrt(lo * hi))
+        done = np.abs(new - s) < 1e-7 * s
+        s = new
+        if done.all():
+            break
+    return 1.0 / s
+
+
+def calibrated_log_true(view: OOFView, temperatures: np.ndarray) -> np.ndarray:
+    """(n, m) log p(true class) of each candidate at its temperature (tail approximated)."""
+    logs, mult = row_summary(view)
+    s = 1.0 / np.asarray(temperatures, dtype=np.float64)
+    lz, _ = _log_norm(logs, mult, s)
+    return s[None, :] * logs[..., 0] - lz
