@@ -5,7 +5,8 @@ Rows follow the folds file (`image_path,target,fold`, the file every trial reads
 (image_path, target) must agree with it. A candidate is complete when its folds' validation
 rows cover every train row exactly once; incomplete ones are skipped (search-stage trials
 have one fold) unless named explicitly. Test predictions are matched to test.csv rows by
-image_path (`load_test_probs`), never by position.
+image_path, never by position: averaged over each candidate's folds (`load_test_probs`, what
+predict needs) or fold by fold (`load_fold_test_probs`, for the submission estimate).
 """
 
 from __future__ import annotations
