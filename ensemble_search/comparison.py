@@ -19,14 +19,19 @@ import pandas as pd
 from sketchtune.config import EnsembleConfig
 
 from .correlation import error_correlation, error_overlap, prob_correlation
+from .estimate import SubmissionEstimate
 from .load import OOFSet
 from .methods import auto_methods, build_method, fit_view, reported_methods
 from .metrics import log_loss_from_true
 from .nested import HonestScore, honest_estimate
 from .oofview import OOFView, RowFacts
 
-__all__ = ["Comparison", "MethodResult", "candidate_table", "choose", "compare_methods",
-           "ensemble_summary", "flat_metrics"]
+__all__ = ["ESTIMATE_SCORES", "Comparison", "MethodResult", "candidate_table", "choose",
+           "compare_methods", "ensemble_summary", "estimate_section", "flat_metrics"]
+
+# ensemble.json's scores and MLflow's metrics for the submission estimate, one flat name each.
+ESTIMATE_SCORES = ("submission_estimate_acc", "submission_estimate_low",
+                   "submission_estimate_high")
 
 _log = logging.getLogger(__name__)
 
@@ -124,9 +129,11 @@ def compare_methods(oof: OOFSet, cfg: EnsembleConfig) -> Comparison:
     )
 
 
-def flat_metrics(res: Comparison) -> dict[str, float]:
+def flat_metrics(res: Comparison,
+                 estimate: SubmissionEstimate | None = None) -> dict[str, float]:
     """Flat metric names `<scope>_<acc|log_loss>`: `ensemble_*` for the chosen method,
-    `<method>_*` for each one (`mean_honest_acc`, `best_single_oof_log_loss`)."""
+    `<method>_*` for each one (`mean_honest_acc`, `best_single_oof_log_loss`); with an
+    estimate, `submission_estimate_{acc,low,high}` (`ESTIMATE_SCORES`)."""
     out: dict[str, float] = {}
     for prefix, r in [("ensemble", res.chosen), *res.results.items()]:
         out[f"{prefix}_oof_acc"] = r.oof_acc
@@ -136,15 +143,33 @@ def flat_metrics(res: Comparison) -> dict[str, float]:
     out["n_candidates"] = float(len(res.candidates))
     out["n_chosen"] = float((res.chosen.weights > 0).sum())
     out["ensemble_temperature"] = res.chosen.temperature
+    if estimate is not None:
+        out.update(zip(ESTIMATE_SCORES, (estimate.acc, estimate.low, estimate.high),
+                       strict=True))
     return out
+
+
+def estimate_section(res: Comparison, estimate: SubmissionEstimate | None,
+                     why: str = "", **extra: object) -> dict:
+    """ensemble.json's `submission_estimate`: the chosen method's estimate and its parts
+    (`SubmissionEstimate.as_dict`, plus `extra`), or `available: false` and why not."""
+    if estimate is None:
+        return {"available": False, "method": res.method, "reason": why, **extra}
+    return {"available": True, "method": res.method, **estimate.as_dict(), **extra}
 
 
 def _weights(r: MethodResult, ids: list[str]) -> dict[str, float]:
     return {ids[j]: float(r.weights[j]) for j in np.flatnonzero(r.weights)}
 
 
-def ensemble_summary(res: Comparison, oof: OOFSet, cfg: EnsembleConfig) -> dict:
-    """The content of ensemble.json: what predict needs, and the evidence for the choice."""
+def ensemble_summary(res: Comparison, oof: OOFSet, cfg: EnsembleConfig,
+                     estimate: SubmissionEstimate | None = None,
+                     estimate_info: dict | None = None) -> dict:
+    """The content of ensemble.json: what predict needs, and the evidence for the choice.
+
+    `estimate`: the submission estimate, or None when it could not be made; its scores are
+    then null and `estimate_info` (from `estimate_section`) says why.
+    """
     ids, names = oof.candidate_ids, oof.names
     w = res.chosen.weights
     temps = res.chosen.temperatures
@@ -164,9 +189,14 @@ def ensemble_summary(res: Comparison, oof: OOFSet, cfg: EnsembleConfig) -> dict:
         "n_train": len(oof.targets),
         "n_folds": len(np.unique(oof.folds)),
         "n_test": n_test[0] if n_test and len(set(n_test)) == 1 else None,
-        "scores": flat_metrics(res),
+        "scores": {**dict.fromkeys(ESTIMATE_SCORES), **flat_metrics(res, estimate)},
         "note": "oof_* scores weights fitted on every OOF row (optimistic); honest_* scores "
-                "weights fitted on k-1 folds on the held-out fold.",
+                "weights fitted on k-1 folds on the held-out fold (one fold model per row); "
+                "submission_estimate_* is the expected test accuracy of the submission, which "
+                "averages every fold model, with its interval (null when the test "
+                "predictions could not be loaded).",
+        "submission_estimate": estimate_info if estimate_info is not None
+        else estimate_section(res, estimate, "not computed"),
         "methods": {
             name: {
                 "weights": _weights(r, ids), "temperature": r.temperature,

@@ -5,7 +5,8 @@ Rows follow the folds file (`image_path,target,fold`, the file every trial reads
 (image_path, target) must agree with it. A candidate is complete when its folds' validation
 rows cover every train row exactly once; incomplete ones are skipped (search-stage trials
 have one fold) unless named explicitly. Test predictions are matched to test.csv rows by
-image_path (`load_test_probs`), never by position.
+image_path, never by position: averaged over each candidate's folds (`load_test_probs`, what
+predict needs) or fold by fold (`load_fold_test_probs`, for the submission estimate).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ __all__ = [
     "TrainRows",
     "check_probs",
     "display_name",
+    "load_fold_test_probs",
     "load_oof",
     "load_test_probs",
     "read_test_keys",
@@ -324,6 +326,47 @@ def _fold_test_probs(store: PredictionStore, cid: str, k: int, index: pd.Index,
     return fp.test_probs[at], fp.test_keys
 
 
+def _candidate_fold_test(store: PredictionStore, cid: str, index: pd.Index | None,
+                         raw: np.ndarray | None, source: str | Path | None,
+                         n_folds: dict[str, int] | None
+                         ) -> tuple[list[int], list[np.ndarray], pd.Index, np.ndarray | None]:
+    """Candidate `cid`'s fold ids and each fold's (n, C) test probabilities in `index` order.
+
+    `index`/`raw` None: the first fold's own order, returned for the next candidate. Every
+    fold 0..n_folds-1 must be present and have predicted the same test images.
+    """
+    have = store.folds(cid)
+    if not have:
+        raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} is not in the store")
+    want = (n_folds or {}).get(cid) or store.read_manifest(cid, have[0]).get("n_folds")
+    missing = sorted(set(range(int(want or len(have)))) - set(have))
+    if missing:
+        raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} is missing "
+                            f"fold(s) {missing}; run the sweep again to finish them")
+    if index is None:  # no test.csv given: the order the first fold predicted
+        raw = store.read_fold(cid, have[0]).test_keys
+        index = pd.Index([image_key(x) for x in raw]) if raw is not None else None
+    where = str(source or "test.csv")
+    per_fold: list[np.ndarray] = []
+    ref_keys = None
+    for k in have:
+        probs, keys = _fold_test_probs(store, cid, k, index, raw, where)
+        if ref_keys is None:
+            ref_keys = set(keys.tolist())
+        elif set(keys.tolist()) != ref_keys:
+            raise EnsembleError(
+                f"{store.candidate_dir(cid) / f'fold{k}.npz'}: predicted other test images "
+                f"than fold {have[0]} of candidate {cid} (test_keys differ); its folds come "
+                "from different test.csv files: delete the stale fold and run the sweep "
+                "again")
+        if per_fold and probs.shape[1] != per_fold[0].shape[1]:
+            raise EnsembleError(f"{store.candidate_dir(cid) / f'fold{k}.npz'}: "
+                                f"{probs.shape[1]} classes, fold {have[0]} has "
+                                f"{per_fold[0].shape[1]}")
+        per_fold.append(probs)
+    return have, per_fold, index, raw
+
+
 def load_test_probs(store: PredictionStore, candidate_ids: list[str],
                     test_keys: np.ndarray | list[str] | None = None, *,
                     source: str | Path | None = None,
@@ -339,36 +382,42 @@ def load_test_probs(store: PredictionStore, candidate_ids: list[str],
     raw = None if test_keys is None else np.asarray(test_keys, dtype=str)
     index = None if raw is None else pd.Index([image_key(x) for x in raw])
     for cid in candidate_ids:
-        have = store.folds(cid)
-        if not have:
-            raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} is not in the store")
-        want = (n_folds or {}).get(cid) or store.read_manifest(cid, have[0]).get("n_folds")
-        missing = sorted(set(range(int(want or len(have)))) - set(have))
-        if missing:
-            raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} is missing "
-                                f"fold(s) {missing}; run the sweep again to finish them")
-        if index is None:  # no test.csv given: the order the first fold predicted
-            raw = store.read_fold(cid, have[0]).test_keys
-            index = pd.Index([image_key(x) for x in raw]) if raw is not None else None
-        where = source or "test.csv"
-        total, ref_keys = None, None
-        for k in have:
-            probs, keys = _fold_test_probs(store, cid, k, index, raw, str(where))
-            if ref_keys is None:
-                ref_keys = set(keys.tolist())
-            elif set(keys.tolist()) != ref_keys:
-                raise EnsembleError(
-                    f"{store.candidate_dir(cid) / f'fold{k}.npz'}: predicted other test images "
-                    f"than fold {have[0]} of candidate {cid} (test_keys differ); its folds come "
-                    "from different test.csv files: delete the stale fold and run the sweep "
-                    "again")
-            if total is not None and probs.shape[1] != total.shape[1]:
-                raise EnsembleError(f"{store.candidate_dir(cid) / f'fold{k}.npz'}: "
-                                    f"{probs.shape[1]} classes, fold {have[0]} has "
-                                    f"{total.shape[1]}")
-            total = probs.astype(np.float64) if total is None else total + probs
+        _, per_fold, index, raw = _candidate_fold_test(store, cid, index, raw, source, n_folds)
+        total = np.sum(per_fold, axis=0, dtype=np.float64)
         if out and total.shape != out[0].shape:
             raise EnsembleError(f"{store.candidate_dir(cid)}: test probabilities {total.shape} "
                                 f"but candidate {candidate_ids[0]} has {out[0].shape}")
-        out.append((total / len(have)).astype(np.float32))
+        out.append((total / len(per_fold)).astype(np.float32))
     return np.stack(out)
+
+
+def load_fold_test_probs(store: PredictionStore, candidate_ids: list[str],
+                         test_keys: np.ndarray | list[str], *, source: str | Path | None = None,
+                         n_folds: int) -> np.ndarray:
+    """(M, K, n_test, C) float32: each candidate's K fold models' test probabilities, unaveraged.
+
+    What the submission estimate needs (`estimate.estimate_submission`): fold k of every
+    candidate at [:, k], rows in `test_keys` order, matched by image_path with the same
+    checks as `load_test_probs`. Every candidate must have exactly folds 0..n_folds-1, the
+    folds of the OOF rows. About n_test x C x 4 bytes per fold: load only the candidates
+    the submission uses (100 MB each at the competition's 10,014 x 500, K = 5).
+    """
+    raw = np.asarray(test_keys, dtype=str)
+    index = pd.Index([image_key(x) for x in raw])
+    out: np.ndarray | None = None
+    for j, cid in enumerate(candidate_ids):
+        have, per_fold, _, _ = _candidate_fold_test(store, cid, index, raw, source,
+                                                    {cid: n_folds})
+        if have != list(range(n_folds)):
+            raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} has folds {have} "
+                                f"but the OOF rows have folds 0..{n_folds - 1}")
+        if out is None:  # filled in place: no second (M, K, n_test, C) copy from a stack
+            out = np.empty((len(candidate_ids), n_folds, *per_fold[0].shape), dtype=np.float32)
+        if per_fold[0].shape != out.shape[2:]:
+            raise EnsembleError(f"{store.candidate_dir(cid)}: test probabilities "
+                                f"{per_fold[0].shape} but candidate {candidate_ids[0]} has "
+                                f"{out.shape[2:]}")
+        out[j] = per_fold
+    if out is None:
+        raise EnsembleError("no candidate given to load test probabilities for")
+    return out

@@ -1,9 +1,18 @@
 """`python -m ensemble_search.optimize`: choose ensemble weights from a sweep's OOF predictions.
 
 Loads every complete candidate from the prediction store, runs every method with its
-honest (nested-fold) estimate, and writes under `<sweep>/ensemble/` (or --out):
-ensemble.json, candidates.csv, methods.csv, correlation.csv/png, error_overlap.csv/png
-and model_acc.png; then logs them as the MLflow run `ensemble-optimize`.
+honest (nested-fold) estimate, estimates the chosen submission's own test accuracy
+(`estimate.estimate_submission`, from the fold models' stored test predictions), and writes
+under `<sweep>/ensemble/` (or --out): ensemble.json, candidates.csv, methods.csv,
+correlation.csv/png, error_correlation.csv/png, error_overlap.csv/png and model_acc.png;
+then logs them as the MLflow run `ensemble-optimize`.
+
+The submission estimate is evidence, not a decision: optimize's job is the weights, which
+`predict` needs and which do not depend on the test set. So when the test predictions
+cannot be loaded for the current test.csv (a store written before folds recorded their
+test images, a test.csv edited since the sweep, too little memory) optimize says so in one
+warning, writes nulls for the estimate and finishes; `predict` then names the problem
+itself if it concerns the submission too.
 """
 
 from __future__ import annotations
@@ -11,22 +20,44 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import logging
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sketchtune.store import PredictionStore
+from sketchtune.store import PredictionStore, StoreError
 
 from .cli import base_parser, load_sweep_config, out_dir, run_main, write_files
-from .comparison import Comparison, compare_methods, ensemble_summary, flat_metrics
-from .load import EnsembleError, load_oof, read_train_rows
+from .comparison import (
+    Comparison,
+    compare_methods,
+    ensemble_summary,
+    estimate_section,
+    flat_metrics,
+)
+from .estimate import SubmissionEstimate, estimate_submission
+from .load import (
+    EnsembleError,
+    OOFSet,
+    load_fold_test_probs,
+    load_oof,
+    read_test_keys,
+    read_train_rows,
+)
 from .methods import METHODS, BestSingle, auto_methods
+from .metrics import calibrate
 from .plots import accuracy_bars_png, heatmap_png
 
-__all__ = ["main", "render_outputs"]
+__all__ = ["main", "render_outputs", "submission_estimate"]
 
 PROG = "ensemble_search.optimize"
+# The interval's coverage; 95 % is what the estimate was measured against
+# (benchmarks/RESULTS-estimate.md).
+LEVEL = 0.95
+
+_log = logging.getLogger(__name__)
 
 
 def _csv(df: pd.DataFrame, index: bool = False) -> bytes:
@@ -45,10 +76,65 @@ def methods_table(res: Comparison) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def render_outputs(res: Comparison, summary: dict, names: list[str]) -> dict[str, bytes]:
+def submission_estimate(store: PredictionStore, oof: OOFSet, res: Comparison,
+                        test_csv: Path, level: float = LEVEL) -> SubmissionEstimate:
+    """The chosen method's submission estimate; EnsembleError (or StoreError, OSError,
+    MemoryError) when the fold models' test predictions for `test_csv` cannot be loaded.
+
+    The honest term uses the method's nested weights (fold k's weights never saw fold k's
+    rows), so only candidates with weight in the submission or in some fold's nested
+    weights are loaded, each with its K fold models' test probabilities.
+    """
+    r = res.chosen
+    fold_w = np.stack(r.honest.fold_weights)  # (K, M), fold order r.honest.folds = 0..K-1
+    keep = np.flatnonzero((r.weights > 0) | (fold_w > 0).any(axis=0))
+    keys = read_test_keys(test_csv)
+    fold_test = load_fold_test_probs(store, [oof.candidate_ids[j] for j in keep], keys,
+                                     source=test_csv, n_folds=len(r.honest.folds))
+    oof_probs = oof.probs[keep]
+    if r.temperatures is not None:
+        # `optimized` calibrates each candidate before weighting, and so does predict: the
+        # estimate must be of that ensemble. (The nested fits had temperatures of their own;
+        # the final ones stand in for them, a small optimism for `optimized` only.)
+        temps = r.temperatures[keep]
+        oof_probs = np.stack([calibrate(p, t).astype(np.float32)
+                              for p, t in zip(oof_probs, temps, strict=True)])
+        fold_test = np.stack([[calibrate(p, t).astype(np.float32) for p in per_fold]
+                              for per_fold, t in zip(fold_test, temps, strict=True)])
+    return estimate_submission(oof_probs, oof.targets, oof.folds, fold_test,
+                               r.weights[keep], fold_weights=fold_w[:, keep], level=level)
+
+
+def _estimate_or_why(store: PredictionStore, oof: OOFSet, res: Comparison,
+                     test_csv: Path) -> tuple[SubmissionEstimate | None, dict]:
+    """(estimate, its ensemble.json section); (None, section saying why) on a load failure."""
+    try:
+        est = submission_estimate(store, oof, res, test_csv)
+    except (EnsembleError, StoreError, OSError, MemoryError) as err:
+        why = str(err) if not isinstance(err, MemoryError) else \
+            "not enough memory for every fold model's test probabilities"
+        _log.warning("no submission estimate (ensemble.json gets nulls; the weights are "
+                     "unaffected): %s", why)
+        return None, estimate_section(res, None, why, test_csv=str(test_csv))
+    return est, estimate_section(res, est, test_csv=str(test_csv))
+
+
+def headline(res: Comparison, est: SubmissionEstimate | None) -> str:
+    """The first line of optimize's report: what the submission should score."""
+    if est is None:
+        return "expected test accuracy of the submission: not estimated (see the warning)"
+    sign = "+" if est.gain >= 0 else "-"
+    return (f"expected test accuracy of the submission: {est.acc:.3f} "
+            f"({est.level * 100:.0f} % interval {est.low:.3f}-{est.high:.3f}; honest "
+            f"single-fold estimate {est.honest:.3f} {sign} averaging gain {abs(est.gain):.3f})")
+
+
+def render_outputs(res: Comparison, summary: dict, names: list[str],
+                   estimate: SubmissionEstimate | None = None) -> dict[str, bytes]:
     """Every output file's bytes, made in memory so nothing is written before all succeeded."""
     corr = pd.DataFrame(res.correlation, index=names, columns=names)
     overlap = pd.DataFrame(res.error_overlap, index=names, columns=names)
+    diversity = pd.DataFrame(res.diversity, index=names, columns=names)
     # The best single candidate is not an ensemble, and its candidate has a bar already.
     ens = {f"{n} (honest)": r.honest.acc for n, r in res.results.items()
            if n != BestSingle.name}
@@ -60,11 +146,20 @@ def render_outputs(res: Comparison, summary: dict, names: list[str]) -> dict[str
         "error_overlap.csv": _csv(overlap, index=True),
         "correlation.png": heatmap_png(
             res.correlation, names, "Pearson correlation of OOF probabilities", vmax=1.0),
+        "error_correlation.csv": _csv(diversity, index=True),
+        "error_correlation.png": heatmap_png(
+            res.diversity, names, "Correlation of errors (what `pruned` uses; low = diverse)",
+            vmax=1.0),
         "error_overlap.png": heatmap_png(
             res.error_overlap, names, "Fraction of train images both models get wrong",
             fmt=".3f", vmin=0.0),
-        "model_acc.png": accuracy_bars_png(names, list(res.candidates["oof_acc"]), ens,
-                                           "OOF accuracy: candidates and ensembles"),
+        "model_acc.png": accuracy_bars_png(
+            names, list(res.candidates["oof_acc"]), ens,
+            "OOF accuracy: candidates and ensembles" if estimate is None else
+            "OOF accuracy; the submission's expected test accuracy (green)",
+            estimate=None if estimate is None else (
+                f"submission ({res.method}, expected test)", estimate.acc, estimate.low,
+                estimate.high)),
     }
 
 
@@ -78,9 +173,10 @@ def _body(args: argparse.Namespace) -> int:
         if args.candidates else None
     oof = load_oof(store, rows, wanted)
     res = compare_methods(oof, cfg.ensemble)
-    summary = ensemble_summary(res, oof, cfg.ensemble)
+    est, est_info = _estimate_or_why(store, oof, res, Path(cfg.data.test_csv))
+    summary = ensemble_summary(res, oof, cfg.ensemble, est, est_info)
     summary.update(sweep=cfg.name, sweep_dir=str(cfg.sweep_dir), rows_from=str(rows.source))
-    files = render_outputs(res, summary, oof.names)
+    files = render_outputs(res, summary, oof.names, est)
     folder = out_dir(args, cfg)
     paths = write_files(folder, files)
 
@@ -93,15 +189,17 @@ def _body(args: argparse.Namespace) -> int:
               "prune_threshold": e.prune_threshold, "seed": e.seed,
               "candidates": ",".join(oof.candidate_ids), "sweep_dir": str(cfg.sweep_dir)}
     run_id, why = log_run(cfg.tracking_uri, cfg.name, "ensemble-optimize", params,
-                          flat_metrics(res), paths)
+                          flat_metrics(res, est), paths)
     if not args.quiet:
-        _report(res, oof.names, folder, run_id, why, cfg.tracking_uri)
+        _report(res, est, oof.names, folder, run_id, why, cfg.tracking_uri)
     elif run_id is None:
         print(f"{PROG}: MLflow not logged ({why}); files written to {folder}")
     return 0
 
 
-def _report(res: Comparison, names: list[str], folder, run_id, why, uri) -> None:
+def _report(res: Comparison, est: SubmissionEstimate | None, names: list[str], folder,
+            run_id, why, uri) -> None:
+    print(headline(res, est))
     print(f"{len(names)} candidates; methods compared in {res.seconds:.1f} s")
     print(methods_table(res).to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     w = res.chosen.weights

@@ -101,3 +101,24 @@ def write_candidate(sw: Sweep, j: int, folds: list[int] | None = None,
                       **({"weights_file": weights_file} if weights_file else {})},
         )
     return cid
+
+
+def sweep_from_synthetic(tmp: Path, syn, ensemble: str = "") -> tuple[Sweep, np.ndarray]:
+    """A sweep whose store holds `ensemble_search.synthetic` predictions (known truth).
+
+    Returns the sweep and the test labels (n_test,), in test.csv order.
+    """
+    m, k = syn.fold_test_probs.shape[:2]
+    sw = make_sweep(tmp, skills=(1.0,) * m, n=len(syn.targets),
+                    c=syn.oof_probs.shape[2], n_folds=k,
+                    n_test=syn.fold_test_probs.shape[2], ensemble=ensemble, write=False)
+    # The folds file and train.csv must carry the synthetic labels and folds.
+    pd.DataFrame({"image_path": sw.keys, "target": syn.targets}).to_csv(
+        sw.folds_csv.parent / "train.csv", index=False)
+    pd.DataFrame({"image_path": sw.keys, "target": syn.targets, "fold": syn.folds}).to_csv(
+        sw.folds_csv, index=False)
+    sw.targets, sw.folds = syn.targets, syn.folds
+    sw.probs, sw.test_probs = syn.oof_probs, syn.fold_test_probs
+    for j in range(m):
+        write_candidate(sw, j)
+    return sw, syn.test_targets

@@ -15,7 +15,7 @@ import pytest
 
 from sketchtune.cli import base_parser, run_cli
 from sketchtune.data import read_test_csv, read_train_csv
-from sketchtune.demo import main, make_demo
+from sketchtune.demo import main, make_demo, pick_digits
 from sketchtune.synthetic import FULL_CLASSES, class_counts, make_synthetic
 
 SMALL = dict(seed=0, classes=3, per_class=6, test_per_class=2, size=32)
@@ -66,6 +66,32 @@ def test_make_demo_same_seed_same_bytes(demo, tmp_path):
     other = tmp_path / "other"
     make_demo(other, **{**SMALL, "seed": 1})
     assert files(other) != files(demo)
+
+
+def test_make_demo_test_count_leaves_train_images_unchanged(demo, tmp_path):
+    more = tmp_path / "more"
+    make_demo(more, **{**SMALL, "test_per_class": 5})
+    assert len(pd.read_csv(more / "test.csv")) == 15
+    # The test draws come after the train ones: a bigger test set trains the same models.
+    train = {k: v for k, v in files(more).items() if k.startswith("train")}
+    assert train == {k: v for k, v in files(demo).items() if k.startswith("train")}
+
+
+def test_make_demo_default_digits_have_1000_test_images_none_a_reused_digit(tmp_path):
+    from sklearn.datasets import load_digits
+
+    out = tmp_path / "d"
+    assert make_demo(out) is True
+    stamp = json.loads((out / "demo.json").read_text())
+    labels = pd.read_csv(out / "test_labels.csv")
+    assert len(labels) == 1000 and labels["target"].value_counts().eq(100).all()
+    assert len(pd.read_csv(out / "train.csv")) == 600
+    # Train and test draw from one permutation of each class's digits: within the class's
+    # count, no digit is drawn twice, so no test image is a jittered copy of a train image.
+    targets, rng = load_digits().target, np.random.default_rng(0)
+    for c in range(stamp["classes"]):
+        idx = pick_digits(targets, c, stamp["per_class"] + stamp["test_per_class"], rng)
+        assert len(np.unique(idx)) == len(idx) and (targets[idx] == c).all()
 
 
 def test_make_demo_second_run_does_nothing(demo, capsys):

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import io
 import json
+import math
 import os
 import stat
 
@@ -12,8 +15,10 @@ import pandas as pd
 import pytest
 
 from ensemble_search import optimize, predict
+from ensemble_search.comparison import ESTIMATE_SCORES
 from ensemble_search.methods import METHODS
-from tests.ensemble_fixtures import make_sweep, write_candidate
+from ensemble_search.synthetic import make_synthetic
+from tests.ensemble_fixtures import make_sweep, sweep_from_synthetic, write_candidate
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +39,8 @@ def _errors(capsys, prog):
 def test_optimize_writes_every_output(done):
     out = done.sweep_dir / "ensemble"
     for name in ("ensemble.json", "candidates.csv", "methods.csv", "correlation.csv",
-                 "correlation.png", "error_overlap.csv", "error_overlap.png", "model_acc.png"):
+                 "correlation.png", "error_overlap.csv", "error_overlap.png", "model_acc.png",
+                 "error_correlation.csv", "error_correlation.png"):
         assert (out / name).stat().st_size > 0, name
     spec = json.loads((out / "ensemble.json").read_text())
     honest = {m: spec["methods"][m]["honest_log_loss"] for m in ("mean", "greedy", "optimized",
@@ -51,6 +57,9 @@ def test_optimize_writes_every_output(done):
     corr = pd.read_csv(out / "correlation.csv", index_col=0).to_numpy()
     assert np.allclose(np.diag(corr), 1.0)
     assert np.allclose(corr, corr.T)
+    errs = pd.read_csv(out / "error_correlation.csv", index_col=0).to_numpy()
+    wrong = done.probs.argmax(axis=2) != done.targets  # (M, N)
+    assert np.allclose(errs, np.corrcoef(wrong.astype(float)), atol=1e-5)
 
 
 def test_optimize_and_predict_log_mlflow_runs(done):
@@ -68,6 +77,107 @@ def test_optimize_and_predict_log_mlflow_runs(done):
     assert {"ensemble.json", "correlation.png", "model_acc.png"} <= arts
     arts = {a.path for a in client.list_artifacts(by_name["ensemble-predict"].info.run_id)}
     assert arts == {"submission.csv", "test_probs.npy"}
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A store of synthetic predictions whose test labels are known, optimized and predicted:
+    (sweep, test labels, optimize's stdout)."""
+    syn = make_synthetic(n=3000, n_test=2000, classes=20, candidates=3, seed=3)
+    sw, test_y = sweep_from_synthetic(tmp_path_factory.mktemp("synthetic"), syn)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert optimize.main([str(sw.config)]) == 0
+    assert predict.main([str(sw.config), "--quiet"]) == 0
+    return sw, test_y, out.getvalue()
+
+
+def _mlflow_metrics(sw, run_name: str) -> dict[str, float]:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{sw.config.parent / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("t")
+    (run,) = client.search_runs([exp.experiment_id],
+                                filter_string=f"attributes.run_name = '{run_name}'")
+    return run.data.metrics
+
+
+def test_optimize_submission_estimate_interval_holds_the_true_test_accuracy(synthetic):
+    sw, test_y, _ = synthetic
+    out = sw.sweep_dir / "ensemble"
+    spec = json.loads((out / "ensemble.json").read_text())
+    acc, low, high = (spec["scores"][k] for k in ESTIMATE_SCORES)
+    assert all(math.isfinite(v) for v in (acc, low, high))
+    assert 0 <= low < acc < high <= 1
+    sub = pd.read_csv(out / "submission.csv")
+    assert list(sub["image_path"]) == list(sw.test_keys)
+    true = float((sub["target"].to_numpy() == test_y).mean())
+    assert low <= true <= high
+    est = spec["submission_estimate"]
+    assert est["available"] and est["method"] == spec["method"]
+    assert (est["acc"], est["low"], est["high"]) == (acc, low, high)
+    assert est["n_test"] == len(test_y) and est["n_folds"] == 5 and est["level"] == 0.95
+    assert est["pool_low"] <= acc <= est["pool_high"]
+    assert acc == pytest.approx(est["honest"] + est["gain"], abs=1e-12)
+    # The honest term is the chosen method's own nested estimate, fold by fold.
+    chosen = spec["methods"][spec["method"]]
+    assert est["honest"] == pytest.approx(np.mean(chosen["honest_fold_acc"]), abs=1e-12)
+
+
+def test_optimize_headline_is_the_submission_estimate(synthetic):
+    sw, _, stdout = synthetic
+    est = json.loads((sw.sweep_dir / "ensemble" / "ensemble.json").read_text())[
+        "submission_estimate"]
+    first = stdout.splitlines()[0]
+    sign = "+" if est["gain"] >= 0 else "-"
+    assert first == (f"expected test accuracy of the submission: {est['acc']:.3f} (95 % "
+                     f"interval {est['low']:.3f}-{est['high']:.3f}; honest single-fold "
+                     f"estimate {est['honest']:.3f} {sign} averaging gain "
+                     f"{abs(est['gain']):.3f})")
+
+
+def test_optimize_logs_the_submission_estimate_to_mlflow(synthetic):
+    sw, _, _ = synthetic
+    scores = json.loads((sw.sweep_dir / "ensemble" / "ensemble.json").read_text())["scores"]
+    metrics = _mlflow_metrics(sw, "ensemble-optimize")
+    for key in ESTIMATE_SCORES:
+        assert metrics[key] == pytest.approx(scores[key]), key
+
+
+@pytest.mark.parametrize("case", ["fold-without-test-keys", "test-csv-edited"])
+def test_optimize_without_test_predictions_warns_once_and_writes_nulls(tmp_path, capsys, caplog,
+                                                                      case):
+    sw = make_sweep(tmp_path)
+    if case == "fold-without-test-keys":  # a store written before folds recorded test_keys
+        npz = sw.store.candidate_dir(sw.ids[0]) / "fold2.npz"
+        with np.load(npz) as z:
+            old = {k: z[k] for k in ("val_keys", "val_targets", "val_probs", "test_probs")}
+        np.savez(npz, **old)
+        sw.store.update_manifest(sw.ids[0], 2, test_keys_sha256=None)
+        says = "fold2.npz: written before fold files recorded their test image_paths"
+    else:  # an image the sweep never predicted
+        test = pd.read_csv(sw.test_csv)
+        pd.concat([test, pd.DataFrame({"image_path": ["test/new.png"]})]).to_csv(
+            sw.test_csv, index=False)
+        says = "1 of 13 rows have no stored prediction"
+    assert optimize.main([str(sw.config), "--set", "ensemble.method=mean"]) == 0
+    out, err = capsys.readouterr()
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "no submission estimate" in warnings[0]
+    assert says in warnings[0] and "\n" not in warnings[0]
+    assert "error" not in err
+    assert out.splitlines()[0] == ("expected test accuracy of the submission: not estimated "
+                                   "(see the warning)")
+    spec = json.loads((sw.sweep_dir / "ensemble" / "ensemble.json").read_text())
+    assert [spec["scores"][k] for k in ESTIMATE_SCORES] == [None, None, None]
+    est = spec["submission_estimate"]
+    assert est["available"] is False and says in est["reason"]
+    # The weights are written as ever: the estimate is evidence, not the decision.
+    assert len(spec["candidates"]) == 3 and spec["method"] == "mean"
+    assert (sw.sweep_dir / "ensemble" / "model_acc.png").stat().st_size > 0
+    metrics = _mlflow_metrics(sw, "ensemble-optimize")
+    assert "ensemble_honest_acc" in metrics
+    assert not set(ESTIMATE_SCORES) & set(metrics)
 
 
 def test_predict_csv_matches_test_csv_row_for_row(done):

@@ -6,7 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ensemble_search.load import EnsembleError, load_oof, load_test_probs, read_train_rows
+from ensemble_search.load import (
+    EnsembleError,
+    load_fold_test_probs,
+    load_oof,
+    load_test_probs,
+    read_train_rows,
+)
 from sketchtune.config import load_config
 from tests.ensemble_fixtures import make_sweep, write_candidate
 
@@ -137,6 +143,38 @@ def test_load_test_probs_refuses_fold_written_without_test_keys(tmp_path):
     with pytest.raises(EnsembleError, match=r"fold2\.npz: written before fold files recorded "
                        r"their test image_paths.*--images"):
         load_test_probs(sw.store, sw.ids, sw.test_keys, source="t.csv")
+
+
+def test_load_fold_test_probs_keeps_each_fold_model_aligned_by_image_path(tmp_path):
+    sw = make_sweep(tmp_path)
+    order = np.random.default_rng(2).permutation(len(sw.test_keys))
+    ids = [sw.ids[2], sw.ids[0]]
+    got = load_fold_test_probs(sw.store, ids, sw.test_keys[order], n_folds=3)
+    assert got.dtype == np.float32 and got.shape == (2, 3, len(order), 4)
+    assert np.array_equal(got, sw.test_probs[[2, 0]][:, :, order])
+    # averaged over folds, it is what predict reads
+    assert np.allclose(got.mean(axis=1), load_test_probs(sw.store, ids, sw.test_keys[order]),
+                       atol=1e-6)
+
+
+def test_load_fold_test_probs_refuses_folds_other_than_the_oof_folds(tmp_path):
+    sw = make_sweep(tmp_path, skills=(1.0,))
+    with pytest.raises(EnsembleError, match=r"c00abcdef is missing fold\(s\) \[3\]"):
+        load_fold_test_probs(sw.store, sw.ids, sw.test_keys, n_folds=4)
+    with pytest.raises(EnsembleError, match=r"has folds \[0, 1, 2\] but the OOF rows have "
+                                            r"folds 0\.\.1"):
+        load_fold_test_probs(sw.store, sw.ids, sw.test_keys, n_folds=2)
+
+
+def test_load_fold_test_probs_refuses_fold_written_without_test_keys(tmp_path):
+    sw = make_sweep(tmp_path, skills=(1.0,))
+    npz = sw.store.candidate_dir(sw.ids[0]) / "fold1.npz"
+    with np.load(npz) as z:
+        old = {k: z[k] for k in ("val_keys", "val_targets", "val_probs", "test_probs")}
+    np.savez(npz, **old)
+    sw.store.update_manifest(sw.ids[0], 1, test_keys_sha256=None)
+    with pytest.raises(EnsembleError, match=r"fold1\.npz: written before fold files recorded"):
+        load_fold_test_probs(sw.store, sw.ids, sw.test_keys, n_folds=3)
 
 
 def test_read_train_rows_refuses_train_csv_relabelled_after_the_sweep(tmp_path):
