@@ -156,6 +156,13 @@ def _mean_q(shifted: np.ndarray, b: float, pick: np.ndarray | None) -> float:
     return float(np.exp(top - log_norm).mean())
 
 
+def _binomial_var(p: float, n: int) -> float:
+    """Variance of an accuracy p measured on n rows, Agresti-Coull style (2 right, 2 wrong
+    added): never 0, so an accuracy of exactly 1 (or 0) still gets an interval of its own."""
+    p_adj = (p * n + 2.0) / (n + 4.0)
+    return p_adj * (1.0 - p_adj) / (n + 4.0)
+
+
 def _fit_b(curve: Callable[[float], float], target: float) -> float:
     """b with curve(b) = target; curve rises with b. Clipped to the search range's ends."""
     lo, hi = _LOG_B
@@ -238,7 +245,7 @@ def estimate_submission(
     # 1. honest: each fold ensemble on its own held-out rows, and its binomial noise.
     correct = _fold_correct(oof_probs, targets, folds, fw)
     honest = float(np.mean([r.mean() for r in correct]))
-    sd_honest = float(np.sqrt(sum(r.mean() * (1 - r.mean()) / len(r) for r in correct)) / k)
+    sd_honest = float(np.sqrt(sum(_binomial_var(r.mean(), len(r)) for r in correct)) / k)
 
     # 2. the two sides, from the fold ensembles on the test rows.
     fold_ens = np.einsum("m,mknc->knc", w.astype(np.float32), fold_test_probs)
@@ -260,8 +267,10 @@ def estimate_submission(
 
     # 3. the interval.
     p = min(max(acc, 0.0), 1.0)
-    sd_test = float(np.sqrt(p * (1 - p) / n_test))
-    sd_est = abs(slope) * sd_honest
+    sd_test = float(np.sqrt(_binomial_var(p, n_test)))
+    # At least the honest term's own noise: when the fits clip (test predictions unrelated to
+    # the OOF ones) the measured slope is 0, and a zero-width interval would claim certainty.
+    sd_est = max(abs(slope), 1.0) * sd_honest
     sd_method = abs(high_side - low_side) / 2
     sd = float(np.sqrt(sd_test**2 + sd_est**2 + sd_method**2))
     z = float(norm.ppf(0.5 + level / 2))

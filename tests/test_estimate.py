@@ -129,3 +129,17 @@ def test_estimate_submission_always_a_finite_ordered_interval(seed: int, k: int,
     values = np.array([e.acc, e.low, e.high, e.honest, e.pool_low, e.pool_high])
     assert np.isfinite(values).all()
     assert 0.0 <= e.low <= e.high <= 1.0 and e.low <= min(max(e.acc, 0.0), 1.0) <= e.high
+
+
+def test_estimate_interval_is_never_zero_width():
+    # Every OOF row right and test predictions unrelated to the OOF ones: both fits clip and
+    # the accuracy is exactly 1, yet 300 labelled and 200 test rows cannot prove it is 1.
+    rng = np.random.default_rng(0)
+    m, k, n, n_test, c = 2, 3, 300, 200, 5
+    targets = rng.integers(0, c, n)
+    oof = np.full((m, n, c), 0.02, dtype=np.float32)
+    oof[:, np.arange(n), targets] = 0.92
+    test = rng.dirichlet(np.ones(c), size=(m, k, n_test)).astype(np.float32)
+    est = estimate_submission(oof, targets, np.arange(n) % k, test, np.ones(m))
+    assert est.high - est.low > 0.01
+    assert est.low <= est.acc <= est.high
