@@ -448,6 +448,22 @@ class SearchConfig(Strict):
         "ran further rank first, then by best val_acc). 1: cv costs one config x n_folds per "
         "backbone, and an ensemble gains most from different backbones.",
     )
+    select: Literal["top_k", "ensemble"] = Field(
+        "top_k",
+        description="How the search's configs for cv are chosen. top_k: the "
+        "`top_k_per_backbone` best of each backbone by fold-`fold` val_acc. ensemble: greedy "
+        "forward selection (Caruana, with replacement) on the `fold` validation predictions of "
+        "every trial that ran to its last epoch, by accuracy with log loss breaking ties, until "
+        "`budget` distinct configs are chosen (hyper-deep ensembles, Wenzel et al. 2020); the "
+        "top_k ranking fills the budget when fewer trials finished. top_k: `ensemble` did not "
+        "win at equal cv budget on the demo (benchmarks/RESULTS-selection.md).",
+    )
+    budget: int | None = Field(
+        None, ge=1,
+        description="How many configs `select: ensemble` sends to cv. None: as many as top_k "
+        "would pick (`top_k_per_backbone` x the backbones the search tried), so both rules "
+        "cost the same cv trials.",
+    )
 
 
 class ResourcesConfig(Strict):

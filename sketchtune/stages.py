@@ -15,7 +15,7 @@ from .planner import (
     max_epochs,
     plan_cv_jobs,
     search_param_space,
-    select_top,
+    select_candidates,
 )
 from .store import PredictionStore
 from .trainable import trial
@@ -73,7 +73,7 @@ def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
 
 def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
                failures: dict[str, int] | None = None) -> list[Candidate]:
-    """Stage 1: Optuna + ASHA on one fold; returns the top-k configs per backbone.
+    """Stage 1: Optuna + ASHA on one fold; returns the configs for cv (`search.select`).
 
     `failures["search"]` gets the number of trials that failed even after their retries.
     """
@@ -100,7 +100,7 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
                      quiet).fit()
     if failures is not None:
         failures["search"] = results.num_errors
-    return select_top(cfg, results)
+    return select_candidates(cfg, results, PredictionStore(cfg.sweep_dir))
 
 
 def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet: bool,
