@@ -146,7 +146,8 @@ def rank_search(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
 
 
 def select_top(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
-    """Search results -> the top `search.top_k_per_backbone` per backbone (`rank_search`'s order)."""
+    """Search results -> the top `search.top_k_per_backbone` of each backbone, ranked as
+    `rank_search` ranks them."""
     top: dict[str, list[Candidate]] = {}
     for c in rank_search(cfg, results):
         chosen = top.setdefault(c.backbone, [])
