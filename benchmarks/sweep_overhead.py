@@ -502,13 +502,13 @@ def run_search_once(cfg) -> dict[str, Any]:
 
 
 def run_asha_pair(sizes: Sizes, cpus: int, seed: int, smoke: bool,
-                  overrides: dict[str, Any]) -> list[dict[str, Any]]:
+                  overrides: dict[str, Any], replay_only: bool = False) -> list[dict[str, Any]]:
     import ray
 
     from sketchtune.cluster import pythonpath
 
-    cfgs = [search_config(False, sizes, cpus, seed, smoke, overrides),
-            search_config(True, sizes, cpus, seed, smoke, overrides)]
+    cfgs = [search_config(asha, sizes, cpus, seed, smoke, overrides)
+            for asha in ((False,) if replay_only else (False, True))]
     ray.init(address=cfgs[0].ray.address, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath()}})
@@ -687,7 +687,7 @@ def print_replay(pairs: list[list[dict[str, Any]]], max_t: int) -> None:
     for grace in range(1, max_t):
         for rf in (2, 3, 4):
             shares, gaps, kept = [], [], 0
-            for off, _ in pairs:
+            for off, *_ in pairs:
                 curves = [r["val_acc"] for r in off["rows"]]
                 ran = replay_asha(curves, max_t, grace, rf)
                 best = max(max(c[:n]) for c, n in zip(curves, ran, strict=True))
@@ -713,6 +713,9 @@ def main(argv: list[str] | None = None) -> int:
                          "default: with 2 threads on a 2-core machine that other processes "
                          "share, torch's OpenMP barriers stall and epoch times vary up to 10x")
     ap.add_argument("--skip-asha", action="store_true", help="part 1 only")
+    ap.add_argument("--replay-only", action="store_true",
+                    help="part 2: run only the no-ASHA search per seed and replay ASHA's rule "
+                         "on its curves (half the cost; exact, see replay_asha)")
     ap.add_argument("--out", default="results.json",
                     help="raw figures' file name under benchmarks/_work/sweep/")
     ap.add_argument("--seeds", default="42,43,44",
@@ -781,13 +784,15 @@ def main(argv: list[str] | None = None) -> int:
               f"seeds {seeds}, data {sizes.search_demo}")
         pairs = []
         for seed in seeds:
-            pairs.append(run_asha_pair(sizes, args.cpus, seed, args.smoke, overrides))
+            pairs.append(run_asha_pair(sizes, args.cpus, seed, args.smoke, overrides,
+                                       args.replay_only))
             print(f"  seed {seed} done (load {os.getloadavg()[0]:.1f})", flush=True)
         record["asha"] = pairs
         record["asha_overrides"] = overrides
-        for pair in pairs:
-            print_asha(pair)
-        print_asha_summary(pairs)
+        if not args.replay_only:
+            for pair in pairs:
+                print_asha(pair)
+            print_asha_summary(pairs)
         print_replay(pairs, max(len(r["val_acc"]) for r in pairs[0][0]["rows"]))
 
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
