@@ -154,7 +154,9 @@ def search_config(asha: bool, sizes: Sizes, cpus: int, seed: int, smoke: bool,
     Only the data paths, the trial resources and, with --smoke, the sizes are the
     benchmark's own; `overrides` (dotted keys from the command line) try other defaults.
     """
-    side = f"search-{'asha' if asha else 'noasha'}-seed{seed}"
+    # Named after the overrides too, so two variants run at once do not share a folder.
+    tag = "".join(f"-{k.split('.')[-1]}{v}" for k, v in sorted(overrides.items()))
+    side = f"search-{'asha' if asha else 'noasha'}{tag}-seed{seed}"
     folder = fresh(side)
     shipped = yaml.safe_load(SHIPPED.read_text())
     raw = base_raw(side, folder, demo_dir(sizes.search_demo), n_folds=shipped["data"]["n_folds"],
