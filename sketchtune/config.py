@@ -426,8 +426,10 @@ class SearchConfig(Strict):
     )
     asha: bool = Field(
         True,
-        description="Stop weak trials early with ASHA. On: it saved half the trial-epochs of "
-        "the demo's search (benchmarks/RESULTS-sweep.md).",
+        description="Stop weak trials early with ASHA. On: with tens of epochs it saves most "
+        "of a search's work. A rung compares val_acc mid-training, so a backbone that starts "
+        "slowly is stopped before it overtakes: on the 4-epoch demo (configs/sweep.yaml turns it "
+        "off) every saving setting lost the best config (benchmarks/RESULTS-sweep.md).",
     )
     grace_period: int = Field(
         1, ge=1,
@@ -455,8 +457,10 @@ class SearchConfig(Strict):
         "forward selection (Caruana, with replacement) on the `fold` validation predictions of "
         "every trial that ran to its last epoch, by accuracy with log loss breaking ties, until "
         "`budget` distinct configs are chosen (hyper-deep ensembles, Wenzel et al. 2020); the "
-        "top_k ranking fills the budget when fewer trials finished. top_k: `ensemble` did not "
-        "win at equal cv budget on the demo (benchmarks/RESULTS-selection.md).",
+        "top_k ranking fills the budget when fewer trials finished. top_k: on the demo both "
+        "rules sent the same candidates to cv, so `ensemble` did not win "
+        "(benchmarks/RESULTS-selection.md); it can only differ when more trials finish than "
+        "the budget, and from per-backbone top-k when a backbone's runner-up adds more.",
     )
     budget: int | None = Field(
         None, ge=1,
