@@ -2,6 +2,7 @@
 
     python benchmarks/sweep_overhead.py [--smoke] [--trials 4] [--what-if] [--cpus 1]
                                         [--skip-asha | --skip-overhead]
+                                        [--seeds 42,43,44] [--set search.KEY=VALUE]
 
 Part 1 (overhead). One sweep config with fixed candidates and no search, so that
 candidates x folds = N trials, is run twice, side by side in one invocation, each into a
@@ -25,11 +26,15 @@ prepare_data), which add microseconds. The sweep side runs with `ray.reuse_actor
 default) set in its config; `--what-if` runs the sweep a third time with
 `ray.reuse_actors: false` (a new Ray actor per trial), to show what actor reuse saves.
 
-Part 2 (ASHA). The search stage (`run_search`) on a smaller data set, twice with the same
-seed, space and num_samples: `search.asha: true` and `false`. With 8 samples Optuna's TPE
-is still in its random start-up phase (n_startup_trials=10), so both runs train the same
-8 configs and differ only in what ASHA stops. One trial at a time, so ASHA's decisions do
-not depend on which of two concurrent trials reports first.
+Part 2 (ASHA). The search stage (`run_search`) with the shipped demo's `train` and `search`
+sections (configs/sweep.yaml: space, num_samples, epochs, warm-up, grace period, reduction
+factor) on the default demo data, twice per seed (`--seeds`, `train.seed`, which seeds
+Optuna too): `search.asha: true` and `false`. With fewer samples than Optuna TPE's random
+start-up (n_startup_trials=10) both runs train the same configs and differ only in what
+ASHA stops; training is deterministic for a seed, so a config both runs train to the end
+gets the same val_acc. `--set search.grace_period=3` (any dotted train/search key) tries
+other defaults. One trial at a time, so ASHA's decisions do not depend on which of two
+concurrent trials reports first.
 
 The machine may be shared: wall times move with other processes' load, so each side's
 epoch compute (the trainer's own epoch_time_s) is reported beside its wall time, and the
@@ -56,6 +61,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 WORK = Path(__file__).resolve().parent / "_work" / "sweep"
+SHIPPED = Path(__file__).resolve().parents[1] / "configs" / "sweep.yaml"
 RESNET, CONVNEXT = "test_resnet.r160_in1k", "test_convnext.r160_in1k"
 
 
@@ -141,23 +147,32 @@ def overhead_config(side: str, sizes: Sizes, n_trials: int, cpus: int,
     return load_sweep_config(folder / "sweep.yaml", raw)
 
 
-def search_config(asha: bool, sizes: Sizes, cpus: int):
-    side = "search-asha" if asha else "search-noasha"
+def search_config(asha: bool, sizes: Sizes, cpus: int, seed: int, smoke: bool,
+                  overrides: dict[str, Any]):
+    """The shipped demo's `train` and `search` sections (configs/sweep.yaml), with `seed`.
+
+    Only the data paths, the trial resources and, with --smoke, the sizes are the
+    benchmark's own; `overrides` (dotted keys from the command line) try other defaults.
+    """
+    # Named after the overrides too, so two variants run at once do not share a folder.
+    tag = "".join(f"-{k.split('.')[-1]}{v}" for k, v in sorted(overrides.items()))
+    side = f"search-{'asha' if asha else 'noasha'}{tag}-seed{seed}"
     folder = fresh(side)
-    raw = base_raw(side, folder, demo_dir(sizes.search_demo), n_folds=2, cpus=cpus)
-    raw["train"] = {"model": {"name": RESNET, "pretrained": False},
-                    "img_size": sizes.search_img_size, "epochs": sizes.search_epochs,
-                    "batch_size": 32, "patience": sizes.search_epochs,
-                    "optim": {"name": "adamw", "lr": 2.0e-3}, "seed": 42}
-    raw["search"] = {
-        "enabled": True, "num_samples": sizes.num_samples, "fold": 0, "metric": "val_acc",
-        "asha": asha, "grace_period": 1, "reduction_factor": 2,
-        "space": {
-            "model.name": {"type": "choice", "values": [RESNET, CONVNEXT]},
-            "optim.lr": {"type": "loguniform", "low": 3.0e-4, "high": 1.0e-2},
-            "aug.strength": {"type": "uniform", "low": 0.3, "high": 1.2},
-        },
-    }
+    shipped = yaml.safe_load(SHIPPED.read_text())
+    raw = base_raw(side, folder, demo_dir(sizes.search_demo), n_folds=shipped["data"]["n_folds"],
+                   cpus=cpus)
+    raw["train"] = {**shipped["train"], "seed": seed}
+    raw["search"] = {**shipped["search"], "enabled": True, "asha": asha}
+    if smoke:
+        raw["train"].update(img_size=sizes.search_img_size, epochs=sizes.search_epochs)
+        raw["train"]["sched"] = {**raw["train"].get("sched", {}), "warmup_epochs": 0}
+        raw["search"].update(num_samples=sizes.num_samples, grace_period=1)
+    for key, value in overrides.items():
+        section, *path = key.split(".")
+        node = raw[section]
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+        node[path[-1]] = value
     return load_sweep_config(folder / "sweep.yaml", raw)
 
 
@@ -457,7 +472,7 @@ def run_search_once(cfg) -> dict[str, Any]:
     import ray
     from ray.tune import Callback
 
-    from sketchtune.planner import job_of
+    from sketchtune.planner import job_of, max_epochs
     from sketchtune.preflight import check_sweep
     from sketchtune.prepare import prepare_data
     from sketchtune.stages import run_search
@@ -482,18 +497,20 @@ def run_search_once(cfg) -> dict[str, Any]:
     return {
         "asha": cfg.search.asha, "wall_s": wall, "trials": len(rows),
         "trial_epochs": sum(r["epochs"] for r in rows),
-        "max_trial_epochs": cfg.search.num_samples * cfg.train.epochs,
+        "max_trial_epochs": cfg.search.num_samples * max_epochs(cfg),
         "best_val_acc": max(best["val_acc"]), "best_params": best["params"],
         "chosen": [c.params for c in chosen], "rows": rows,
     }
 
 
-def run_asha_pair(sizes: Sizes, cpus: int) -> list[dict[str, Any]]:
+def run_asha_pair(sizes: Sizes, cpus: int, seed: int, smoke: bool,
+                  overrides: dict[str, Any], replay_only: bool = False) -> list[dict[str, Any]]:
     import ray
 
     from sketchtune.cluster import pythonpath
 
-    cfgs = [search_config(False, sizes, cpus), search_config(True, sizes, cpus)]
+    cfgs = [search_config(asha, sizes, cpus, seed, smoke, overrides)
+            for asha in ((False,) if replay_only else (False, True))]
     ray.init(address=cfgs[0].ray.address, include_dashboard=False, log_to_driver=False,
              logging_level=logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": pythonpath()}})
@@ -501,9 +518,12 @@ def run_asha_pair(sizes: Sizes, cpus: int) -> list[dict[str, Any]]:
     slots = int(ray.cluster_resources().get("CPU", 1) // cpus)
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(1, slots)))
     try:
-        return [run_search_once(c) for c in cfgs]
+        out = [run_search_once(c) for c in cfgs]
     finally:
         ray.shutdown()
+    for r in out:
+        r["seed"] = seed
+    return out
 
 
 # ---------------------------------------------------------------- report
@@ -575,7 +595,8 @@ def print_cpu(sides: dict[str, dict[str, Any]]) -> None:
 
 
 def print_asha(res: list[dict[str, Any]]) -> None:
-    print("\n## Search stage: ASHA vs no ASHA (same seed, space, samples; 1 trial at a time)\n")
+    print(f"\n### seed {res[0].get('seed')}: ASHA vs no ASHA (same space and samples; 1 trial "
+          "at a time)\n")
     print("| | " + " | ".join("ASHA" if r["asha"] else "no ASHA" for r in res) + " |")
     print("|---|---|---|")
     print("| trial-epochs | " + " | ".join(f"{r['trial_epochs']} of {r['max_trial_epochs']}"
@@ -601,6 +622,86 @@ def print_asha(res: list[dict[str, Any]]) -> None:
         print(f"| {i + 1} | {' / '.join(sorted(cfgs))} | " + " | ".join(cells) + " |")
 
 
+def print_asha_summary(pairs: list[list[dict[str, Any]]]) -> None:
+    """One row per seed and the mean: trial-epochs and best val_acc with and without ASHA."""
+    print("\n## Search stage over seeds: no ASHA vs ASHA\n")
+    print("| seed | trial-epochs, no ASHA | trial-epochs, ASHA (share) | best val_acc, no ASHA "
+          "| best val_acc, ASHA | ASHA ran the no-ASHA best to the end |")
+    print("|---|---|---|---|---|---|")
+    shares, gaps = [], []
+    for off, on in pairs:
+        share = on["trial_epochs"] / off["trial_epochs"]
+        best_off = max(off["rows"], key=lambda r: max(r["val_acc"]))
+        kept = any(r["params"] == best_off["params"] and r["epochs"] == best_off["epochs"]
+                   for r in on["rows"])
+        shares.append(share)
+        gaps.append(on["best_val_acc"] - off["best_val_acc"])
+        print(f"| {on.get('seed')} | {off['trial_epochs']} | {on['trial_epochs']} ({share:.0%}) "
+              f"| {off['best_val_acc']:.4f} | {on['best_val_acc']:.4f} "
+              f"| {'yes' if kept else 'no'} |")
+    print(f"| **mean** | | **{mean(shares):.0%}** | "
+          f"{mean([p[0]['best_val_acc'] for p in pairs]):.4f} | "
+          f"{mean([p[1]['best_val_acc'] for p in pairs]):.4f} "
+          f"(**{100 * mean(gaps):+.1f} pp**) | |")
+
+
+def replay_asha(curves: list[list[float]], max_t: int, grace: int, rf: float) -> list[int]:
+    """Epochs each trial would run under ASHA: Ray's rule replayed on full val_acc curves.
+
+    The rule of `ray.tune.schedulers.async_hyperband._Bracket` (one bracket, mode max):
+    rungs at grace * rf**k below max_t; a trial reaching a rung stops if its val_acc is
+    below the (1 - 1/rf) percentile of those recorded there before it. Trials run one at a
+    time in sample order, as in part 2, and training is deterministic for a seed, so the
+    no-ASHA run's curves say what every setting of grace and rf would have done with the
+    same warm-up and epochs (the shipped setting's replay is checked against its real run).
+    """
+    import numpy as np
+
+    n_rungs = int(np.log(max_t / grace) / np.log(rf) + 1)
+    rungs: list[tuple[float, dict[int, float]]] = [
+        (grace * rf ** k, {}) for k in reversed(range(n_rungs))]
+    ran = []
+    for i, curve in enumerate(curves):
+        for t, acc in enumerate(curve, 1):
+            stop = t >= max_t
+            for milestone, recorded in rungs:
+                if t >= milestone and i in recorded:
+                    break
+                if t < milestone or i in recorded:
+                    continue
+                if recorded and acc < np.nanpercentile(list(recorded.values()),
+                                                       (1 - 1 / rf) * 100):
+                    stop = True
+                recorded[i] = acc
+                break
+            if stop:
+                break
+        ran.append(t)
+    return ran
+
+
+def print_replay(pairs: list[list[dict[str, Any]]], max_t: int) -> None:
+    """What other grace periods and reduction factors would have done on the same curves."""
+    print("\n## ASHA settings replayed on the no-ASHA curves (same warm-up and epochs)\n")
+    print("| grace_period | reduction_factor | trial-epochs share (mean) | best val_acc vs no "
+          "ASHA (mean) | seeds where the best config ran to the end |")
+    print("|---|---|---|---|---|")
+    for grace in range(1, max_t):
+        for rf in (2, 3, 4):
+            shares, gaps, kept = [], [], 0
+            for off, *_ in pairs:
+                curves = [r["val_acc"] for r in off["rows"]]
+                ran = replay_asha(curves, max_t, grace, rf)
+                best = max(max(c[:n]) for c, n in zip(curves, ran, strict=True))
+                full = max(max(c) for c in curves)
+                top = max(range(len(curves)), key=lambda i: max(curves[i]))
+                kept += ran[top] == len(curves[top])
+                shares.append(sum(ran) / sum(len(c) for c in curves))
+                gaps.append(best - full)
+            print(f"| {grace} | {rf} | {mean(shares):.0%} | {100 * mean(gaps):+.1f} pp "
+                  f"| {kept} of {len(pairs)} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch, 2 trials, 3 samples")
@@ -614,6 +715,17 @@ def main(argv: list[str] | None = None) -> int:
                          "default: with 2 threads on a 2-core machine that other processes "
                          "share, torch's OpenMP barriers stall and epoch times vary up to 10x")
     ap.add_argument("--skip-asha", action="store_true", help="part 1 only")
+    ap.add_argument("--replay-only", action="store_true",
+                    help="part 2: run only the no-ASHA search per seed and replay ASHA's rule "
+                         "on its curves (half the cost; exact, see replay_asha)")
+    ap.add_argument("--out", default="results.json",
+                    help="raw figures' file name under benchmarks/_work/sweep/")
+    ap.add_argument("--seeds", default="42,43,44",
+                    help="comma-separated train.seed values (Optuna's seed too) for part 2; "
+                         "each runs the search with and without ASHA")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="part 2: override a dotted key of the shipped train/search sections "
+                         "(YAML value), e.g. --set search.grace_period=3")
     ap.add_argument("--skip-overhead", action="store_true", help="part 2 only")
     args = ap.parse_args(argv)
     if args.trials < 2 or args.trials % 2:
@@ -660,14 +772,33 @@ def main(argv: list[str] | None = None) -> int:
         print_cpu(sides)
 
     if not args.skip_asha:
-        print(f"\nsearch: {sizes.num_samples} samples x {sizes.search_epochs} epochs, img "
-              f"{sizes.search_img_size}, {sizes.search_demo}")
-        res = run_asha_pair(sizes, args.cpus)
-        record["asha"] = res
-        print_asha(res)
+        overrides = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep or key.split(".")[0] not in ("train", "search"):
+                print(f"error: --set wants train.KEY=VALUE or search.KEY=VALUE but got {item!r}",
+                      file=sys.stderr)
+                return 2
+            overrides[key] = yaml.safe_load(value)
+        seeds = [int(x) for x in args.seeds.split(",")]
+        print(f"\nsearch: {SHIPPED.name}'s train and search sections"
+              f"{' (smoke sizes)' if args.smoke else ''}, overrides {overrides or 'none'}, "
+              f"seeds {seeds}, data {sizes.search_demo}")
+        pairs = []
+        for seed in seeds:
+            pairs.append(run_asha_pair(sizes, args.cpus, seed, args.smoke, overrides,
+                                       args.replay_only))
+            print(f"  seed {seed} done (load {os.getloadavg()[0]:.1f})", flush=True)
+        record["asha"] = pairs
+        record["asha_overrides"] = overrides
+        if not args.replay_only:
+            for pair in pairs:
+                print_asha(pair)
+            print_asha_summary(pairs)
+        print_replay(pairs, max(len(r["val_acc"]) for r in pairs[0][0]["rows"]))
 
     print(f"\nload average at the end: {os.getloadavg()[0]:.1f}")
-    out = WORK / ("results-smoke.json" if args.smoke else "results.json")
+    out = WORK / ("results-smoke.json" if args.smoke else args.out)
     out.write_text(json.dumps(record, indent=1, default=str))
     print(f"raw figures: {out}")
     return 0

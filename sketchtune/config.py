@@ -448,8 +448,10 @@ class SearchConfig(Strict):
     )
     asha: Bool = Field(
         True,
-        description="Stop weak trials early with ASHA. On: it saved half the trial-epochs of "
-        "the demo's search (benchmarks/RESULTS-sweep.md).",
+        description="Stop weak trials early with ASHA. On: with tens of epochs it saves most "
+        "of a search's work. A rung compares val_acc mid-training, so a backbone that starts "
+        "slowly is stopped before it overtakes: on the 4-epoch demo (configs/sweep.yaml turns it "
+        "off) every saving setting lost the best config (benchmarks/RESULTS-sweep.md).",
     )
     grace_period: Int = Field(
         1, ge=1,
@@ -469,6 +471,24 @@ class SearchConfig(Strict):
         description="How many of each backbone's best search configs go to cv (trials that "
         "ran further rank first, then by best val_acc). 1: cv costs one config x n_folds per "
         "backbone, and an ensemble gains most from different backbones.",
+    )
+    select: Literal["top_k", "ensemble"] = Field(
+        "top_k",
+        description="How the search's configs for cv are chosen. top_k: the "
+        "`top_k_per_backbone` best of each backbone by fold-`fold` val_acc. ensemble: greedy "
+        "forward selection (Caruana, with replacement) on the `fold` validation predictions of "
+        "every trial that ran to its last epoch, by accuracy with log loss breaking ties, until "
+        "`budget` distinct configs are chosen (hyper-deep ensembles, Wenzel et al. 2020); the "
+        "top_k ranking fills the budget when fewer trials finished. top_k: on the demo both "
+        "rules sent the same candidates to cv, so `ensemble` did not win "
+        "(benchmarks/RESULTS-selection.md); it can only differ when more trials finish than "
+        "the budget, and from per-backbone top-k when a backbone's runner-up adds more.",
+    )
+    budget: int | None = Field(
+        None, ge=1,
+        description="How many configs `select: ensemble` sends to cv. None: as many as top_k "
+        "would pick (`top_k_per_backbone` x the backbones the search tried), so both rules "
+        "cost the same cv trials.",
     )
 
 

@@ -1,4 +1,4 @@
-"""The stage planner: candidates, the search space as Ray domains, top-k selection, cv jobs.
+"""The stage planner: candidates, the search space as Ray domains, cv selection, cv jobs.
 
 One trial config shape for both stages: `{"job": {"params": {dotted key: value}, "fold": k}}`.
 The search stage samples `params` (Optuna); the cv stage grids over whole jobs, because the
@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, TypedDict
+
+import numpy as np
 
 from .config import (
     ParamSpec,
@@ -21,15 +24,19 @@ from .config import (
     search_max_epochs,
     with_train_overrides,
 )
+from .selection import greedy_members
 from .store import PredictionStore
 
 __all__ = ["FOLD_COLUMN", "JOB", "Candidate", "Job", "config_digest", "cv_candidates",
            "cv_experiment_name", "cv_param_space", "describe_trial", "job_of", "max_epochs",
-           "plan_cv_jobs", "probe_values", "search_experiment_name", "search_param_space",
-           "search_space", "select_top", "trial_config"]
+           "plan_cv_jobs", "probe_values", "rank_search", "search_experiment_name",
+           "search_param_space", "search_space", "select_candidates", "select_ensemble",
+           "select_top", "trial_config"]
 
 JOB = "job"  # the trial config's one key
 FOLD_COLUMN = f"{JOB}/fold"  # the fold's path in a trial config, as Tune's reporter spells it
+
+_log = logging.getLogger(__name__)
 
 
 class Job(TypedDict):
@@ -119,8 +126,8 @@ def max_epochs(cfg: SweepConfig) -> int:
     return search_max_epochs(cfg)
 
 
-def select_top(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
-    """Search results (Tune `Result`s) -> the top `search.top_k_per_backbone` per backbone.
+def rank_search(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
+    """Search results (Tune `Result`s) -> every distinct candidate, best first.
 
     Like with like: a trial ASHA let run further ranks above one it stopped early (whose
     val_acc is from fewer epochs); among equals, the higher best val_acc wins, then the
@@ -135,12 +142,80 @@ def select_top(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
         best = r.metrics.get("best_val_acc", r.metrics.get("val_acc", 0.0))
         reached = r.metrics.get("epoch", 0)
         scored.append((-reached, -best, i, Candidate(dict(params), train, "search")))
-    top: dict[str, list[Candidate]] = {}
+    ranked: list[Candidate] = []
+    seen: set[str] = set()
     for *_, c in sorted(scored, key=lambda t: t[:3]):
+        if c.id not in seen:
+            seen.add(c.id)
+            ranked.append(c)
+    return ranked
+
+
+def select_top(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:
+    """Search results -> the top `search.top_k_per_backbone` of each backbone, ranked as
+    `rank_search` ranks them."""
+    top: dict[str, list[Candidate]] = {}
+    for c in rank_search(cfg, results):
         chosen = top.setdefault(c.backbone, [])
-        if len(chosen) < cfg.search.top_k_per_backbone and c.id not in {x.id for x in chosen}:
+        if len(chosen) < cfg.search.top_k_per_backbone:
             chosen.append(c)
     return [c for cs in top.values() for c in cs]
+
+
+def _search_fold_probs(cfg: SweepConfig, pool: list[Candidate], store: PredictionStore
+                       ) -> tuple[list[Candidate], np.ndarray, np.ndarray]:
+    """The pool's candidates with a `search.fold` prediction in the store, and those predictions
+    aligned by image_path: (members, probs (M, N, C) float32, targets (N,) int64).
+
+    A fold whose rows or class count differ from the first one's is left out with a warning
+    (a store written under other folds): comparing it row by row would be wrong.
+    """
+    fold = cfg.search.fold
+    members: list[Candidate] = []
+    rows: list[np.ndarray] = []
+    keys = targets = None
+    for c in pool:
+        if not store.has_fold(c.id, fold):
+            continue  # stopped early by ASHA, or failed: no prediction to choose by
+        f = store.read_fold(c.id, fold)
+        order = np.argsort(f.val_keys, kind="stable")
+        if keys is None:
+            keys, targets = f.val_keys[order], f.val_targets[order]
+        elif not (np.array_equal(f.val_keys[order], keys)
+                  and f.val_probs.shape[1] == rows[0].shape[1]):
+            _log.warning("select: candidate %s's fold %d predicts other rows or classes than %s's;"
+                         " left out of the ensemble selection", c.id, fold, members[0].id)
+            continue
+        members.append(c)
+        rows.append(f.val_probs[order])
+    if not members:
+        return [], np.zeros((0, 0, 0), dtype=np.float32), np.zeros(0, dtype=np.int64)
+    return members, np.stack(rows), np.asarray(targets, dtype=np.int64)
+
+
+def select_ensemble(cfg: SweepConfig, ranked: list[Candidate], budget: int,
+                    store: PredictionStore) -> list[Candidate]:
+    """`budget` candidates by greedy ensemble gain on their `search.fold` predictions.
+
+    `ranked` is `rank_search`'s order; when fewer than `budget` of them have a prediction
+    (ASHA stopped the rest), the budget is filled in that order.
+    """
+    members, probs, targets = _search_fold_probs(cfg, ranked, store)
+    chosen = [members[j] for j in greedy_members(probs, targets, budget)] if members else []
+    _log.info("select: ensemble chose %s from %d finished trial(s)",
+              ", ".join(c.id for c in chosen) or "none", len(members))
+    ids = {c.id for c in chosen}
+    return chosen + [c for c in ranked if c.id not in ids][: budget - len(chosen)]
+
+
+def select_candidates(cfg: SweepConfig, results: Iterable[Any],
+                      store: PredictionStore) -> list[Candidate]:
+    """The search's configs for cv, by `search.select` (see its description)."""
+    results = list(results)
+    top = select_top(cfg, results)
+    if cfg.search.select == "top_k":
+        return top
+    return select_ensemble(cfg, rank_search(cfg, results), cfg.search.budget or len(top), store)
 
 
 # ---------------------------------------------------------------- cv stage

@@ -22,7 +22,7 @@ from .planner import (
     plan_cv_jobs,
     search_experiment_name,
     search_param_space,
-    select_top,
+    select_candidates,
 )
 from .store import PredictionStore
 from .trainable import trial
@@ -162,7 +162,7 @@ def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
 
 def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
                outcomes: dict[str, StageOutcome] | None = None) -> list[Candidate]:
-    """Stage 1: Optuna + ASHA on one fold; returns the top-k configs per backbone.
+    """Stage 1: Optuna + ASHA on one fold; returns the configs for cv (`search.select`).
 
     `outcomes["search"]` gets how its trials ended (failed ones: after every retry).
     """
@@ -191,7 +191,7 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
         results = tuner.fit()
     if outcomes is not None:
         outcomes["search"] = _outcome(results)
-    return select_top(cfg, results)
+    return select_candidates(cfg, results, PredictionStore(cfg.sweep_dir))
 
 
 def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet: bool,
