@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     text = render()
     if args.check:
         if not args.path.is_file():
-            print(f"{prog}: error: {args.path}: not found; run `{COMMAND}`", file=sys.stderr)
+            print(f"{prog}: error: {args.path} is stale; run `{COMMAND}` (the file does not "
+                  "exist)", file=sys.stderr)
             return 1
         if args.path.read_text(encoding="utf-8") != text:
             print(f"{prog}: error: {args.path} is stale; run `{COMMAND}`", file=sys.stderr)
