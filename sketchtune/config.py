@@ -496,7 +496,8 @@ class RayConfig(Strict):
     address: str | None = Field(
         None,
         description="null: a fresh local Ray of the sweep's own; `auto`: join the cluster "
-        "started with `ray start --head`; or `HOST:PORT`. null rather than Ray's own default, "
+        "`ray start --head` recorded on this machine (or `$RAY_ADDRESS`), refused when there "
+        "is none rather than joining any Ray process found; or `HOST:PORT`. null rather than Ray's own default, "
         "which would join whatever cluster this machine last ran, even a dead one.",
     )
     max_concurrent_trials: Int | None = Field(
