@@ -497,8 +497,9 @@ class RayConfig(Strict):
         None,
         description="null: a fresh local Ray of the sweep's own; `auto`: join the cluster "
         "`ray start --head` recorded on this machine (or `$RAY_ADDRESS`), refused when there "
-        "is none rather than joining any Ray process found; or `HOST:PORT`. null rather than Ray's own default, "
-        "which would join whatever cluster this machine last ran, even a dead one.",
+        "is none rather than joining any Ray process found; or `HOST:PORT`. null rather than "
+        "Ray's own default, which would join whatever cluster this machine last ran, even a "
+        "dead one.",
     )
     max_concurrent_trials: Int | None = Field(
         None, ge=1,

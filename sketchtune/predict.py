@@ -107,14 +107,14 @@ def predict_csv(
         raise StoreError(f"{store.candidate_dir(candidate_id)}: fold(s) {missing} saved no "
                          "weights (save_weights was false); retrain them to predict new images")
     train_cfg = TrainConfig.model_validate(manifests[0]["config"])
+    root = Path(image_root) if image_root is not None else Path(csv_path).parent
+    paths = read_image_list(Path(csv_path), root)  # the cheap check first: do they exist
     weights = [store.candidate_dir(candidate_id) / m["weights_file"] for m in manifests]
     model = build_model(train_cfg.model.model_copy(update={"pretrained": False}),
                         int(manifests[0]["num_classes"]), train_cfg.img_size)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for w in weights:  # headers only, before the images are decoded and cached
         _check_weights_file(w, want)
-    root = Path(image_root) if image_root is not None else Path(csv_path).parent
-    paths = read_image_list(Path(csv_path), root)
     images = load_images(paths, train_cfg.img_size, cfg.data.cache_dir, progress=progress)
     device = device or select_device()
     loader = DataLoader(SketchDataset(images, None, build_eval_transform(train_cfg.img_size)),
