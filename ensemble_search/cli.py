@@ -7,7 +7,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from sketchtune.cli import add_debug_argument, run_cli, setup_logging
+from sketchtune.cli import add_debug_argument, resolve_arg, run_cli, setup_logging
 from sketchtune.cli import base_parser as shared_parser
 from sketchtune.cli import load_sweep_config as shared_load
 from sketchtune.config import ConfigError, SweepConfig
@@ -40,7 +40,7 @@ def load_sweep_config(args: argparse.Namespace) -> SweepConfig:
 
 
 def out_dir(args: argparse.Namespace, cfg: SweepConfig) -> Path:
-    return Path(args.out).resolve() if args.out else cfg.sweep_dir / "ensemble"
+    return resolve_arg(args.out, "--out") if args.out else cfg.sweep_dir / "ensemble"
 
 
 def write_files(folder: Path, files: dict[str, bytes]) -> list[Path]:

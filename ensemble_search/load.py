@@ -160,8 +160,15 @@ def read_train_rows(data: DataConfig) -> TrainRows:
 
 
 def read_test_keys(test_csv: Path) -> np.ndarray:
-    """test.csv's image_path column, (n_test,) str, in file order."""
-    return _read_csv(Path(test_csv), ("image_path",))["image_path"].astype(str).to_numpy()
+    """test.csv's image_path column, (n_test,) str, in file order; no image twice."""
+    keys = _read_csv(Path(test_csv), ("image_path",))["image_path"].astype(str).to_numpy()
+    # The sweep refuses a test image listed twice (data.read_test_csv); so does predict, not
+    # a submission with one image in two rows. Spellings are compared normalised (./a = a).
+    norm = pd.Series([posixpath.normpath(k) for k in keys])
+    if (dup := np.flatnonzero(norm.duplicated().to_numpy())).size:
+        raise EnsembleError(f"{test_csv}: duplicate image_path {keys[dup[0]]!r} (row "
+                            f"{dup[0] + 2}); list each test image once")
+    return keys
 
 
 def check_probs(p: np.ndarray, what: str) -> None:

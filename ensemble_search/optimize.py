@@ -171,6 +171,9 @@ def _body(args: argparse.Namespace) -> int:
     rows = read_train_rows(cfg.data)
     wanted = [c.strip() for c in args.candidates.split(",") if c.strip()] \
         if args.candidates else None
+    if wanted is not None and len(set(wanted)) < len(wanted):
+        twice = next(c for c in wanted if wanted.count(c) > 1)
+        raise EnsembleError(f"{store.candidates_dir}: --candidates lists {twice} twice")
     oof = load_oof(store, rows, wanted)
     res = compare_methods(oof, cfg.ensemble)
     est, est_info = _estimate_or_why(store, oof, res, Path(cfg.data.test_csv))

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sketchtune.cli import resolve_arg
 from sketchtune.config import SweepConfig
 from sketchtune.store import PredictionStore
 
@@ -72,8 +73,8 @@ def _body(args: argparse.Namespace) -> int:
     store = PredictionStore(cfg.sweep_dir)
     ids = _check_candidates(store, spec, path)
     if args.images:
-        csv = Path(args.images).resolve()
-        root = Path(args.image_root).resolve() if args.image_root else csv.parent
+        csv = resolve_arg(args.images, "--images")
+        root = resolve_arg(args.image_root, "--image-root") if args.image_root else csv.parent
         keys = read_test_keys(csv)
         probs = _images_probs(cfg, ids, csv, root)
         stem = f"predictions_{csv.stem}"
@@ -81,7 +82,8 @@ def _body(args: argparse.Namespace) -> int:
         if args.image_root:
             raise EnsembleError("--image-root: only used with --images (the stored test "
                                 "predictions need no images)")
-        csv = Path(args.test_csv).resolve() if args.test_csv else Path(cfg.data.test_csv)
+        csv = (resolve_arg(args.test_csv, "--test-csv") if args.test_csv
+               else Path(cfg.data.test_csv))
         keys = read_test_keys(csv)
         # Matched by image_path: a reordered or edited test.csv gets each image's own row.
         probs = load_test_probs(store, ids, keys, source=csv)

@@ -15,7 +15,7 @@ from .config import ConfigError, SweepConfig, load_config
 from .errors import first_line
 
 __all__ = ["EPILOG", "OneLineParser", "add_debug_argument", "base_parser", "fail", "first_line",
-           "load_sweep_config", "run_cli", "setup_logging"]
+           "load_sweep_config", "resolve_arg", "run_cli", "setup_logging"]
 
 DEBUG_ENV = "SKETCHTUNE_DEBUG"  # =1 shows the traceback of an unexpected error, like --debug
 
@@ -61,11 +61,21 @@ def load_sweep_config(args: argparse.Namespace, *, must_exist: bool = False) -> 
     """The config with --set applied; --sweep DIR makes DIR the sweep folder (name = its name)."""
     cfg = load_config(args.config, args.set or None)
     if args.sweep:
-        d = Path(args.sweep).resolve()
+        d = resolve_arg(args.sweep, "--sweep")
         if must_exist and not d.is_dir():
             raise ConfigError(f"{d}: --sweep folder not found; run the sweep first")
         cfg = cfg.model_copy(update={"storage_path": d.parent, "name": d.name})
     return cfg
+
+
+def resolve_arg(path: str | Path, option: str) -> Path:
+    """`path` made absolute; a symlink loop is a ConfigError naming `option` (Python 3.11's
+    `resolve` raises RuntimeError for one, later versions OSError)."""
+    try:
+        return Path(path).resolve()
+    except (RuntimeError, OSError) as err:
+        raise ConfigError(f"{path}: {option}: cannot resolve the path ({first_line(err)})") \
+            from None
 
 
 def setup_logging(quiet: bool, prog: str) -> None:

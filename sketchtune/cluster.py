@@ -28,10 +28,34 @@ def _address(cfg: SweepConfig) -> str:
     return cfg.ray.address or "local"
 
 
+def _auto_address(cfg: SweepConfig) -> str:
+    """The `host:port` that `auto` stands for: RAY_ADDRESS, else the cluster `ray start` last
+    recorded on this machine. Ray itself would also fall back to any Ray process it finds
+    (another user's local Ray, gone when that user's script ends); we refuse that instead."""
+    from ray._private.utils import read_ray_address
+
+    found = os.environ.get("RAY_ADDRESS") or read_ray_address()
+    if not found or found == "auto":
+        raise ConfigError("ray.address='auto': no Ray cluster was started on this machine "
+                          "(`ray start --head` records one); start it, or leave ray.address "
+                          "unset for a local Ray")
+    return found
+
+
 def check_address(cfg: SweepConfig) -> None:
-    """A `host:port` address must answer now: Ray itself retries an unreachable head for
-    minutes, one quick TCP try says it at once. `local` and `auto` are not checked here."""
+    """The address must answer now: Ray itself retries an unreachable head for minutes, one
+    quick TCP try says it at once. `auto` is resolved first (`_auto_address`); a local Ray is
+    checked against this machine's CPUs, as `check_resources` does once Ray runs."""
     address = _address(cfg)
+    if address == "local":
+        cpus = os.cpu_count() or 1
+        if cfg.resources.cpu > cpus:
+            raise ConfigError(f"resources.cpu={cfg.resources.cpu}: this machine has {cpus} "
+                              "CPU(s), so no trial could ever start; lower resources.cpu or "
+                              "join a cluster (ray.address)")
+        return
+    if address == "auto":
+        address = _auto_address(cfg)
     host, _, port = address.rpartition(":")
     if not (host and port.isdigit() and "://" not in address):
         return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import types
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -515,8 +516,10 @@ class RayConfig(Strict):
     address: str | None = Field(
         None,
         description="null: a fresh local Ray of the sweep's own; `auto`: join the cluster "
-        "started with `ray start --head`; or `HOST:PORT`. null rather than Ray's own default, "
-        "which would join whatever cluster this machine last ran, even a dead one.",
+        "`ray start --head` recorded on this machine (or `$RAY_ADDRESS`), refused when there "
+        "is none rather than joining any Ray process found; or `HOST:PORT`. null rather than "
+        "Ray's own default, which would join whatever cluster this machine last ran, even a "
+        "dead one.",
     )
     max_concurrent_trials: Int | None = Field(
         None, ge=1,
@@ -622,7 +625,8 @@ class SweepConfig(Strict):
     """A sweep: the data, the base training config, the search, Ray, MLflow and the ensemble."""
 
     name: str = Field(
-        "demo", pattern=r"^[A-Za-z0-9_.-]+$",
+        # Not only dots: "." would be storage_path itself and ".." the folder above it.
+        "demo", pattern=r"^[A-Za-z0-9_.-]*[A-Za-z0-9_-][A-Za-z0-9_.-]*$",
         description="The sweep's name: its folder under `storage_path` and its MLflow "
         "experiment. Default: the demo's.",
     )
@@ -636,6 +640,7 @@ class SweepConfig(Strict):
     tracking_uri: str | None = Field(
         None,
         description="MLflow tracking URI; an `http://` server for a team. null: "
+        "`$MLFLOW_TRACKING_URI` when it is set (as MLflow itself reads it), else "
         "`sqlite:///mlflow.db` in the working directory the command runs from, with artifacts "
         "in `mlruns/` beside it, MLflow's own default, so a plain `mlflow ui` there shows every "
         "sweep (made absolute at load: Ray moves each trial into its own directory).",
@@ -975,7 +980,10 @@ def resolve_paths(cfg: SweepConfig, base: Path | None = None) -> SweepConfig:
     upd: dict[str, Any] = {"data": data}
     upd["storage_path"] = absolute(cfg.storage_path)
     if cfg.tracking_uri is None:
-        upd["tracking_uri"] = f"sqlite:///{base / 'mlflow.db'}"
+        # MLflow's own default: the environment's URI first, so an exported server is not
+        # silently bypassed for a local file.
+        upd["tracking_uri"] = (os.environ.get("MLFLOW_TRACKING_URI")
+                               or f"sqlite:///{base / 'mlflow.db'}")
     mw = cfg.train.model.weights_file
     if mw is not None:
         upd["train"] = cfg.train.model_copy(

@@ -176,11 +176,19 @@ def main(argv: list[str] | None = None) -> int:
                       help="exit 1 if the file differs from what would be generated")
     p.add_argument("--path", type=Path, default=DOC, help="the file (default: docs/config.md)")
     args = p.parse_args(argv)
+    prog = p.prog.removeprefix("python -m ")  # the prefix every CLI's one-line error has
+    if args.path.is_dir():
+        print(f"{prog}: error: {args.path}: is a folder, not a file; pass --path FILE",
+              file=sys.stderr)
+        return 2
     text = render()
     if args.check:
-        have = args.path.read_text(encoding="utf-8") if args.path.is_file() else None
-        if have != text:
-            print(f"{p.prog}: error: {args.path} is stale; run `{COMMAND}`", file=sys.stderr)
+        if not args.path.is_file():
+            print(f"{prog}: error: {args.path} is stale; run `{COMMAND}` (the file does not "
+                  "exist)", file=sys.stderr)
+            return 1
+        if args.path.read_text(encoding="utf-8") != text:
+            print(f"{prog}: error: {args.path} is stale; run `{COMMAND}`", file=sys.stderr)
             return 1
         return 0
     if args.write:
@@ -189,7 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         try:
             atomic_write_bytes(args.path, text.encode("utf-8"))
         except StoreError as err:
-            print(f"{p.prog}: error: {err}", file=sys.stderr)
+            # The store's message advises storage_path; here the file is --path's.
+            cause = err.__context__
+            why = (cause.strerror or cause) if isinstance(cause, OSError) else err
+            print(f"{prog}: error: {args.path}: cannot write ({why}); nothing was written; "
+                  "choose another --path", file=sys.stderr)
             return 2
         return 0
     sys.stdout.write(text)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
@@ -67,6 +68,24 @@ def read_image_list(csv_path: Path, image_root: Path) -> list[Path]:
     return paths
 
 
+def _check_weights_file(path: Path, want: dict[str, tuple[int, ...]]) -> None:
+    """StoreError naming `path` unless it is a safetensors file holding exactly the tensors
+    `want` (name -> shape, the model's state_dict); reads the header only."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except FileNotFoundError:
+        raise StoreError(f"{path}: weights file not found; retrain the fold to predict new "
+                         "images") from None
+    except (SafetensorError, OSError) as err:  # cut short, not safetensors, unreadable
+        raise StoreError(f"{path}: unreadable weights file ({first_line(err, 100)}); retrain "
+                         "the fold to predict new images") from None
+    if have != want:
+        name = sorted(have.keys() ^ want.keys()) or [k for k in want if have[k] != want[k]]
+        raise StoreError(f"{path}: these weights do not fit the fold's model (first difference: "
+                         f"tensor {name[0]!r}); the file was replaced: retrain the fold")
+
+
 def predict_csv(
     cfg: SweepConfig, candidate_id: str, csv_path: Path, *, image_root: Path | None = None,
     device: torch.device | None = None, progress: bool = False,
@@ -89,17 +108,21 @@ def predict_csv(
                          "weights (save_weights was false); retrain them to predict new images")
     train_cfg = TrainConfig.model_validate(manifests[0]["config"])
     root = Path(image_root) if image_root is not None else Path(csv_path).parent
-    paths = read_image_list(Path(csv_path), root)
+    paths = read_image_list(Path(csv_path), root)  # the cheap check first: do they exist
+    weights = [store.candidate_dir(candidate_id) / m["weights_file"] for m in manifests]
+    model = build_model(train_cfg.model.model_copy(update={"pretrained": False}),
+                        int(manifests[0]["num_classes"]), train_cfg.img_size)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    for w in weights:  # headers only, before the images are decoded and cached
+        _check_weights_file(w, want)
     images = load_images(paths, train_cfg.img_size, cfg.data.cache_dir, progress=progress)
     device = device or select_device()
     loader = DataLoader(SketchDataset(images, None, build_eval_transform(train_cfg.img_size)),
                         batch_size=train_cfg.batch_size, shuffle=False,
                         pin_memory=device.type == "cuda")
     total = None
-    for k, m in zip(folds, manifests, strict=True):
-        model = build_model(train_cfg.model.model_copy(update={"pretrained": False}),
-                            int(m["num_classes"]), train_cfg.img_size)
-        model.load_state_dict(load_file(store.candidate_dir(candidate_id) / m["weights_file"]))
+    for k, w in zip(folds, weights, strict=True):
+        model.load_state_dict(load_file(w))  # every tensor checked by _check_weights_file
         model.to(device)
         p = predict(model, loader, device, train_cfg.tta_hflip, progress, f"fold {k}")
         total = p if total is None else total + p

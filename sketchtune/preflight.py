@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -103,9 +104,18 @@ def check_folder(path: Path, key: str) -> None:
     if not probe.is_dir():
         raise ConfigError(f"{key}: {str(path)!r} cannot be made: {str(probe)!r} is a file; "
                           f"move it away or set {key} elsewhere")
-    if not os.access(probe, os.W_OK | os.X_OK):
-        raise ConfigError(f"{key}: {str(path)!r} cannot be written ({str(probe)!r} is not "
-                          f"writable); fix its permissions or set {key} elsewhere")
+    why = None if os.access(probe, os.W_OK | os.X_OK) else "is not writable"
+    if why is None:
+        # os.access says yes to root everywhere, also where nothing can be made (/proc, a
+        # read-only mount seen through some file systems): one empty folder made and removed
+        # there says it for sure, and leaves nothing behind.
+        try:
+            os.rmdir(tempfile.mkdtemp(prefix=".sketchtune-probe-", dir=probe))
+        except OSError as err:
+            why = f"nothing can be made in it: {err.strerror or err}"
+    if why is not None:
+        raise ConfigError(f"{key}: {str(path)!r} cannot be written ({str(probe)!r} {why}); "
+                          f"fix its permissions or set {key} elsewhere")
 
 
 def _check_device(cfg: SweepConfig, device: str | None) -> None:

@@ -204,6 +204,13 @@ class PredictionStore:
             raise StoreError(f"{js}: manifest must be a JSON object, not "
                              f"{type(manifest).__name__}; delete the fold and run the sweep "
                              "again to rewrite it")
+        # A fold's files copied or swapped between candidates or folds would pass every
+        # other check and mix two models' predictions into one candidate's OOF.
+        for key, want in (("candidate_id", candidate_id), ("fold", fold)):
+            if key in manifest and manifest[key] != want:
+                raise StoreError(f"{js}: manifest says {key}={manifest[key]!r} but the file "
+                                 f"is {candidate_id}'s fold {fold}: the store's files were moved "
+                                 "or edited; delete the fold and run the sweep again")
         return manifest
 
     def update_manifest(self, candidate_id: str, fold: int, **fields: Any) -> dict[str, Any]:

@@ -390,6 +390,50 @@ def _pred_missing_fold(s: Setup):
     return [], _drop_fold(s, j=1, k=0)
 
 
+def _loop_arg(option: str):
+    """`option` pointing into a symlink that points to itself (a loop `resolve` cannot end)."""
+    def breaks(s: Setup):
+        os.symlink("loop", s.root / "loop")
+        return [option, str(s.root / "loop" / "x")], s.root / "loop" / "x"
+    return breaks
+
+
+def _opt_fold_files_swapped(s: Setup):
+    """fold0's files of two candidates swapped: each file is valid, the candidate is not."""
+    a, b = (s.sweep.store.candidate_dir(c) for c in s.sweep.ids)
+    for ext in ("npz", "json"):
+        x, y = a / f"fold0.{ext}", b / f"fold0.{ext}"
+        data = x.read_bytes()
+        x.write_bytes(y.read_bytes())
+        y.write_bytes(data)
+    return [], a / "fold0.json"
+
+
+def _opt_manifest_fold_edited(s: Setup):
+    path = s.sweep.store.candidate_dir(s.sweep.ids[1]) / "fold2.json"
+    manifest = json.loads(path.read_text())
+    manifest["fold"] = 0
+    path.write_text(json.dumps(manifest))
+    return [], path
+
+
+def _opt_candidates_twice(s: Setup):
+    cid = s.sweep.ids[0]
+    return [f"--candidates={cid},{cid}"], s.sweep.store.candidates_dir
+
+
+def _pred_test_csv_duplicate(respell: bool):
+    def breaks(s: Setup):
+        path = s.sweep.test_csv
+        df = pd.read_csv(path)
+        extra = df.iloc[[2]].copy()
+        if respell:  # the same image under another spelling is the same image
+            extra["image_path"] = "./" + extra["image_path"]
+        pd.concat([df, extra]).to_csv(path, index=False)
+        return [], path
+    return breaks
+
+
 LATIN1 = "class_name,image_path,target\ncaf\xe9,train/a.JPEG,0\n".encode("latin-1")
 BINARY = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 RANDOM = np.random.default_rng(0).bytes(3000)
@@ -407,6 +451,8 @@ CASES = [
     Case("set-bad-value", "train", _sets("train.batch_size=many"), ("batch_size", "integer")),
     Case("set-into-a-value", "train", _sets("train.epochs.x=1"), ("train.epochs", "section")),
     Case("fold-out-of-range", "train", _fold_out_of_range, ("--fold", "n_folds")),
+    Case("cfg-name-dot-dot", "train", _cfg(name=".."), ("name", "'..'")),
+    Case("sweep-dir-symlink-loop", "train", _loop_arg("--sweep"), ("--sweep", "symlink loop")),
     Case("unknown-backbone", "train", _cfg(**{"train.model.name": "no_such_net"}),
          ("no_such_net", "timm")),
     Case("unknown-optimizer", "train", _cfg(**{"train.optim.name": "adamww"}),
@@ -492,6 +538,12 @@ CASES = [
          _folds_csv(lambda d: pd.concat([d, d.iloc[[3]]])), ("more than once",)),
     Case("opt-no-store", "optimize", _opt_no_store, ("no prediction store",)),
     Case("opt-set-bad-method", "optimize", _sets("ensemble.method=magic"), ("ensemble.method",)),
+    Case("opt-fold-files-swapped", "optimize", _opt_fold_files_swapped,
+         ("manifest says candidate_id",)),
+    Case("opt-manifest-fold-edited", "optimize", _opt_manifest_fold_edited,
+         ("manifest says fold=0",)),
+    Case("opt-candidates-twice", "optimize", _opt_candidates_twice, ("twice",)),
+    Case("opt-out-symlink-loop", "optimize", _loop_arg("--out"), ("--out", "symlink loop")),
     # ---- ensemble_search.predict
     Case("pred-unknown-candidate", "predict", _ensemble_json(_spec_unknown_candidate),
          ("gone000000", "not in the store"), subprocess=True),
@@ -504,6 +556,14 @@ CASES = [
     Case("pred-test-csv-zero-bytes", "predict", _pred_test_csv_bytes(b""), ("csv",)),
     Case("pred-nan-test-probs", "predict", _pred_nan_test, ("nan",)),
     Case("pred-missing-fold", "predict", _pred_missing_fold, ("missing fold",)),
+    Case("pred-test-csv-duplicate-row", "predict", _pred_test_csv_duplicate(False),
+         ("duplicate image_path", "test/")),
+    Case("pred-test-csv-duplicate-respelt", "predict", _pred_test_csv_duplicate(True),
+         ("duplicate image_path", "./test/")),
+    Case("pred-test-csv-symlink-loop", "predict", _loop_arg("--test-csv"),
+         ("--test-csv", "symlink loop")),
+    Case("pred-images-symlink-loop", "predict", _loop_arg("--images"),
+         ("--images", "symlink loop")),
 ]
 
 # What a case may leave behind (fnmatch patterns), with the reason; all else must be untouched.
@@ -525,7 +585,9 @@ def snapshot(root: Path) -> dict[str, object]:
     out: dict[str, object] = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
-        if p.is_dir() and not p.is_symlink():
+        if p.is_symlink():  # its target, not its content: a case may plant a symlink loop
+            out[rel] = ("symlink", os.readlink(p))
+        elif p.is_dir():
             out[rel] = "dir"
         else:
             st = p.lstat()

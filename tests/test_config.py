@@ -37,12 +37,31 @@ def test_load_config_shipped_configs_validate():
 
 def test_load_config_paths_become_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # else it is the default
     cfg = load_config(write(tmp_path, "data: {train_csv: d/train.csv}\n"))
     assert cfg.data.train_csv == tmp_path / "d/train.csv"
     assert cfg.data.image_root == tmp_path / "d"
     assert cfg.data.folds_csv == tmp_path / "d/folds/k5_seed42.csv"
     assert cfg.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert cfg.sweep_dir == tmp_path / "sweeps" / "demo"
+
+
+def test_load_config_tracking_uri_defaults_to_mlflow_tracking_uri(tmp_path, monkeypatch):
+    """MLflow's own default comes from the environment first: an exported server is not
+    bypassed for a local file; a tracking_uri in the config still wins over it."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert load_config(write(tmp_path, "name: a\n")).tracking_uri == "http://mlflow.example:5000"
+    cfg = load_config(write(tmp_path, "name: a\ntracking_uri: sqlite:///x.db\n"))
+    assert cfg.tracking_uri == "sqlite:///x.db"
+
+
+@pytest.mark.parametrize("name", [".", "..", "...", "a/b", ""])
+def test_load_config_sweep_name_that_is_not_a_folder_of_its_own_is_refused(tmp_path, name):
+    """'.' would put the sweep in storage_path itself, '..' in the folder above it."""
+    with pytest.raises(ConfigError, match="name"):
+        load_config(write(tmp_path, f"name: {name!r}\n"))
+    assert load_config(write(tmp_path, "name: v1.2_a-b\n")).name == "v1.2_a-b"
 
 
 @pytest.mark.parametrize("text, key", [

@@ -84,6 +84,21 @@ def test_configdoc_check_and_write(tmp_path: Path, capsys):
     assert configdoc.main(["--check", "--path", str(path)]) == 1
 
 
+@pytest.mark.parametrize("flag", ["--check", "--write"])
+def test_configdoc_path_that_is_a_folder_is_one_line_exit_2(tmp_path: Path, capsys, flag):
+    assert configdoc.main([flag, "--path", str(tmp_path)]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("sketchtune.configdoc: error:") and str(tmp_path) in line
+    assert "is a folder" in line
+
+
+def test_configdoc_unwritable_path_names_the_file_and_the_option(capsys):
+    assert configdoc.main(["--write", "--path", "/proc/sketchtune-config.md"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "/proc/sketchtune-config.md: cannot write" in line and "--path" in line
+    assert "storage_path" not in line  # the store's hint does not apply to this file
+
+
 @pytest.mark.parametrize("module", ["sketchtune.sweep", "sketchtune.train",
                                     "ensemble_search.optimize", "ensemble_search.predict"])
 def test_every_config_cli_help_points_to_config_md(module: str, capsys):

@@ -47,6 +47,14 @@ CASES = {
     "train-device-cuda": ("train", {}, ["--device", "cuda"], ("--device 'cuda'", "no CUDA")),
     "sweep-dead-ray-address": ("sweep", {"ray": {"address": "127.0.0.1:9", "verbose": 0}}, [],
                                ("ray.address", "nothing answers")),
+    # Root passes os.access everywhere; nothing can be made under /proc even so.
+    "sweep-storage-cannot-be-made": ("sweep", {"storage_path": "/proc/sketchtune-sweeps"}, [],
+                                     ("storage_path", "cannot be written", "/proc")),
+    "sweep-cache-cannot-be-made": ("sweep", {"data.cache_dir": "/proc/sketchtune-cache"}, [],
+                                   ("data.cache_dir", "cannot be written")),
+    # A local Ray has this machine's CPUs: asking for more is found before the data step.
+    "sweep-more-cpus-than-the-machine": ("sweep", {"resources": {"cpu": 4096, "gpu": 0}}, [],
+                                         ("resources.cpu=4096", "CPU(s)")),
     # test_convnext halves the image 5 times: 16 px leaves less than its last 2x2 kernel.
     "sweep-img-size-too-small": ("sweep", {"train.img_size": 16}, [],
                                  ("img_size=16", "too small", "test_convnext")),
@@ -132,3 +140,27 @@ def test_unexpected_error_is_one_line_naming_its_type(tiny_cfg, capsys, monkeypa
         assert "Traceback" in capsys.readouterr().err
         # Loading the config is not what fails here: it is still valid.
         assert load_config(path).name == cfg.name
+
+
+def test_preflight_ray_auto_without_a_started_cluster(demo_dir, tmp_path, capsys, monkeypatch):
+    """`auto` with no `ray start` cluster recorded and no RAY_ADDRESS: refused before the
+    folds and caches are written. Ray itself would join any Ray process it finds on the
+    machine (another user's local Ray, which dies with that user's script)."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("ray._private.utils.read_ray_address", lambda temp_dir=None: None)
+    path, outputs = setup(demo_dir, tmp_path, **{"ray": {"address": "auto", "verbose": 0}})
+    line = refused(sweep_main, [str(path), "--quiet"], capsys)
+    assert "ray.address='auto'" in line and "ray start --head" in line, line
+    assert_nothing_written(outputs)
+
+
+def test_preflight_ray_auto_resolves_to_the_recorded_cluster(demo_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    """`auto` names the cluster `ray start` recorded; a dead one is refused like an address."""
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr("ray._private.utils.read_ray_address",
+                        lambda temp_dir=None: "127.0.0.1:9")
+    path, outputs = setup(demo_dir, tmp_path, **{"ray": {"address": "auto", "verbose": 0}})
+    line = refused(sweep_main, [str(path), "--quiet"], capsys)
+    assert "'127.0.0.1:9'" in line and "nothing answers" in line, line
+    assert_nothing_written(outputs)

@@ -183,3 +183,23 @@ def test_store_files_get_the_umask_mode_not_0600(tmp_path):
         os.umask(old)
     for f in (tmp_path / "candidates/abc").iterdir():
         assert stat.S_IMODE(f.stat().st_mode) == 0o644, f.name
+
+
+@pytest.mark.parametrize("swap", ["candidates", "folds"])
+def test_store_refuses_a_fold_whose_manifest_names_another_candidate_or_fold(tmp_path, swap):
+    """Files copied between candidates (or folds) pass every other check and would mix two
+    models' predictions into one OOF: the manifest's own candidate_id and fold must match."""
+    store = PredictionStore(tmp_path)
+    write(store, "aaa", 0)
+    write(store, "bbb", 0)
+    write(store, "aaa", 1)
+    a0 = store.candidate_dir("aaa")
+    src = store.candidate_dir("bbb") if swap == "candidates" else a0
+    k = 0 if swap == "candidates" else 1
+    for ext in ("npz", "json"):
+        (a0 / f"fold0.{ext}").write_bytes((src / f"fold{k}.{ext}").read_bytes())
+    want = "candidate_id='bbb'" if swap == "candidates" else "fold=1"
+    with pytest.raises(StoreError, match=want) as err:
+        store.read_fold("aaa", 0)
+    assert str(a0 / "fold0.json") in str(err.value)
+    assert store.read_fold("aaa", 1).manifest["fold"] == 1  # the untouched fold still reads
