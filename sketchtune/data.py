@@ -13,6 +13,7 @@ import posixpath
 import re
 import stat
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -33,6 +34,7 @@ __all__ = [
     "CachedImages",
     "DataError",
     "SketchDataset",
+    "cache_info_path",
     "check_class_sizes",
     "load_images",
     "normalise_image_path",
@@ -489,6 +491,30 @@ def _cache_key(paths: list[Path], img_size: int) -> str:
     return h.hexdigest()[:16]
 
 
+def cache_info_path(cache: Path) -> Path:
+    """The JSON beside a cache file that says what it was made from (`sketchtune.cache list`)."""
+    return cache.with_name(cache.name + ".json")
+
+
+def _write_cache_info(final: Path, paths: list[Path], img_size: int) -> None:
+    # What `python -m sketchtune.cache list` shows without a config: the images' folder.
+    try:
+        folder = os.path.commonpath([str(p.parent) for p in paths])
+    except ValueError:  # paths on different drives (Windows)
+        folder = ""
+    info = {"img_size": img_size, "n_images": len(paths), "image_folder": folder,
+            "first_image": str(paths[0]), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with contextlib.suppress(OSError):  # informative only: a cache works without it
+        cache_info_path(final).write_text(json.dumps(info, indent=1) + "\n")
+
+
+def _mark_used(final: Path) -> None:
+    # The access time says when a cache was last used (`sketchtune.cache remove --older-than`);
+    # relatime mounts update it at most daily, so set it on each hit. mtime stays the build's.
+    with contextlib.suppress(OSError):  # a read-only cache folder is fine
+        os.utime(final, (time.time(), final.stat().st_mtime))
+
+
 def load_images(
     paths: list[Path], img_size: int, cache_dir: Path, *, progress: bool = True,
     workers: int | None = None,
@@ -511,6 +537,7 @@ def load_images(
             arr = _open_cache(final)
             if arr.shape == (len(paths), img_size, img_size, 3) and arr.dtype == np.uint8:
                 _log.debug("image cache hit: %s", final)
+                _mark_used(final)
                 return arr
         except (OSError, ValueError):
             pass
@@ -543,6 +570,7 @@ def load_images(
                             "drop them")
         out.flush()
         os.replace(tmp, final)
+        _write_cache_info(final, paths, img_size)
     finally:
         tmp.unlink(missing_ok=True)
         if made_dir and not final.is_file():
