@@ -173,7 +173,7 @@ def step_pair(args: argparse.Namespace) -> dict[str, Any]:
         cmd += ["--set", s]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                          timeout=LIMITS["c"] - 10)
+                          timeout=LIMITS["c"] * args.limit_scale - 10)  # then the step's own
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
         raise RuntimeError(f"sweep exited {proc.returncode}: {proc.stderr.strip()[-400:]}")
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     args.passthrough = [x for a, v in vars(args).items() if a in (
         "data", "device", "backbone", "small", "img_size", "batch_size", "bound_batches",
-        "bound_warmup", "out") for x in (f"--{a.replace('_', '-')}", str(v))]
+        "bound_warmup", "out", "limit_scale") for x in (f"--{a.replace('_', '-')}", str(v))]
     cuda = torch.cuda.is_available() and args.device.startswith("cuda")
     res: dict[str, Any] = {
         "device_name": torch.cuda.get_device_name() if cuda else args.device,

@@ -23,7 +23,7 @@ def test_gpu_check_cpu_path_runs_every_step(tmp_path):
         [str(ROOT / "benchmarks" / "gpu_check.sh"), "--data", str(data), "--device", "cpu",
          "--backbone", "test_resnet.r160_in1k", "--small", "test_convnext.r160_in1k",
          "--img-size", "32", "--batch-size", "4", "--bound-batches", "2", "--bound-warmup", "1",
-         "--limit-scale", "5", "--out", str(out)],
+         "--limit-scale", "8", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads((out / "gpu_check.json").read_text())
