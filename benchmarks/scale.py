@@ -334,7 +334,7 @@ def reference_estimates(cfg: Any, classes: int = 500, batch: int = 32) -> list[d
         params = sum(p.numel() for p in model.parameters())
         seen: dict[int, int] = {}
 
-        def pack(t: torch.Tensor) -> torch.Tensor:
+        def pack(t: torch.Tensor, seen: dict[int, int] = seen) -> torch.Tensor:
             seen.setdefault(id(t), t.numel() * t.element_size())
             return t
 

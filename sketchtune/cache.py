@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 from .cli import OneLineParser, add_debug_argument, run_cli
 from .config import ConfigError, SweepConfig, load_config
-from .data import DataError, _cache_key, cache_info_path, read_test_csv, read_train_csv
+from .data import DataError, _cache_key, read_cache_info, read_test_csv, read_train_csv
 
 __all__ = ["CacheFile", "find_caches", "main", "mapped_by", "match_config", "parse_age"]
 
@@ -79,12 +78,9 @@ def find_caches(cache_dir: Path) -> list[CacheFile]:
 
 
 def _built_from(cache: Path) -> str:
-    """'images in FOLDER' from the cache's info file; '' for a cache built before it existed."""
-    try:
-        info = json.loads(cache_info_path(cache).read_text())
-        return f"images in {info['image_folder']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        return ""
+    """'images in FOLDER' from the cache's info attribute; '' when it has none."""
+    info = read_cache_info(cache)
+    return f"images in {info['image_folder']}" if info and info.get("image_folder") else ""
 
 
 def mapped_by(paths: list[Path]) -> dict[Path, list[int]]:
@@ -299,7 +295,6 @@ def _remove(args: argparse.Namespace, cfg: SweepConfig | None, caches: list[Cach
         if not args.dry_run:
             try:
                 c.path.unlink()
-                cache_info_path(c.path).unlink(missing_ok=True)
             except FileNotFoundError:
                 continue
             except OSError as err:

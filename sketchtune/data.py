@@ -34,10 +34,10 @@ __all__ = [
     "CachedImages",
     "DataError",
     "SketchDataset",
-    "cache_info_path",
     "check_class_sizes",
     "load_images",
     "normalise_image_path",
+    "read_cache_info",
     "read_image",
     "read_test_csv",
     "read_train_csv",
@@ -491,28 +491,37 @@ def _cache_key(paths: list[Path], img_size: int) -> str:
     return h.hexdigest()[:16]
 
 
-def cache_info_path(cache: Path) -> Path:
-    """The JSON beside a cache file that says what it was made from (`sketchtune.cache list`)."""
-    return cache.with_name(cache.name + ".json")
+CACHE_INFO_XATTR = "user.sketchtune.cache"  # what a cache holds, read by `sketchtune.cache list`
 
 
-def _write_cache_info(final: Path, paths: list[Path], img_size: int) -> None:
-    # What `python -m sketchtune.cache list` shows without a config: the images' folder.
+def read_cache_info(cache: Path) -> dict[str, Any] | None:
+    """What a cache was made from (img_size, n_images, image_folder, built); None if unknown."""
+    try:
+        info = json.loads(os.getxattr(cache, CACHE_INFO_XATTR))
+    except (OSError, ValueError, AttributeError):  # no xattr support, none set, not JSON
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _write_cache_info(path: Path, paths: list[Path], img_size: int) -> None:
+    # A file attribute, not a second file: the cache stays one file that appears whole
+    # (it is set on the temporary file before the rename). Informative only: a file system
+    # without user xattrs loses nothing but `sketchtune.cache list`'s folder column.
     try:
         folder = os.path.commonpath([str(p.parent) for p in paths])
     except ValueError:  # paths on different drives (Windows)
         folder = ""
     info = {"img_size": img_size, "n_images": len(paths), "image_folder": folder,
-            "first_image": str(paths[0]), "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    with contextlib.suppress(OSError):  # informative only: a cache works without it
-        cache_info_path(final).write_text(json.dumps(info, indent=1) + "\n")
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with contextlib.suppress(OSError, AttributeError):
+        os.setxattr(path, CACHE_INFO_XATTR, json.dumps(info).encode())
 
 
 def _mark_used(final: Path) -> None:
     # The access time says when a cache was last used (`sketchtune.cache remove --older-than`);
     # relatime mounts update it at most daily, so set it on each hit. mtime stays the build's.
     with contextlib.suppress(OSError):  # a read-only cache folder is fine
-        os.utime(final, (time.time(), final.stat().st_mtime))
+        os.utime(final, ns=(time.time_ns(), final.stat().st_mtime_ns))  # mtime exact
 
 
 def load_images(
@@ -569,8 +578,8 @@ def load_images(
             raise DataError(f"images that cannot be used: {_first(sorted(bad))}; replace or "
                             "drop them")
         out.flush()
+        _write_cache_info(tmp, paths, img_size)
         os.replace(tmp, final)
-        _write_cache_info(final, paths, img_size)
     finally:
         tmp.unlink(missing_ok=True)
         if made_dir and not final.is_file():
