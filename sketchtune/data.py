@@ -13,6 +13,7 @@ import posixpath
 import re
 import stat
 import threading
+import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +37,7 @@ __all__ = [
     "check_class_sizes",
     "load_images",
     "normalise_image_path",
+    "read_cache_info",
     "read_image",
     "read_test_csv",
     "read_train_csv",
@@ -489,6 +491,39 @@ def _cache_key(paths: list[Path], img_size: int) -> str:
     return h.hexdigest()[:16]
 
 
+CACHE_INFO_XATTR = "user.sketchtune.cache"  # what a cache holds, read by `sketchtune.cache list`
+
+
+def read_cache_info(cache: Path) -> dict[str, Any] | None:
+    """What a cache was made from (img_size, n_images, image_folder, built); None if unknown."""
+    try:
+        info = json.loads(os.getxattr(cache, CACHE_INFO_XATTR))
+    except (OSError, ValueError, AttributeError):  # no xattr support, none set, not JSON
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _write_cache_info(path: Path, paths: list[Path], img_size: int) -> None:
+    # A file attribute, not a second file: the cache stays one file that appears whole
+    # (it is set on the temporary file before the rename). Informative only: a file system
+    # without user xattrs loses nothing but `sketchtune.cache list`'s folder column.
+    try:
+        folder = os.path.commonpath([str(p.parent) for p in paths])
+    except ValueError:  # paths on different drives (Windows)
+        folder = ""
+    info = {"img_size": img_size, "n_images": len(paths), "image_folder": folder,
+            "built": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    with contextlib.suppress(OSError, AttributeError):
+        os.setxattr(path, CACHE_INFO_XATTR, json.dumps(info).encode())
+
+
+def _mark_used(final: Path) -> None:
+    # The access time says when a cache was last used (`sketchtune.cache remove --older-than`);
+    # relatime mounts update it at most daily, so set it on each hit. mtime stays the build's.
+    with contextlib.suppress(OSError):  # a read-only cache folder is fine
+        os.utime(final, ns=(time.time_ns(), final.stat().st_mtime_ns))  # mtime exact
+
+
 def load_images(
     paths: list[Path], img_size: int, cache_dir: Path, *, progress: bool = True,
     workers: int | None = None,
@@ -511,6 +546,7 @@ def load_images(
             arr = _open_cache(final)
             if arr.shape == (len(paths), img_size, img_size, 3) and arr.dtype == np.uint8:
                 _log.debug("image cache hit: %s", final)
+                _mark_used(final)
                 return arr
         except (OSError, ValueError):
             pass
@@ -542,6 +578,7 @@ def load_images(
             raise DataError(f"images that cannot be used: {_first(sorted(bad))}; replace or "
                             "drop them")
         out.flush()
+        _write_cache_info(tmp, paths, img_size)
         os.replace(tmp, final)
     finally:
         tmp.unlink(missing_ok=True)
