@@ -187,11 +187,24 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
     )
     tuner = _tuner(cfg, "search", search_experiment_name(cfg), search_param_space(cfg),
                    tune_config, callbacks, quiet)
-    with _trial_errors_once():
-        results = tuner.fit()
+    results = _fit(tuner)
     if outcomes is not None:
         outcomes["search"] = _outcome(results)
     return select_candidates(cfg, results, PredictionStore(cfg.sweep_dir))
+
+
+def _fit(tuner):
+    """`tuner.fit()`, raising KeyboardInterrupt when Tune stopped it before its trials ended.
+
+    Tune catches Ctrl-C (SIGINT) itself, saves the experiment and returns normally, with
+    trials still pending or running: the sweep must not then go on as if the stage were done
+    (and exit 0); it stops, and the same command resumes it.
+    """
+    with _trial_errors_once():
+        results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(results):
+        raise KeyboardInterrupt
+    return results
 
 
 def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet: bool,
@@ -208,7 +221,6 @@ def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet
                                   reuse_actors=cfg.ray.reuse_actors)
     # One grid point per pending (candidate, fold): Ray's grid search over whole jobs.
     tuner = _tuner(cfg, "cv", name, cv_param_space(jobs), tune_config, callbacks, quiet)
-    with _trial_errors_once():
-        results = tuner.fit()
+    results = _fit(tuner)
     if outcomes is not None:
         outcomes["cv"] = _outcome(results)
