@@ -567,8 +567,9 @@ def load_images(
             except cv2.error:
                 bad.append(f"{paths[i]} (cannot be decoded as an image)")
 
-        # cv2 releases the GIL while decoding and resizing, so threads scale across cores.
-        n = workers or min(8, os.cpu_count() or 1)
+        # cv2 releases the GIL while decoding and resizing, so threads scale across cores:
+        # one per core this process may use (a 16-core GPU box decodes on 16, not 8).
+        n = workers or len(os.sched_getaffinity(0)) or 1
         with _opencv_quiet(), ThreadPoolExecutor(n) as pool:
             it = pool.map(work, range(len(paths)))
             for _ in tqdm(it, total=len(paths), desc=f"decoding {img_size}px", unit="img",
