@@ -15,6 +15,7 @@ import timm.utils
 import torch
 from torch.utils.data import DataLoader
 
+from .allocator import tune_malloc
 from .cli import add_debug_argument, base_parser, load_sweep_config, run_cli, setup_logging
 from .config import ConfigError, SweepConfig, TrainConfig, candidate_id
 from .data import DataError, SketchDataset
@@ -126,6 +127,7 @@ def run_trial(
         raise ConfigError(f"--fold {fold}: must be in [0, {cfg.data.n_folds})")
     cid = candidate_id(train_cfg)
     device = device or select_device()
+    tune_malloc()  # before the first batch: big buffers stay in the heap (allocator.py)
     timm.utils.random_seed(train_cfg.seed)
     data = data or prepare_data(cfg, train_cfg.img_size, progress)
     is_val = (data.train["fold"] == fold).to_numpy()
