@@ -7,7 +7,7 @@ Needs the data of benchmarks/allocator.py (data/alloc_sketch: 300 train JPEGs of
 `max_concurrent_trials: 1`, `reuse_actors: True`, as the sweep runs it), and runs `--trials`
 trials of the project's own trainable (`sketchtune.trainable.trial`: prepare_data,
 run_trial, a checkpoint per epoch, the prediction store) one after another in that one
-actor: test_resnet at 96 px, 1 epoch, fold 0, each trial a different seed (so a different
+actor: test_resnet at 32 px, 1 epoch, fold 0, each trial a different seed (so a different
 candidate: none is skipped from the store). A thin wrapper records, from inside the trial,
 the worker's pid, psutil RSS and glibc's heap (mallinfo2) at the trial's start and end.
 
@@ -50,9 +50,14 @@ def probed_trial(config: dict[str, Any], sweep_cfg: Any, stage: str, log: str,
 
     def note(when: str) -> None:
         heap = heap_in_use() or {}
+        # RssAnon is the process's own memory; RssFile includes the touched pages of the
+        # memory-mapped image cache, which the page cache shares and can reclaim.
+        status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+        kb = {k: int(status[k].split()[0]) * 1024 for k in ("RssAnon", "RssFile")}
         with open(log, "a") as f:
             f.write(json.dumps({"when": when, "pid": os.getpid(),
                                 "rss": psutil.Process().memory_info().rss,
+                                "anon": kb["RssAnon"], "file": kb["RssFile"],
                                 "arena": heap.get("arena"), "inuse": heap.get("uordblks")})
                     + "\n")
 
@@ -92,7 +97,7 @@ def child(name: str, args: argparse.Namespace) -> None:
         f"data.train_csv={data / 'train.csv'}", f"data.test_csv={data / 'test.csv'}",
         f"data.folds_csv={WORK / 'folds.csv'}", "data.num_workers=0",
         "train.model.name=test_resnet.r160_in1k", "train.model.pretrained=false",
-        "train.img_size=96", "train.epochs=1", "search.enabled=false",
+        "train.img_size=32", "train.epochs=1", "search.enabled=false",
         f"storage_path={storage}", "save_weights=false", "resources={cpu: 1, gpu: 0}",
     ])
     prepare_data(cfg, cfg.train.img_size)  # the folds and the cache, once, outside the trials
@@ -149,18 +154,25 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         pids = {r["pid"] for r in rows[n]}
         print(f"- {n}: {len(starts[n])} trials in {len(pids)} worker process(es)")
-    print("\nRSS (MB) of the worker at each trial's start; glibc heap (arena) in brackets\n")
+    print("\nThe worker at each trial's start, MB: RSS = anonymous + file-backed (the mapped "
+          "image cache); glibc heap in use / heap size\n")
     print("| trial | " + " | ".join(names) + " |")
     print("|---|" + "---|" * len(names))
     for i in range(args.trials):
         cells = []
         for n in names:
             r = starts[n][i] if i < len(starts[n]) else None
-            cells.append(f"{r['rss'] / 2**20:.0f} ({(r['arena'] or 0) / 2**20:.0f})" if r else "")
+            if r is None:
+                cells.append("")
+                continue
+            mb = {k: (r[k] or 0) / 2**20 for k in ("rss", "anon", "file", "inuse", "arena")}
+            cells.append(f"{mb['rss']:.0f} = {mb['anon']:.0f} + {mb['file']:.0f}; "
+                         f"{mb['inuse']:.0f} / {mb['arena']:.0f}")
         print(f"| {i + 1} | " + " | ".join(cells) + " |")
-    print("| growth per trial, trials 5.. (MB) | " + " | ".join(
-        f"{slope([r['rss'] / 2**20 for r in starts[n][4:]]):+.1f}" if len(starts[n]) > 5
-        else "n/a" for n in names) + " |")
+    for key in ("rss", "anon"):
+        print(f"| {key} growth per trial, trials 5.. (MB) | " + " | ".join(
+            f"{slope([r[key] / 2**20 for r in starts[n][4:]]):+.1f}" if len(starts[n]) > 5
+            else "n/a" for n in names) + " |")
     return 0
 
 

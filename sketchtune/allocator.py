@@ -1,4 +1,4 @@
-"""glibc malloc under the trainer: keep big autograd buffers in the process, give memory back between trials."""
+"""glibc malloc under the trainer: big buffers kept in the heap, handed back between trials."""
 
 from __future__ import annotations
 
