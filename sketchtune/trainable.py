@@ -69,18 +69,19 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
                      "best_val_acc": m["metrics"]["val_acc"], "skipped": 1})
         return
 
-    try:
-        with _trial_log(f"{cid} fold {fold}"):
-            run_trial(
-                sweep_cfg, train_cfg, fold,
-                report=lambda metrics, state: report_with_state(
-                    {**metrics, **tags, "skipped": 0}, state),
-                resume=restored_state(),
-                extra_manifest={"stage": stage,
-                                "ray_trial_id": tune.get_context().get_trial_id()},
-                log_every_s=PROGRESS_EVERY_S,
-            )
-    finally:
-        # The worker may be reused for the next trial (ray.reuse_actors): hand this trial's
-        # heap back rather than carry its peak into the next one (benchmarks/worker_memory.py).
-        release_memory()
+    # The worker may be reused (ray.reuse_actors): hand the previous trial's heap back rather
+    # than grow from its peak (benchmarks/worker_memory.py). Here as well as at the end: a
+    # trial the scheduler stopped leaves through an exception in tune.report, and Ray reuses
+    # the worker only if this thread ends within 2 s (TUNE_FUNCTION_THREAD_TIMEOUT_S), too
+    # short for a garbage collection on a loaded machine.
+    release_memory()
+    with _trial_log(f"{cid} fold {fold}"):
+        run_trial(
+            sweep_cfg, train_cfg, fold,
+            report=lambda metrics, state: report_with_state(
+                {**metrics, **tags, "skipped": 0}, state),
+            resume=restored_state(),
+            extra_manifest={"stage": stage, "ray_trial_id": tune.get_context().get_trial_id()},
+            log_every_s=PROGRESS_EVERY_S,
+        )
+    release_memory()
