@@ -1,13 +1,14 @@
 """A reused Ray worker's resident memory over many trials, with and without memory given back.
 
-    python benchmarks/worker_memory.py [--trials 20] [--variants old,tuned,new] [--smoke]
+    python benchmarks/worker_memory.py [--trials 20] [--img-size 32] [--variants old,tuned,new]
+                                        [--smoke]
 
 Needs the data of benchmarks/allocator.py (data/alloc_sketch: 300 train JPEGs of 150-900 px,
 10 classes). Each variant starts its own local Ray with ONE trial slot (`resources.cpu: 1`,
 `max_concurrent_trials: 1`, `reuse_actors: True`, as the sweep runs it), and runs `--trials`
 trials of the project's own trainable (`sketchtune.trainable.trial`: prepare_data,
 run_trial, a checkpoint per epoch, the prediction store) one after another in that one
-actor: test_resnet at 32 px, 1 epoch, fold 0, each trial a different seed (so a different
+actor: test_resnet at 32 px (--img-size), 1 epoch, fold 0, each trial a different seed (so a different
 candidate: none is skipped from the store). A thin wrapper records, from inside the trial,
 the worker's pid, psutil RSS and glibc's heap (mallinfo2) at the trial's start and end.
 
@@ -74,7 +75,7 @@ def run_variant(name: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     log = WORK / f"{name}.jsonl"
     log.unlink(missing_ok=True)
     cmd = [sys.executable, __file__, "--child", name, "--trials", str(args.trials),
-           "--data", args.data]
+           "--data", args.data, "--img-size", str(args.img_size)]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"worker_memory: {name} failed (exit {out.returncode}):\n{out.stderr[-3000:]}")
@@ -97,7 +98,7 @@ def child(name: str, args: argparse.Namespace) -> None:
         f"data.train_csv={data / 'train.csv'}", f"data.test_csv={data / 'test.csv'}",
         f"data.folds_csv={WORK / 'folds.csv'}", "data.num_workers=0",
         "train.model.name=test_resnet.r160_in1k", "train.model.pretrained=false",
-        "train.img_size=32", "train.epochs=1", "search.enabled=false",
+        f"train.img_size={args.img_size}", "train.epochs=1", "search.enabled=false",
         f"storage_path={storage}", "save_weights=false", "resources={cpu: 1, gpu: 0}",
     ])
     prepare_data(cfg, cfg.train.img_size)  # the folds and the cache, once, outside the trials
@@ -131,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", default=str(ROOT / "data" / "alloc_sketch"))
     p.add_argument("--trials", type=int, default=20)
+    p.add_argument("--img-size", type=int, default=32, help="train.img_size of every trial")
     p.add_argument("--variants", default="old,tuned,new")
     p.add_argument("--smoke", action="store_true", help="3 trials")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -149,7 +151,8 @@ def main(argv: list[str] | None = None) -> int:
                             capture_output=True, text=True).stdout.strip()
     print(f"{platform.platform()}, {os.cpu_count()} CPUs, commit {commit}; load average "
           f"before {load0[0]:.1f} {load0[1]:.1f} {load0[2]:.1f}, after {load1[0]:.1f} "
-          f"{load1[1]:.1f} {load1[2]:.1f}; {args.trials} trials per variant\n")
+          f"{load1[1]:.1f} {load1[2]:.1f}; {args.trials} trials per variant at "
+          f"{args.img_size} px\n")
     starts = {n: [r for r in rows[n] if r["when"] == "start"] for n in names}
     for n in names:
         pids = {r["pid"] for r in rows[n]}
