@@ -8,9 +8,9 @@ Needs the data of benchmarks/allocator.py (data/alloc_sketch: 300 train JPEGs of
 `max_concurrent_trials: 1`, `reuse_actors: True`, as the sweep runs it), and runs `--trials`
 trials of the project's own trainable (`sketchtune.trainable.trial`: prepare_data,
 run_trial, a checkpoint per epoch, the prediction store) one after another in that one
-actor: test_resnet at 32 px (--img-size), 1 epoch, fold 0, each trial a different seed (so a different
-candidate: none is skipped from the store). A thin wrapper records, from inside the trial,
-the worker's pid, psutil RSS and glibc's heap (mallinfo2) at the trial's start and end.
+actor: test_resnet at 32 px (--img-size), 1 epoch, fold 0, each trial a different seed (so
+a different candidate: none is skipped from the store). A thin wrapper records, from inside
+the trial, the worker's pid, psutil RSS and glibc's heap (mallinfo2) at its start and end.
 
 * old:   glibc defaults and nothing released between trials (the code before this change)
 * tuned: the trainer's mallopt tuning (sketchtune/allocator.py), nothing released
