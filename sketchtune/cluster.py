@@ -8,10 +8,11 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from .allocator import MALLOC_ENV, MALLOC_SWITCH
 from .config import ConfigError, SweepConfig
 from .errors import first_line
 
-__all__ = ["check_address", "check_resources", "pythonpath", "start_ray"]
+__all__ = ["check_address", "check_resources", "pythonpath", "start_ray", "worker_env"]
 
 # Set here, before anything imports Ray, which reads them at import or Tuner start:
 # the classic table reporter (CLIReporter) honours our column choice; Ray's newer output
@@ -74,6 +75,18 @@ def pythonpath() -> str:
     return f"{root}{os.pathsep}{extra}" if extra else root
 
 
+def worker_env() -> dict[str, str]:
+    """The environment every Ray worker of this job starts with (Ray's runtime_env).
+
+    PYTHONPATH, and the driver's own malloc choices (MALLOC_*_ or SKETCHTUNE_MALLOC=default),
+    which glibc and the trainer read in the worker: on a cluster, workers are children of
+    `ray start`, not of the driver, and would not inherit them.
+    """
+    env = {"PYTHONPATH": pythonpath()}
+    env.update({k: os.environ[k] for k in (*MALLOC_ENV, MALLOC_SWITCH) if k in os.environ})
+    return env
+
+
 def start_ray(cfg: SweepConfig, quiet: bool) -> None:
     """Start a local Ray or join `ray.address` (checked by `check_address` first)."""
     import ray
@@ -88,7 +101,7 @@ def start_ray(cfg: SweepConfig, quiet: bool) -> None:
         ray.init(address=address, log_to_driver=not quiet, logging_level=logging.WARNING,
                  # Trials import sketchtune from the driver's source tree, also when it is not
                  # pip-installed (a worker's working directory is its trial's).
-                 runtime_env={"env_vars": {"PYTHONPATH": pythonpath()}}, **kwargs)
+                 runtime_env={"env_vars": worker_env()}, **kwargs)
     except (ConnectionError, RuntimeError) as err:
         hint = ("start one with `ray start --head`, or leave ray.address unset for a local Ray"
                 if cfg.ray.address else "see `ray status`")

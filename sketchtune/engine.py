@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 Report = Callable[[dict[str, float]], None]
+
+_log = logging.getLogger(__name__)
 
 
 def select_device(prefer: str | None = None) -> torch.device:
@@ -111,6 +114,44 @@ def _autocast(device: torch.device) -> Iterator[None]:
         yield
 
 
+class _Meter:
+    """One loop's images counted: a tqdm bar (img/s, ETA) for a person at a terminal, and a
+    log line every `log_every_s` seconds for a log nobody watches live (a Ray trial's)."""
+
+    def __init__(self, loader: DataLoader, desc: str, progress: bool,
+                 log_every_s: float | None) -> None:
+        self.desc, self.every, self.batches = desc, log_every_s, len(loader)
+        bs = loader.batch_size or 1
+        self.total = min(self.batches * bs, len(loader.dataset))  # drop_last drops a few
+        self.bar = tqdm(total=self.total, desc=desc, unit="img", disable=not progress,
+                        leave=False, dynamic_ncols=True)
+        self.t0 = self.last = time.perf_counter()
+        self.n = self.i = 0
+
+    def update(self, n: int) -> None:
+        self.bar.update(n)
+        self.n += n
+        self.i += 1
+        now = time.perf_counter()
+        if self.every is None or now - self.last < self.every or self.i == self.batches:
+            return
+        self.last = now
+        rate = self.n / (now - self.t0)
+        eta = (self.total - self.n) / rate if rate > 0 else math.inf
+        _log.info("%s: batch %d/%d, %.1f img/s, ETA %s", self.desc, self.i, self.batches, rate,
+                  _clock(eta))
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type == "cuda":
         return x.to(device, non_blocking=True, memory_format=torch.channels_last)
@@ -130,6 +171,9 @@ class FitState:
     best_epoch: int = -1
     best_metrics: dict[str, float] = field(default_factory=dict)
     best_weights: dict[str, torch.Tensor] | None = None
+    # The best epoch's validation probabilities, (N_val, C) float32, from the evaluation that
+    # chose that epoch: the trial stores them rather than predicting the val rows again.
+    best_val_probs: np.ndarray | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
 
@@ -145,6 +189,8 @@ class FitState:
             "best_epoch": self.best_epoch,
             "best_metrics": dict(self.best_metrics),
             "best_weights": self.best_weights,
+            "best_val_probs": (torch.from_numpy(self.best_val_probs)
+                               if self.best_val_probs is not None else None),
             "history": list(self.history),
             "stopped_early": self.stopped_early,
         }
@@ -159,15 +205,23 @@ class FitState:
         for k in ("epoch", "num_updates", "best_epoch", "best_metrics", "best_weights",
                   "history", "stopped_early"):
             setattr(self, k, d[k])
+        # Absent from checkpoints older than the key: the trial then predicts them again.
+        p = d.get("best_val_probs")
+        self.best_val_probs = p.numpy() if p is not None else None
 
 
 def train_one_epoch(
-    state: FitState, loader: DataLoader, loss_fn: nn.Module, device: torch.device
+    state: FitState, loader: DataLoader, loss_fn: nn.Module, device: torch.device, *,
+    progress: bool = False, log_every_s: float | None = None, desc: str = "train",
 ) -> dict[str, float]:
-    """One pass over `loader`; returns train_loss, lr and images_per_s."""
+    """One pass over `loader`; returns train_loss, lr and images_per_s.
+
+    `progress`: a bar of images, img/s and ETA; `log_every_s`: the same as a log line.
+    """
     model, opt = state.model, state.optimizer
     model.train()
     total, n, t0 = 0.0, 0, time.perf_counter()
+    meter = _Meter(loader, desc, progress, log_every_s)
     for x, y in loader:
         x, y = _to_device(x, device), y.to(device, non_blocking=True)
         with _autocast(device):
@@ -187,6 +241,8 @@ def train_one_epoch(
             state.scheduler.step_update(num_updates=state.num_updates)
         total += loss.item() * len(y)
         n += len(y)
+        meter.update(len(y))
+    meter.close()
     seconds = time.perf_counter() - t0
     return {
         "train_loss": total / max(n, 1),
@@ -198,30 +254,35 @@ def train_one_epoch(
 @torch.no_grad()
 def predict(
     model: nn.Module, loader: DataLoader, device: torch.device, tta_hflip: bool = False,
-    progress: bool = False, desc: str = "predict",
+    progress: bool = False, desc: str = "predict", log_every_s: float | None = None,
 ) -> np.ndarray:
     """Softmax probabilities, (N, C) float32, in loader order (the loader must not shuffle)."""
     model.eval()
     out = []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    meter = _Meter(loader, desc, progress, log_every_s)
+    for batch in loader:
         x = _to_device(batch[0], device)
         with _autocast(device):
             p = F.softmax(model(x).float(), dim=-1)
             if tta_hflip:
                 p = 0.5 * (p + F.softmax(model(torch.flip(x, dims=[3])).float(), dim=-1))
         out.append(p.cpu())
+        meter.update(len(x))
+    meter.close()
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
 def evaluate(
     model: nn.Module, loader: DataLoader, targets: np.ndarray, device: torch.device,
-    tta_hflip: bool = False,
+    tta_hflip: bool = False, *, progress: bool = False, log_every_s: float | None = None,
+    desc: str = "val",
 ) -> tuple[dict[str, float], np.ndarray]:
     """val_loss (plain cross entropy, so candidates with different losses compare) and val_acc.
 
-    targets: (N,) int64 in loader order. Returns (metrics, probs (N, C) float32).
+    targets: (N,) int64 in loader order. Returns (metrics, probs (N, C) float32): the probs
+    are `predict(model, loader, device, tta_hflip)`, the very numbers the metrics scored.
     """
-    probs = predict(model, loader, device, tta_hflip)
+    probs = predict(model, loader, device, tta_hflip, progress, desc, log_every_s)
     t = torch.as_tensor(targets, dtype=torch.long)
     p = torch.from_numpy(probs).clamp_min(1e-12)
     val_loss = F.nll_loss(p.log(), t).item()
@@ -251,6 +312,7 @@ def fit(
     report: Report,
     tta_hflip: bool = False,
     progress: bool = False,
+    log_every_s: float | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
 ) -> FitState:
     """Train from `state.epoch` to `epochs` (or early stop), keeping the best weights.
@@ -260,6 +322,10 @@ def fit(
     (a scheduler's decision); the state is consistent whenever it is called.
     `on_epoch_start(epoch)` runs before each epoch (the caller reseeds its randomness there,
     so an epoch's randomness depends on the epoch alone and a resumed run repeats exactly).
+    `progress` shows bars inside each epoch (batches as images, img/s, ETA); `log_every_s`
+    logs the same as a line every so many seconds (a Ray trial's only live feedback: Tune's
+    table shows reported metrics, and a report per interval would count as an ASHA step).
+    The best epoch's validation probabilities are kept in `state.best_val_probs`.
     """
     bar = tqdm(range(state.epoch, epochs), desc="epochs", disable=not progress,
                initial=state.epoch, total=epochs)
@@ -267,8 +333,11 @@ def fit(
         if on_epoch_start is not None:
             on_epoch_start(epoch)
         t0 = time.perf_counter()
-        metrics = train_one_epoch(state, train_loader, loss_fn, device)
-        val, _ = evaluate(state.model, val_loader, val_targets, device, tta_hflip)
+        where = f"epoch {epoch + 1}/{epochs}"
+        metrics = train_one_epoch(state, train_loader, loss_fn, device, progress=progress,
+                                  log_every_s=log_every_s, desc=f"{where} train")
+        val, probs = evaluate(state.model, val_loader, val_targets, device, tta_hflip,
+                              progress=progress, log_every_s=log_every_s, desc=f"{where} val")
         metrics.update(val)
         if not math.isfinite(metrics["val_loss"]):
             raise FloatingPointError(f"val_loss is {metrics['val_loss']} at epoch {epoch}")
@@ -278,6 +347,7 @@ def fit(
             state.best_metrics = {"val_acc": metrics["val_acc"], "val_loss": metrics["val_loss"]}
             state.best_weights = {k: v.detach().to("cpu", copy=True)
                                   for k, v in state.model.state_dict().items()}
+            state.best_val_probs = probs
         metrics.update(epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0,
                        best_val_acc=state.best_metrics["val_acc"])
         state.history.append(dict(metrics))

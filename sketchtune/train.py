@@ -15,6 +15,7 @@ import timm.utils
 import torch
 from torch.utils.data import DataLoader
 
+from .allocator import tune_malloc
 from .cli import add_debug_argument, base_parser, load_sweep_config, run_cli, setup_logging
 from .config import ConfigError, SweepConfig, TrainConfig, candidate_id
 from .data import DataError, SketchDataset
@@ -114,20 +115,28 @@ def run_trial(
     data: PreparedData | None = None,
     device: torch.device | None = None,
     progress: bool = False,
+    log_every_s: float | None = None,
 ) -> TrialResult:
     """Train `train_cfg` on every fold but `fold`, keep the best epoch, write its predictions.
 
     `report(metrics, state)` gets each epoch's metrics and the training state after that
     epoch, so a caller (Ray) can checkpoint the state beside the metrics; it may raise to stop
     training. `resume` is a `FitState.state_dict()` to continue from. `data` is the
-    prepared data (prepared here when not given).
+    prepared data (prepared here when not given). `progress` shows bars inside each epoch;
+    `log_every_s` logs batches, img/s and ETA every so many seconds instead (a Ray trial).
     """
     if not 0 <= fold < cfg.data.n_folds:
         raise ConfigError(f"--fold {fold}: must be in [0, {cfg.data.n_folds})")
     cid = candidate_id(train_cfg)
     device = device or select_device()
+    tune_malloc()  # before the first batch: big buffers stay in the heap (allocator.py)
     timm.utils.random_seed(train_cfg.seed)
-    data = data or prepare_data(cfg, train_cfg.img_size, progress)
+    if data is None:
+        # Seconds (tens at 15k + 10k images) before any bar: the CSVs are read and every image
+        # path checked, and each image's size and mtime are read to find its cache.
+        _log.info("%s fold %d: reading the CSVs, the folds and the %d px image caches under %s",
+                  cid, fold, train_cfg.img_size, cfg.data.cache_dir)
+        data = prepare_data(cfg, train_cfg.img_size, progress)
     is_val = (data.train["fold"] == fold).to_numpy()
     tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     targets = data.train["target"].to_numpy(np.int64)
@@ -172,13 +181,19 @@ def run_trial(
     t0 = time.perf_counter()
     fit(state, train_loader, val_loader, targets[va_idx], build_loss(train_cfg.loss),
         epochs=train_cfg.epochs, patience=train_cfg.patience, device=device, report=_report,
-        tta_hflip=train_cfg.tta_hflip, progress=progress, on_epoch_start=reseed)
+        tta_hflip=train_cfg.tta_hflip, progress=progress, log_every_s=log_every_s,
+        on_epoch_start=reseed)
     model = load_best(state)
 
-    # OOF and test predictions both come from the best epoch's weights.
-    val_probs = predict(model, val_loader, device, train_cfg.tta_hflip)
+    # OOF and test predictions both come from the best epoch's weights. The OOF ones are the
+    # probabilities that epoch's evaluation scored (same weights, loader and tta_hflip), kept
+    # by fit; only a checkpoint from before they were kept needs the val rows predicted again.
+    val_probs = state.best_val_probs
+    if val_probs is None:
+        val_probs = predict(model, val_loader, device, train_cfg.tta_hflip)
     test_loader = _loader(data.test_images, None, eval_tf, train_cfg.batch_size, train=False, **kw)
-    test_probs = predict(model, test_loader, device, train_cfg.tta_hflip, progress, "test")
+    test_probs = predict(model, test_loader, device, train_cfg.tta_hflip, progress, "test",
+                         log_every_s)
 
     store = PredictionStore(cfg.sweep_dir)
     weights_name = None

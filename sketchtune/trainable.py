@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
+from collections.abc import Iterator
 from typing import Any
 
+from .allocator import release_memory
 from .checkpoint import report_with_state, restored_state
 from .config import SweepConfig, candidate_id, with_train_overrides
 from .planner import job_of
 from .store import PredictionStore
 from .train import run_trial
 
-__all__ = ["trial"]
+__all__ = ["PROGRESS_EVERY_S", "trial"]
+
+# How often a trial logs its batches, img/s and ETA. Tune's table shows reported metrics
+# only, and a report inside an epoch would count as an ASHA step (training_iteration), so
+# the live feedback is a log line, which Ray forwards to the driver's console
+# (log_to_driver; off with --quiet). One a minute: an epoch at full scale takes minutes.
+PROGRESS_EVERY_S = 60.0
+
+
+@contextlib.contextmanager
+def _trial_log(prefix: str) -> Iterator[None]:
+    """sketchtune's INFO lines on this worker's stderr, prefixed with the trial's identity.
+
+    A reused worker runs many trials: the handler goes when the trial does.
+    """
+    logger = logging.getLogger("sketchtune")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{prefix}: %(message)s"))
+    old = logger.level, logger.propagate
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # once, not again through a root handler Ray may have set up
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old[0])
+        logger.propagate = old[1]
 
 
 def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
@@ -38,9 +69,19 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
                      "best_val_acc": m["metrics"]["val_acc"], "skipped": 1})
         return
 
-    run_trial(
-        sweep_cfg, train_cfg, fold,
-        report=lambda metrics, state: report_with_state({**metrics, **tags, "skipped": 0}, state),
-        resume=restored_state(),
-        extra_manifest={"stage": stage, "ray_trial_id": tune.get_context().get_trial_id()},
-    )
+    # The worker may be reused (ray.reuse_actors): hand the previous trial's heap back rather
+    # than grow from its peak (benchmarks/worker_memory.py). Here as well as at the end: a
+    # trial the scheduler stopped leaves through an exception in tune.report, and Ray reuses
+    # the worker only if this thread ends within 2 s (TUNE_FUNCTION_THREAD_TIMEOUT_S), too
+    # short for a garbage collection on a loaded machine.
+    release_memory()
+    with _trial_log(f"{cid} fold {fold}"):
+        run_trial(
+            sweep_cfg, train_cfg, fold,
+            report=lambda metrics, state: report_with_state(
+                {**metrics, **tags, "skipped": 0}, state),
+            resume=restored_state(),
+            extra_manifest={"stage": stage, "ray_trial_id": tune.get_context().get_trial_id()},
+            log_every_s=PROGRESS_EVERY_S,
+        )
+    release_memory()

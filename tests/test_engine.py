@@ -84,3 +84,37 @@ def test_predict_rows_are_probabilities_and_tta_is_symmetric(loaders):
                                        vl.dataset.tensors[1]), batch_size=32)
     assert np.allclose(predict(model, vl, CPU, tta_hflip=True),
                        predict(model, flipped, CPU, tta_hflip=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_fit_keeps_best_epoch_val_probs_equal_to_a_fresh_predict(loaders, tta, tmp_path):
+    tl, vl, y = loaders
+    state = make_state(len(tl), 3)
+    fit(state, tl, vl, y, FocalLoss(), epochs=3, patience=5, device=CPU, report=lambda m: None,
+        tta_hflip=tta)
+    kept = state.best_val_probs
+    assert kept is not None and kept.shape == (96, 4) and kept.dtype == np.float32
+    fresh = predict(load_best(state), vl, CPU, tta_hflip=tta)
+    assert np.abs(kept - fresh).max() < 1e-6
+    # They travel with the checkpoint, so a resumed trial needs no second pass either.
+    torch.save(state.state_dict(), tmp_path / "s.pt")
+    again = make_state(len(tl), 3)
+    again.load_state_dict(torch.load(tmp_path / "s.pt", weights_only=True))
+    assert np.array_equal(again.best_val_probs, kept)
+
+
+def test_epoch_progress_bar_and_log_lines_show_batches_rate_and_eta(loaders, capsys, caplog):
+    tl, vl, y = loaders
+    state = make_state(len(tl), 1)
+    with caplog.at_level("INFO", logger="sketchtune.engine"):
+        fit(state, tl, vl, y, FocalLoss(), epochs=1, patience=5, device=CPU,
+            report=lambda m: None, progress=True, log_every_s=0.0)
+    bars = capsys.readouterr().err
+    assert "epoch 1/1 train" in bars and "img/s" in bars and "epoch 1/1 val" in bars
+    assert "96/96" in bars  # images, not batches
+    lines = [r.getMessage() for r in caplog.records]
+    # Every batch but the last of each loop (log_every_s=0): 6 train and 3 val batches.
+    train = [m for m in lines if m.startswith("epoch 1/1 train: batch ")]
+    assert [m.split()[4] for m in train] == [f"{i}/6," for i in range(1, 6)]
+    assert all("img/s, ETA " in m for m in train)
+    assert sum(m.startswith("epoch 1/1 val: batch ") for m in lines) == 2

@@ -52,6 +52,12 @@ def test_train_cli_writes_fold_predictions_above_chance(tiny_cfg, capsys, tmp_pa
     again = predict_csv(cfg, cid, mixed, image_root=root)
     assert np.allclose(again, f.test_probs[::-1], atol=1e-5)
     assert f"candidate {cid} fold 2" in capsys.readouterr().out
+    # The stored OOF probabilities (kept from the evaluation that chose the best epoch, not
+    # predicted again) are what a fresh predict with the saved best weights gives.
+    val_csv = tmp_path / "val.csv"
+    pd.DataFrame({"image_path": f.val_keys}).to_csv(val_csv, index=False)
+    fresh = predict_csv(cfg, cid, val_csv, image_root=Path(cfg.data.image_root))
+    assert np.abs(fresh - f.val_probs).max() < 1e-6
 
 
 def test_run_trial_reports_each_epoch(tiny_cfg):
@@ -61,6 +67,26 @@ def test_run_trial_reports_each_epoch(tiny_cfg):
     assert [m["epoch"] for m in seen] == [1, 2]
     assert res.best_epoch in (1, 2) and res.metrics["val_acc"] == max(m["val_acc"] for m in seen)
     assert PredictionStore(cfg.sweep_dir).read_manifest(res.candidate_id, 0)["weights_file"] is None
+
+
+def test_run_trial_predicts_the_val_rows_once(tiny_cfg, monkeypatch):
+    import sketchtune.engine as engine
+    import sketchtune.train as train
+
+    cfg, _ = tiny_cfg(save_weights=False, **{"train.tta_hflip": True})
+    rows: list[int] = []
+    real = engine.predict
+
+    def counting(model, loader, *a, **kw):
+        rows.append(len(loader.dataset))
+        return real(model, loader, *a, **kw)
+
+    monkeypatch.setattr(engine, "predict", counting)  # evaluate's, once per epoch
+    monkeypatch.setattr(train, "predict", counting)  # run_trial's, after training
+    res = run_trial(cfg, cfg.train, 1)
+    f = PredictionStore(cfg.sweep_dir).read_fold(res.candidate_id, 1)
+    n_val, n_test = len(f.val_keys), len(f.test_keys)
+    assert rows == [n_val, n_val, n_test]  # 2 epochs' evaluations, then the test rows only
 
 
 def test_train_cli_bad_fold_is_one_line(tiny_cfg, capsys):

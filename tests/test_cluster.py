@@ -1,0 +1,51 @@
+"""The Ray a sweep starts: its workers start with the driver's PYTHONPATH and malloc choices."""
+
+from __future__ import annotations
+
+import pytest
+
+from sketchtune.cluster import start_ray, worker_env
+
+pytestmark = pytest.mark.slow
+
+
+def test_worker_env_forwards_malloc_settings_only_when_set(monkeypatch):
+    monkeypatch.delenv("SKETCHTUNE_MALLOC", raising=False)
+    monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
+    assert set(worker_env()) == {"PYTHONPATH"}
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "12345")
+    monkeypatch.setenv("SKETCHTUNE_MALLOC", "default")
+    assert worker_env()["MALLOC_TOP_PAD_"] == "12345"
+    assert worker_env()["SKETCHTUNE_MALLOC"] == "default"
+
+
+def test_ray_worker_starts_with_the_env_and_the_trainer_tunes_its_malloc(tiny_cfg, monkeypatch):
+    import ray
+
+    import sketchtune.cluster as cluster
+
+    cfg, _ = tiny_cfg()
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "4096")
+    # A local Ray's workers inherit the driver's environment anyway; a variable the driver
+    # lacks shows that runtime_env itself reaches the worker's exec (as on a cluster, where
+    # workers are children of `ray start`).
+    real = cluster.worker_env
+    monkeypatch.setattr(cluster, "worker_env", lambda: {**real(), "SKETCHTUNE_ENV_PROBE": "1"})
+    start_ray(cfg, quiet=True)
+    try:
+        @ray.remote(num_cpus=0)
+        def look(tune: bool) -> tuple[dict[str, str], bool]:
+            # /proc/self/environ is the environment the process was exec'd with: what glibc
+            # read at start-up, not a later os.environ change.
+            raw = open("/proc/self/environ", "rb").read().split(b"\0")
+            env = dict(x.decode().split("=", 1) for x in raw if b"=" in x)
+            from sketchtune.allocator import tune_malloc
+
+            return env, tune_malloc() if tune else False
+
+        env, tuned = ray.get(look.remote(True))
+    finally:
+        ray.shutdown()
+    assert env["SKETCHTUNE_ENV_PROBE"] == "1" and env["MALLOC_TOP_PAD_"] == "4096"
+    assert env["PYTHONPATH"].split(":")[0] == worker_env()["PYTHONPATH"].split(":")[0]
+    assert tuned is False  # the user's own MALLOC_*_ reached the worker and were respected
