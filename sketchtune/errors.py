@@ -25,7 +25,7 @@ def root_cause(err: BaseException) -> BaseException:
     seen: set[int] = set()
     while id(err) not in seen:
         seen.add(id(err))
-        inner = getattr(err, "cause", None) or err.__cause__
+        inner = getattr(err, "cause", None) or getattr(err, "__cause__", None)
         if not isinstance(inner, BaseException):
             break
         err = inner

@@ -47,11 +47,13 @@ class StageOutcome:
     first_error: str | None
 
 
-def describe_error(err: BaseException) -> str:
+def describe_error(err: BaseException | str) -> str:
     """One line for a trial's error: the trial's own exception, not Ray's wrapper of it. A
     user error (a config, data or weights problem) is its message; anything else its type too."""
     from .train import USER_ERRORS
 
+    if not isinstance(err, BaseException):  # a restored experiment may hold the error as text
+        return first_line(str(err), 300)
     root = root_cause(err)
     text = first_line(root, 300)
     return text if isinstance(root, USER_ERRORS) else f"{type(root).__name__}: {text}"

@@ -30,3 +30,12 @@ def test_fit_stopped_by_ctrl_c_raises_keyboard_interrupt():
 def test_fit_whose_trials_all_ended_returns_the_results():
     results = _Results(5, terminated=3, errors=2)
     assert _fit(_Tuner(results)) is results
+
+
+def test_describe_error_takes_a_restored_error_given_as_text():
+    # Tune can hand back a restored trial's error as a string: one line, not AttributeError.
+    from sketchtune.stages import describe_error
+
+    assert describe_error("TuneError: the trial failed\nTraceback ...") == \
+        "TuneError: the trial failed"
+    assert describe_error(ValueError("bad value")) == "ValueError: bad value"
