@@ -7,7 +7,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,11 +118,16 @@ class _Meter:
     """One loop's images counted: a tqdm bar (img/s, ETA) for a person at a terminal, and a
     log line every `log_every_s` seconds for a log nobody watches live (a Ray trial's)."""
 
-    def __init__(self, loader: DataLoader, desc: str, progress: bool,
+    def __init__(self, loader: Iterable, desc: str, progress: bool,
                  log_every_s: float | None) -> None:
-        self.desc, self.every, self.batches = desc, log_every_s, len(loader)
-        bs = loader.batch_size or 1
-        self.total = min(self.batches * bs, len(loader.dataset))  # drop_last drops a few
+        # Any iterable of batches works (a benchmark passes an islice of a loader); without a
+        # length there is no total, so the bar counts and the log line has no ETA.
+        self.desc, self.every = desc, log_every_s
+        self.batches = len(loader) if hasattr(loader, "__len__") else None
+        bs = getattr(loader, "batch_size", None) or 1
+        dataset = getattr(loader, "dataset", None)
+        self.total = None if self.batches is None else \
+            min(self.batches * bs, len(dataset)) if dataset is not None else self.batches * bs
         self.bar = tqdm(total=self.total, desc=desc, unit="img", disable=not progress,
                         leave=False, dynamic_ncols=True)
         self.t0 = self.last = time.perf_counter()
@@ -137,9 +142,9 @@ class _Meter:
             return
         self.last = now
         rate = self.n / (now - self.t0)
-        eta = (self.total - self.n) / rate if rate > 0 else math.inf
-        _log.info("%s: batch %d/%d, %.1f img/s, ETA %s", self.desc, self.i, self.batches, rate,
-                  _clock(eta))
+        eta = (self.total - self.n) / rate if rate > 0 and self.total is not None else math.inf
+        _log.info("%s: batch %d/%s, %.1f img/s, ETA %s", self.desc, self.i,
+                  "?" if self.batches is None else self.batches, rate, _clock(eta))
 
     def close(self) -> None:
         self.bar.close()
