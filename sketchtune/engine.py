@@ -147,6 +147,10 @@ class _Meter:
                   "?" if self.batches is None else self.batches, rate, _clock(eta))
 
     def close(self) -> None:
+        # Show the final count before the bar goes: tqdm skips redraws closer than 0.1 s
+        # apart, so a fast loop would otherwise end on a stale count.
+        if not self.bar.disable:
+            self.bar.refresh()
         self.bar.close()
 
 
