@@ -244,7 +244,7 @@ class OptimizedEnsemble(EnsembleMethod):
         q = np.exp(log_q)  # (n, m) calibrated p(true class)
         options = [("mean", mean, None), ("log_loss", _min_log_loss(q, self.tol), temps)]
         if self.metric == "acc" and m > 1:
-            comp = _Competitors(data, temps, options[1][1])
+            comp = _Competitors(data, temps, options[1][1], log_q)
             options.append(("soft_acc", comp.soft_accuracy_weights(options[1][1]), temps))
             right = [comp.right(w, t) for _, w, t in options]
             best = 0
@@ -316,7 +316,9 @@ class _Competitors:
     upper bound of the real one; it only chooses between weightings and seeds the surrogate.
     """
 
-    def __init__(self, data: OOFView, temps: np.ndarray, w_start: np.ndarray) -> None:
+    def __init__(self, data: OOFView, temps: np.ndarray, w_start: np.ndarray,
+                 log_q: np.ndarray) -> None:
+        """log_q: (n, m) calibrated log p(true class) at `temps` (`calibrated_log_true`)."""
         m, n = data.m, data.n
         rows = np.arange(n) if data.rows is None else data.rows
         cands = np.arange(m) if data.cands is None else data.cands
@@ -326,7 +328,6 @@ class _Competitors:
         self.raw = raw.astype(np.float64)  # (n, L, m) at T = 1
         self.raw_true = data.q  # (n, m)
         s = 1.0 / temps
-        log_q = calibrated_log_true(data, temps)
         lz = s * np.log(np.clip(data.q, EPS, None)) - log_q  # (n, m) log normaliser
         self.cal = np.exp(s * np.log(np.clip(self.raw, EPS, None)) - lz[:, None, :])
         self.cal_true = np.exp(log_q)

@@ -63,13 +63,16 @@ def weighted_probs(
 
 
 def calibrate(probs: np.ndarray, temperature: float) -> np.ndarray:
-    """probs: (N, C) -> softmax(log(probs) / T), (N, C) float64; T = 1 returns probs.
+    """probs: (N, C) -> softmax(log(probs) / T), (N, C) in probs' float type (float32 from
+    the store: its log and exp run ~2x faster than float64's, and 1e-7 relative is far below
+    any decision an ensemble makes); T = 1 returns probs.
 
     Monotone in each row: it never changes which class a row predicts, only how sure it is.
     """
     if temperature == 1.0:
         return probs
-    z = np.log(np.clip(probs, EPS, None), dtype=np.float64)
+    dtype = probs.dtype if probs.dtype in (np.float32, np.float64) else np.float64
+    z = np.log(np.clip(probs, dtype.type(EPS), None), dtype=dtype)
     z /= temperature
     z -= z.max(axis=1, keepdims=True)
     np.exp(z, out=z)

@@ -34,6 +34,12 @@ class RowFacts:
         assert probs.ndim == 3 and targets.shape == probs.shape[1:2], (probs.shape, targets.shape)
         self.probs, self.targets = probs, targets
 
+    def prepare(self) -> RowFacts:
+        """Compute every fact now: threads that share these facts then only read them."""
+        for name in ("q", "_other", "correct"):
+            getattr(self, name)
+        return self
+
     @cached_property
     def q(self) -> np.ndarray:
         """(N, M) float64: each candidate's probability of the true class."""
