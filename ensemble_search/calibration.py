@@ -79,8 +79,10 @@ def candidate_temperatures(view: OOFView) -> np.ndarray:
     s = np.ones(view.m)
     active = np.arange(view.m)
     for _ in range(_NEWTON_STEPS):
-        sa, f = s[active], fin[:, :, active]
-        _, w = _log_norm(lt[:, :, active], mult, sa)
+        every = active.size == view.m  # no (4, n, m) copies until some candidate is done
+        sa = s[active]
+        f = fin if every else fin[:, :, active]
+        _, w = _log_norm(lt if every else lt[:, :, active], mult, sa)
         w *= f
         mean_l = w.sum(axis=0)  # (n, a): d log Z / ds
         w *= f
