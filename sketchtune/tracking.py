@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
 from .errors import first_line
+from .writer import BackgroundWriter
 
 __all__ = ["METRIC_KEYS", "TrackingError", "Tracker", "artifact_location", "check_tracking",
            "flatten"]
@@ -78,9 +81,13 @@ class Tracker:
 
     Every call after the start-up check is best effort: when the server goes away in the
     middle of a sweep, training goes on and the calls that failed are counted and named.
+    The methods call MLflow at once; `submit` queues any of them for the tracker's one writer
+    thread instead (`writer`), for callers that must not wait on the server (the sweep's Ray
+    Tune callback), and `flush`/`close` wait for what was queued.
     """
 
     def __init__(self, tracking_uri: str, experiment: str) -> None:
+        self.tracking_uri, self.experiment = tracking_uri, experiment
         self.client = MlflowClient(tracking_uri)
         exp = self.client.get_experiment_by_name(experiment)
         if exp is None:
@@ -89,6 +96,30 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
         self.failures: list[str] = []
+        self.writer = BackgroundWriter(name="mlflow-writer")
+        _live[(tracking_uri, experiment)] = self
+
+    def __reduce__(self) -> tuple[Callable[..., Tracker], tuple[str, str]]:
+        # Tune pickles the sweep's callbacks with its experiment (tuner.pkl) and unpickles them
+        # when the stage is resumed: the restored callback must log through this process's live
+        # tracker (its queue, its failure count, which the sweep flushes and reports), not
+        # through a copy of the one that pickled it.
+        return _tracker_for, (self.tracking_uri, self.experiment)
+
+    def submit(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run `self.safe(what, fn, ...)` on the writer thread, after what was queued before."""
+        if not self.writer.submit(self.safe, what, fn, *args, **kwargs):
+            self.failures.append(f"{what} (queue full)")
+
+    def flush(self) -> bool:
+        """Wait for the queued calls; False if the server stopped answering (BackgroundWriter)."""
+        return self.writer.flush()
+
+    def close(self) -> None:
+        """Write what is queued and stop the writer thread; calls it could not write (the
+        server stopped answering) count as failures."""
+        left = self.writer.close()
+        self.failures.extend(["write queued calls"] * left)
 
     def safe(self, what: str, fn, *args, **kwargs) -> Any:
         try:
@@ -134,3 +165,13 @@ class Tracker:
 
     def log_artifact(self, run_id: str, path: Path, artifact_path: str | None = None) -> None:
         self.safe("log an artifact", self.client.log_artifact, run_id, str(path), artifact_path)
+
+
+# The tracker each (tracking URI, experiment) was last opened with in this process.
+_live: weakref.WeakValueDictionary[tuple[str, str], Tracker] = weakref.WeakValueDictionary()
+
+
+def _tracker_for(tracking_uri: str, experiment: str) -> Tracker:
+    """This process's tracker for the experiment, or a new one (an unpickled Tracker)."""
+    live = _live.get((tracking_uri, experiment))
+    return live if live is not None else Tracker(tracking_uri, experiment)
