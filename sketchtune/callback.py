@@ -7,6 +7,8 @@ class then), so importing this module costs no Ray import (seconds), as for swee
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,22 @@ class _SweepLogger:
         self.describe = describe
         self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
         self.history: dict[str, list[dict[str, float]]] = {}
+        self._setup_queue()
+
+    def _setup_queue(self) -> None:
+        # Results not yet sent, per trial, with the time each arrived (ms): when the writer is
+        # behind (a slow server), one request sends all of a trial's waiting epochs, so its
+        # throughput grows with the backlog instead of the backlog growing without end.
+        self._unsent: dict[str, list[tuple[int, dict[str, float]]]] = {}
+        self._lock = threading.Lock()  # _unsent is shared by the driver and the writer thread
+
+    # Tune pickles its callbacks with the experiment (tuner.pkl); a lock cannot be pickled.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_unsent", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._setup_queue()
 
     # Tune calls these hooks on its driver loop, between scheduling steps, for every epoch of
     # every trial: one MLflow round trip each (up to 1 s on a remote server) made that loop the
@@ -47,7 +65,13 @@ class _SweepLogger:
         if result.get("skipped"):
             return
         row = {k: result[k] for k in (*METRIC_KEYS, "epoch") if k in result}
-        self.tracker.submit("log metrics", self._log_result, trial.trial_id, trial.config, row)
+        with self._lock:
+            waiting = self._unsent.setdefault(trial.trial_id, [])
+            waiting.append((int(time.time() * 1000), row))
+            first = len(waiting) == 1
+        if first:  # else the send already queued for this trial takes this row too
+            self.tracker.submit("log metrics", self._send_results, trial.trial_id,
+                                trial.config)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.submit("finish a run", self._complete, trial.trial_id, trial.config)
@@ -68,7 +92,8 @@ class _SweepLogger:
         # the next stage or the sweep's summary runs.
         self.tracker.flush()
 
-    # The rest runs on the writer thread only, one call at a time: no locks needed.
+    # The rest runs on the writer thread only, one call at a time: no locks needed but the one
+    # around _unsent, which the driver fills.
 
     def _run_for(self, trial_id: str, config: dict[str, Any]) -> str | None:
         if trial_id in self.runs:
@@ -93,12 +118,15 @@ class _SweepLogger:
         self.runs[trial_id] = run_id
         return run_id
 
-    def _log_result(self, trial_id: str, config: dict[str, Any], row: dict[str, float]) -> None:
+    def _send_results(self, trial_id: str, config: dict[str, Any]) -> None:
         run_id = self._run_for(trial_id, config)
-        self.history.setdefault(trial_id, []).append(row)
-        if run_id is not None:
-            metrics = {k: v for k, v in row.items() if k in METRIC_KEYS}
-            self.tracker.log_metrics(run_id, metrics, step=int(row.get("epoch", 0)))
+        with self._lock:
+            waiting = self._unsent.pop(trial_id, [])
+        self.history.setdefault(trial_id, []).extend(row for _, row in waiting)
+        if run_id is not None and waiting:
+            self.tracker.log_steps(run_id, [
+                (ts, int(row.get("epoch", 0)), {k: v for k, v in row.items() if k in METRIC_KEYS})
+                for ts, row in waiting])
 
     def _complete(self, trial_id: str, config: dict[str, Any]) -> None:
         run_id = self._run_for(trial_id, config)

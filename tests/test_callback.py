@@ -104,8 +104,9 @@ def test_callback_hooks_only_queue_and_stage_end_flushes(tmp_path, monkeypatch):
     monkeypatch.setattr(MlflowClient, "log_batch", gated)
     _report(cb, trials, epochs=5)
     # Every hook returned while the server had answered nothing (the first run's params are
-    # waiting): they only queued, 4 starts + 20 results + 4 ends.
-    assert tracker.writer.pending == 4 + 4 * 5 + 4
+    # waiting): they only queued. 4 starts, 4 ends, and one send per trial for its 5 results
+    # (a trial's waiting results go in one request).
+    assert tracker.writer.pending == 4 + 4 + 4
     gate.set()
     cb.on_experiment_end(trials)  # the stage's end: everything written when it returns
     assert tracker.writer.pending == 0
@@ -125,7 +126,8 @@ def test_callback_failing_server_counts_failures_and_never_raises(tmp_path, monk
     _report(cb, trials, epochs=4)
     cb.on_trial_error(4, trials, trials[0])
     cb.on_experiment_end(trials)
-    assert tracker.failures.count("log metrics") == 3 * 4
+    # Each trial's results were tried (some in one request when they waited together).
+    assert 3 <= tracker.failures.count("log metrics") <= 3 * 4
     assert {"set tags"} <= set(tracker.failures)
     tracker.close()
 
