@@ -27,6 +27,10 @@ METRIC_KEYS = ("train_loss", "val_loss", "val_acc", "lr", "images_per_s", "epoch
 
 PARENT_TAG = "sketchtune.role"
 
+# A server that failed this many calls in a row is left alone for PAUSE_S (Tracker.safe).
+FAILURES_IN_A_ROW = 3
+PAUSE_S = 60.0
+
 
 class TrackingError(RuntimeError):
     """The tracking server cannot be used; one-line message."""
@@ -68,6 +72,10 @@ def check_tracking(tracking_uri: str) -> None:
         # One quick try instead of MLflow's minutes of retries.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+        # Against a server MLflow prints two "View run/experiment at" lines per ended run (one
+        # per trial, through Tune's table) and fetches the run again to do so; the sweep
+        # prints its own UI hint at the end.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
     try:
         MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as err:  # the client raises many types: connection, sqlalchemy, MLflow
@@ -96,6 +104,7 @@ class Tracker:
         else:
             self.experiment_id = exp.experiment_id
         self.failures: list[str] = []
+        self._in_a_row, self._paused_until = 0, 0.0
         self.writer = BackgroundWriter(name="mlflow-writer")
         _live[(tracking_uri, experiment)] = self
 
@@ -107,8 +116,9 @@ class Tracker:
         return _tracker_for, (self.tracking_uri, self.experiment)
 
     def submit(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        """Run `self.safe(what, fn, ...)` on the writer thread, after what was queued before."""
-        if not self.writer.submit(self.safe, what, fn, *args, **kwargs):
+        """Run `fn(...)` on the writer thread, after what was queued before; an error is a
+        failure named `what`."""
+        if not self.writer.submit(self._run_queued, what, fn, *args, **kwargs):
             self.failures.append(f"{what} (queue full)")
 
     def flush(self) -> bool:
@@ -122,14 +132,40 @@ class Tracker:
         self.failures.extend(["write queued calls"] * left)
 
     def safe(self, what: str, fn, *args, **kwargs) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        except Exception as err:  # noqa: BLE001 - tracking must never stop training
-            if not self.failures:
-                _log.warning("MLflow: could not %s (%s); training goes on", what,
-                             first_line(err, 120))
+        """`fn(...)`, or None when it raised: counted in `failures`, the first one logged.
+
+        After FAILURES_IN_A_ROW failures in a row the server is taken for gone and calls are
+        counted as failed without being made for PAUSE_S: against a server that hangs, each
+        call would wait out its timeout, and the writer's queue (and the sweep's end, which
+        waits for it) would take that long per call.
+        """
+        if time.monotonic() < self._paused_until:
             self.failures.append(what)
             return None
+        try:
+            out = fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must never stop training
+            self._failed(what, err)
+            self._in_a_row += 1
+            if self._in_a_row >= FAILURES_IN_A_ROW:
+                self._paused_until = time.monotonic() + PAUSE_S
+            return None
+        self._in_a_row = 0
+        return out
+
+    def _failed(self, what: str, err: Exception) -> None:
+        if not self.failures:
+            _log.warning("MLflow: could not %s (%s); training goes on", what,
+                         first_line(err, 120))
+        self.failures.append(what)
+
+    def _run_queued(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        # Not `safe`: a queued job (the callback's) makes its MLflow calls through `safe`
+        # itself, and its own bookkeeping must run even while those calls are paused.
+        try:
+            fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must never stop training
+            self._failed(what, err)
 
     def find_run(self, **tags: str) -> Any:
         filt = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
