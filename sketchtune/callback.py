@@ -66,12 +66,14 @@ class _SweepLogger:
             return
         row = {k: result[k] for k in (*METRIC_KEYS, "epoch") if k in result}
         with self._lock:
-            waiting = self._unsent.setdefault(trial.trial_id, [])
+            waiting = self._unsent.get(trial.trial_id)
+            first = waiting is None
+            if first:
+                waiting = self._unsent[trial.trial_id] = []
             waiting.append((int(time.time() * 1000), row))
-            first = len(waiting) == 1
-        if first:  # else the send already queued for this trial takes this row too
+        if first:  # else the send already queued for this list takes this row too
             self.tracker.submit("log metrics", self._send_results, trial.trial_id,
-                                trial.config)
+                                trial.config, waiting)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.submit("finish a run", self._complete, trial.trial_id, trial.config)
@@ -80,12 +82,17 @@ class _SweepLogger:
     def on_trial_recover(self, iteration, trials, trial, **info):
         # Failed, and Ray retries it from its last checkpoint: this attempt's run ends FAILED
         # and the retry gets a run of its own.
-        self.tracker.submit("end a failed run", self._fail, trial.trial_id,
-                            "failed; Ray retries it from its last checkpoint")
+        self._end_attempt(trial.trial_id, "failed; Ray retries it from its last checkpoint")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        self.tracker.submit("end a failed run", self._fail, trial.trial_id,
-                            "failed after every retry (FailureConfig.max_failures)")
+        self._end_attempt(trial.trial_id, "failed after every retry (FailureConfig.max_failures)")
+
+    def _end_attempt(self, trial_id: str, why: str) -> None:
+        # This attempt's unsent results go with its FAILED mark, so that a retry's results
+        # (same trial id) cannot join a send queued before and land in the failed run.
+        with self._lock:
+            waiting = self._unsent.pop(trial_id, [])
+        self.tracker.submit("end a failed run", self._fail, trial_id, why, waiting)
 
     def on_experiment_end(self, trials, **info):
         # The stage is over (or Tune stopped it on Ctrl-C): its records are in MLflow before
@@ -118,10 +125,18 @@ class _SweepLogger:
         self.runs[trial_id] = run_id
         return run_id
 
-    def _send_results(self, trial_id: str, config: dict[str, Any]) -> None:
+    def _send_results(self, trial_id: str, config: dict[str, Any],
+                      waiting: list[tuple[int, dict[str, float]]]) -> None:
         run_id = self._run_for(trial_id, config)
+        # Whoever takes the list out of _unsent sends it; once out, the driver starts a new one.
         with self._lock:
-            waiting = self._unsent.pop(trial_id, [])
+            if self._unsent.get(trial_id) is not waiting:
+                return  # taken by _end_attempt: they go to the failed attempt's run
+            del self._unsent[trial_id]
+        self._log_waiting(trial_id, run_id, waiting)
+
+    def _log_waiting(self, trial_id: str, run_id: str | None,
+                     waiting: list[tuple[int, dict[str, float]]]) -> None:
         self.history.setdefault(trial_id, []).extend(row for _, row in waiting)
         if run_id is not None and waiting:
             self.tracker.log_steps(run_id, [
@@ -147,8 +162,10 @@ class _SweepLogger:
             self.tracker.set_tags(run_id, {"stopped_by_scheduler": "true"})
         self.tracker.end(run_id, "FINISHED")
 
-    def _fail(self, trial_id: str, why: str) -> None:
+    def _fail(self, trial_id: str, why: str,
+              waiting: list[tuple[int, dict[str, float]]]) -> None:
         run_id = self.runs.pop(trial_id, None)
+        self._log_waiting(trial_id, run_id, waiting)
         if run_id is not None:
             self.tracker.set_tags(run_id, {"error": why})
             self.tracker.end(run_id, "FAILED")

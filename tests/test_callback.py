@@ -132,6 +132,36 @@ def test_callback_failing_server_counts_failures_and_never_raises(tmp_path, monk
     tracker.close()
 
 
+def test_callback_retry_results_never_land_in_the_failed_attempt_run(tmp_path, monkeypatch):
+    """Ray retries a failed trial under the same trial id while the writer is still behind:
+    the failed attempt's epochs go to its FAILED run, the retry's to a run of its own."""
+    from mlflow.tracking import MlflowClient
+
+    tracker, cb, trials = _setup(tmp_path, n_trials=1)
+    gate, real = threading.Event(), MlflowClient.log_batch
+
+    def gated(self, *args, **kwargs):
+        gate.wait(60)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", gated)
+    (t,) = trials
+    cb.on_trial_start(0, trials, t)
+    cb.on_trial_result(1, trials, t, _result(1))
+    cb.on_trial_result(2, trials, t, _result(2))
+    cb.on_trial_recover(2, trials, t)
+    cb.on_trial_start(2, trials, t)
+    cb.on_trial_result(3, trials, t, _result(3))
+    gate.set()
+    cb.on_experiment_end(trials)
+    runs = tracker.client.search_runs([tracker.experiment_id],
+                                      filter_string="tags.ray_trial_id = 't0'")
+    steps = {r.info.status: [m.step for m in tracker.client.get_metric_history(
+        r.info.run_id, "val_acc")] for r in runs}
+    assert steps == {"FAILED": [1, 2], "RUNNING": [3]}
+    tracker.close()
+
+
 def test_tracker_unpickles_to_this_process_live_tracker(tmp_path):
     """Tune pickles the callbacks into tuner.pkl and a resumed stage unpickles them: they must
     log through the sweep's own tracker (its queue and failure count)."""
