@@ -1,4 +1,4 @@
-"""The sweep's MLflow writer: a Ray Tune callback on the driver; runs are found after a restart.
+"""The sweep's MLflow writer: a Ray Tune callback whose hooks only queue; runs survive a restart.
 
 Ray is imported on first use of `MlflowSweepCallback` (a module `__getattr__` builds the
 class then), so importing this module costs no Ray import (seconds), as for sweep.py.
@@ -7,6 +7,8 @@ class then), so importing this module costs no Ray import (seconds), as for swee
 from __future__ import annotations
 
 import tempfile
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,7 +25,8 @@ class _SweepLogger:
 
     A run is found again by its Ray trial id, so a resumed sweep continues the runs it has
     instead of making new ones; a retried attempt after a failure gets a fresh run, and the
-    failed one is marked FAILED.
+    failed one is marked FAILED. The MLflow calls run on the tracker's writer thread
+    (`Tracker.submit`); the hooks return at once, and the stage's end flushes them.
     """
 
     def __init__(self, tracker: Tracker, parent_run_id: str, stage: str, store: PredictionStore,
@@ -33,12 +36,77 @@ class _SweepLogger:
         self.describe = describe
         self.runs: dict[str, str] = {}  # ray trial id -> mlflow run id
         self.history: dict[str, list[dict[str, float]]] = {}
+        self._setup_queue()
 
-    def _run_for(self, trial) -> str | None:
-        if trial.trial_id in self.runs:
-            return self.runs[trial.trial_id]
-        cfg = self.describe(trial.config)
-        key = {"ray_trial_id": trial.trial_id, "sketchtune.stage": self.stage}
+    def _setup_queue(self) -> None:
+        # Results not yet sent, per trial, with the time each arrived (ms): when the writer is
+        # behind (a slow server), one request sends all of a trial's waiting epochs, so its
+        # throughput grows with the backlog instead of the backlog growing without end.
+        self._unsent: dict[str, list[tuple[int, dict[str, float]]]] = {}
+        self._lock = threading.Lock()  # _unsent is shared by the driver and the writer thread
+
+    # Tune pickles its callbacks with the experiment (tuner.pkl); a lock cannot be pickled.
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_unsent", "_lock")}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._setup_queue()
+
+    # Tune calls these hooks on its driver loop, between scheduling steps, for every epoch of
+    # every trial: one MLflow round trip each (up to 1 s on a remote server) made that loop the
+    # sweep's ceiling. So each hook only queues its work on the tracker's writer thread, which
+    # runs it in order; the Trial's fields are read now, on the driver.
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self.tracker.submit("start a run", self._run_for, trial.trial_id, trial.config)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if result.get("skipped"):
+            return
+        row = {k: result[k] for k in (*METRIC_KEYS, "epoch") if k in result}
+        with self._lock:
+            waiting = self._unsent.get(trial.trial_id)
+            first = waiting is None
+            if first:
+                waiting = self._unsent[trial.trial_id] = []
+            waiting.append((int(time.time() * 1000), row))
+        if first:  # else the send already queued for this list takes this row too
+            self.tracker.submit("log metrics", self._send_results, trial.trial_id,
+                                trial.config, waiting)
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self.tracker.submit("finish a run", self._complete, trial.trial_id, trial.config)
+        release_checkpoints(trial.path)
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        # Failed, and Ray retries it from its last checkpoint: this attempt's run ends FAILED
+        # and the retry gets a run of its own.
+        self._end_attempt(trial.trial_id, "failed; Ray retries it from its last checkpoint")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end_attempt(trial.trial_id, "failed after every retry (FailureConfig.max_failures)")
+
+    def _end_attempt(self, trial_id: str, why: str) -> None:
+        # This attempt's unsent results go with its FAILED mark, so that a retry's results
+        # (same trial id) cannot join a send queued before and land in the failed run.
+        with self._lock:
+            waiting = self._unsent.pop(trial_id, [])
+        self.tracker.submit("end a failed run", self._fail, trial_id, why, waiting)
+
+    def on_experiment_end(self, trials, **info):
+        # The stage is over (or Tune stopped it on Ctrl-C): its records are in MLflow before
+        # the next stage or the sweep's summary runs.
+        self.tracker.flush()
+
+    # The rest runs on the writer thread only, one call at a time: no locks needed but the one
+    # around _unsent, which the driver fills.
+
+    def _run_for(self, trial_id: str, config: dict[str, Any]) -> str | None:
+        if trial_id in self.runs:
+            return self.runs[trial_id]
+        cfg = self.describe(config)
+        key = {"ray_trial_id": trial_id, "sketchtune.stage": self.stage}
         tags = {
             "mlflow.parentRunId": self.parent,
             "candidate_id": cfg.get("candidate_id", ""),
@@ -54,34 +122,38 @@ class _SweepLogger:
         run_id, created = res
         if created:
             self.tracker.log_params(run_id, flatten(cfg.get("train", {})))
-        self.runs[trial.trial_id] = run_id
+        self.runs[trial_id] = run_id
         return run_id
 
-    def on_trial_start(self, iteration, trials, trial, **info):
-        self._run_for(trial)
+    def _send_results(self, trial_id: str, config: dict[str, Any],
+                      waiting: list[tuple[int, dict[str, float]]]) -> None:
+        run_id = self._run_for(trial_id, config)
+        # Whoever takes the list out of _unsent sends it; once out, the driver starts a new one.
+        with self._lock:
+            if self._unsent.get(trial_id) is not waiting:
+                return  # taken by _end_attempt: they go to the failed attempt's run
+            del self._unsent[trial_id]
+        self._log_waiting(trial_id, run_id, waiting)
 
-    def on_trial_result(self, iteration, trials, trial, result, **info):
-        if result.get("skipped"):
-            return
-        run_id = self._run_for(trial)
-        self.history.setdefault(trial.trial_id, []).append(
-            {k: result[k] for k in (*METRIC_KEYS, "epoch") if k in result})
+    def _log_waiting(self, trial_id: str, run_id: str | None,
+                     waiting: list[tuple[int, dict[str, float]]]) -> None:
+        self.history.setdefault(trial_id, []).extend(row for _, row in waiting)
+        if run_id is not None and waiting:
+            self.tracker.log_steps(run_id, [
+                (ts, int(row.get("epoch", 0)), {k: v for k, v in row.items() if k in METRIC_KEYS})
+                for ts, row in waiting])
+
+    def _complete(self, trial_id: str, config: dict[str, Any]) -> None:
+        run_id = self._run_for(trial_id, config)
         if run_id is not None:
-            metrics = {k: result[k] for k in METRIC_KEYS if k in result}
-            self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
+            self._log_complete(trial_id, config, run_id)
 
-    def on_trial_complete(self, iteration, trials, trial, **info):
-        run_id = self._run_for(trial)
-        if run_id is not None:
-            self._log_complete(trial, run_id)
-        release_checkpoints(trial.path)
-
-    def _log_complete(self, trial, run_id: str) -> None:
-        cfg = self.describe(trial.config)
+    def _log_complete(self, trial_id: str, config: dict[str, Any], run_id: str) -> None:
+        cfg = self.describe(config)
         cid, fold = cfg.get("candidate_id"), cfg.get("fold")
         if cid and fold is not None and self.store.has_fold(cid, int(fold)):
             manifest = self.store.update_manifest(cid, int(fold), mlflow_run_id=run_id)
-            history = manifest.get("history") or self.history.get(trial.trial_id)
+            history = manifest.get("history") or self.history.get(trial_id)
             self._log_files(run_id, cfg, history)
             self.tracker.set_tags(run_id, {"best_epoch": manifest.get("best_epoch"),
                                            "predictions": str(self.store.candidate_dir(cid))})
@@ -90,16 +162,10 @@ class _SweepLogger:
             self.tracker.set_tags(run_id, {"stopped_by_scheduler": "true"})
         self.tracker.end(run_id, "FINISHED")
 
-    def on_trial_recover(self, iteration, trials, trial, **info):
-        # Failed, and Ray retries it from its last checkpoint: this attempt's run ends FAILED
-        # and the retry gets a run of its own.
-        self._fail(trial, "failed; Ray retries it from its last checkpoint")
-
-    def on_trial_error(self, iteration, trials, trial, **info):
-        self._fail(trial, "failed after every retry (FailureConfig.max_failures)")
-
-    def _fail(self, trial, why: str) -> None:
-        run_id = self.runs.pop(trial.trial_id, None)
+    def _fail(self, trial_id: str, why: str,
+              waiting: list[tuple[int, dict[str, float]]]) -> None:
+        run_id = self.runs.pop(trial_id, None)
+        self._log_waiting(trial_id, run_id, waiting)
         if run_id is not None:
             self.tracker.set_tags(run_id, {"error": why})
             self.tracker.end(run_id, "FAILED")

@@ -14,7 +14,6 @@ from .checkpoint import can_restore, restore_tuner
 from .config import SweepConfig
 from .errors import first_line, root_cause
 from .planner import (
-    FOLD_COLUMN,
     Candidate,
     cv_experiment_name,
     cv_param_space,
@@ -24,6 +23,7 @@ from .planner import (
     search_param_space,
     select_candidates,
 )
+from .progress import alive_nodes, build_reporter
 from .store import PredictionStore
 from .trainable import trial
 
@@ -138,14 +138,7 @@ def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
         # it stopped); finished folds are in the prediction store either way.
         _log.warning("%s: the config differs from the one of %s; starting a fresh experiment "
                      "%s (delete the old one to free its disk)", stage, stale[-1], name)
-    reporter = tune.CLIReporter(
-        metric_columns={"epoch": "epoch", "val_acc": "val_acc", "best_val_acc": "best"},
-        parameter_columns={FOLD_COLUMN: "fold"},
-        max_report_frequency=15,
-        max_column_length=32,
-    )
-    reporter.add_metric_column("backbone")
-    reporter.add_metric_column("candidate_id", "candidate")
+    reporter = None if quiet else build_reporter(nodes=alive_nodes())
     tune_config.trial_name_creator = _trial_name
     tune_config.trial_dirname_creator = _trial_name
     run_config = tune.RunConfig(
@@ -156,7 +149,7 @@ def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
         # One checkpoint per trial: the latest epoch's state, which carries the best weights.
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         verbose=0 if quiet else cfg.ray.verbose,
-        progress_reporter=None if quiet else reporter,
+        progress_reporter=reporter,
     )
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
                       run_config=run_config)

@@ -101,10 +101,13 @@ def run_sweep(
                          outcomes["search"].first_error)
         status = "FINISHED"
         return summaries
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C; SIGTERM (ray.init makes it sys.exit)
         status = "KILLED"
         raise
     finally:
+        # What the stages queued is written before the parent run ends and before the warning
+        # counts the failures (bounded: a server that stopped answering is given up on).
+        tracker.close()
         tracker.end(parent, status)
         if tracker.failures:
             _log.warning("MLflow: %d tracking call(s) failed (%s); the prediction store is "

@@ -1,11 +1,16 @@
-"""The MLflow callback module: Ray is imported only when the callback class is first used."""
+"""The MLflow callback: Ray imported only on first use; hooks that only queue, nothing lost."""
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -29,3 +34,193 @@ def test_callback_class_is_a_tune_callback_built_once():
                    # Tune pickles its callbacks with the experiment and restores them by name.
                    "assert pickle.loads(pickle.dumps(cls)) is cls\n")
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+# The callback's hooks called the way Tune calls them, without Ray: fake trials, a real
+# MLflow sqlite store.
+
+def _describe(config: dict) -> dict:
+    return {"candidate_id": "c0ffee", "backbone": "test_resnet", "fold": config["fold"],
+            "train": {"optim": {"lr": 0.001}}}
+
+
+def _setup(tmp_path: Path, n_trials: int):
+    from sketchtune.callback import MlflowSweepCallback
+    from sketchtune.store import PredictionStore
+    from sketchtune.tracking import Tracker
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "async")
+    parent, _ = tracker.get_or_create_run("sweep", {}, {"sketchtune.role": "sweep"})
+    cb = MlflowSweepCallback(tracker, parent, "cv", PredictionStore(tmp_path / "store"),
+                             _describe)
+    trials = [SimpleNamespace(trial_id=f"t{i}", config={"fold": i}, path=None)
+              for i in range(n_trials)]
+    return tracker, cb, trials
+
+
+def _result(epoch: int) -> dict:
+    return {"epoch": epoch, "val_acc": 0.5 + epoch / 100, "val_loss": 1.0, "train_loss": 2.0,
+            "lr": 1e-3, "pid": 123, "timestamp": 0}
+
+
+def _report(cb, trials, epochs: int) -> None:
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+    for e in range(1, epochs + 1):  # interleaved, as concurrent trials report
+        for t in trials:
+            cb.on_trial_result(e, trials, t, _result(e))
+    for t in trials:
+        cb.on_trial_complete(epochs, trials, t)
+
+
+def _history(tracker, cb, trials, key: str) -> list[list[int]]:
+    return [[m.step for m in tracker.client.get_metric_history(cb.runs[t.trial_id], key)]
+            for t in trials]
+
+
+def test_callback_many_results_nothing_lost(tmp_path):
+    tracker, cb, trials = _setup(tmp_path, n_trials=8)
+    _report(cb, trials, epochs=10)
+    cb.on_experiment_end(trials)
+    for key in ("val_acc", "val_loss", "train_loss", "lr"):
+        assert [sorted(h) for h in _history(tracker, cb, trials, key)] == \
+            [list(range(1, 11))] * 8, key
+    runs = [tracker.client.get_run(cb.runs[t.trial_id]) for t in trials]
+    assert {r.info.status for r in runs} == {"FINISHED"} and not tracker.failures
+    assert "pid" not in runs[0].data.metrics  # Ray's bookkeeping keys stay out
+    tracker.close()
+
+
+def test_callback_hooks_only_queue_and_stage_end_flushes(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    tracker, cb, trials = _setup(tmp_path, n_trials=4)
+    gate, real = threading.Event(), MlflowClient.log_batch
+
+    def gated(self, *args, **kwargs):
+        gate.wait(60)  # a tracking server that has not answered yet
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", gated)
+    _report(cb, trials, epochs=5)
+    # Every hook returned while the server had answered nothing (the first run's params are
+    # waiting): they only queued. 4 starts, 4 ends, and one send per trial for its 5 results
+    # (a trial's waiting results go in one request).
+    assert tracker.writer.pending == 4 + 4 + 4
+    gate.set()
+    cb.on_experiment_end(trials)  # the stage's end: everything written when it returns
+    assert tracker.writer.pending == 0
+    assert [sorted(h) for h in _history(tracker, cb, trials, "val_acc")] == [[1, 2, 3, 4, 5]] * 4
+    tracker.close()
+
+
+def test_callback_failing_server_counts_failures_and_never_raises(tmp_path, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    tracker, cb, trials = _setup(tmp_path, n_trials=3)
+
+    def gone(self, *args, **kwargs):
+        raise ConnectionError("tracking server went away")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", gone)
+    _report(cb, trials, epochs=4)
+    cb.on_trial_error(4, trials, trials[0])
+    cb.on_experiment_end(trials)
+    # Each trial's results were tried (some in one request when they waited together).
+    assert 3 <= tracker.failures.count("log metrics") <= 3 * 4
+    assert {"set tags"} <= set(tracker.failures)
+    tracker.close()
+
+
+def test_callback_retry_results_never_land_in_the_failed_attempt_run(tmp_path, monkeypatch):
+    """Ray retries a failed trial under the same trial id while the writer is still behind:
+    the failed attempt's epochs go to its FAILED run, the retry's to a run of its own."""
+    from mlflow.tracking import MlflowClient
+
+    tracker, cb, trials = _setup(tmp_path, n_trials=1)
+    gate, real = threading.Event(), MlflowClient.log_batch
+
+    def gated(self, *args, **kwargs):
+        gate.wait(60)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", gated)
+    (t,) = trials
+    cb.on_trial_start(0, trials, t)
+    cb.on_trial_result(1, trials, t, _result(1))
+    cb.on_trial_result(2, trials, t, _result(2))
+    cb.on_trial_recover(2, trials, t)
+    cb.on_trial_start(2, trials, t)
+    cb.on_trial_result(3, trials, t, _result(3))
+    gate.set()
+    cb.on_experiment_end(trials)
+    runs = tracker.client.search_runs([tracker.experiment_id],
+                                      filter_string="tags.ray_trial_id = 't0'")
+    steps = {r.info.status: [m.step for m in tracker.client.get_metric_history(
+        r.info.run_id, "val_acc")] for r in runs}
+    assert steps == {"FAILED": [1, 2], "RUNNING": [3]}
+    tracker.close()
+
+
+def test_tracker_unpickles_to_this_process_live_tracker(tmp_path):
+    """Tune pickles the callbacks into tuner.pkl and a resumed stage unpickles them: they must
+    log through the sweep's own tracker (its queue and failure count)."""
+    import pickle
+
+    tracker, cb, _ = _setup(tmp_path, n_trials=1)
+    assert pickle.loads(pickle.dumps(cb)).tracker is tracker
+    # With no live tracker for that store and experiment (another process), a new one.
+    data, uri, exp_id = pickle.dumps(tracker), tracker.tracking_uri, tracker.experiment_id
+    del tracker, cb
+    gc.collect()
+    fresh = pickle.loads(data)
+    assert (fresh.tracking_uri, fresh.experiment, fresh.experiment_id) == (uri, "async", exp_id)
+
+
+def test_sweep_ctrl_c_writes_what_the_callback_queued_and_marks_the_sweep_killed(
+        tiny_cfg, monkeypatch):
+    """Tune stops a stage on Ctrl-C and the sweep raises KeyboardInterrupt: the metrics still
+    queued (a slow server) are in MLflow when run_sweep has gone, and the parent run is
+    KILLED. No Ray runs: the stage is replaced by one that calls the hooks as Tune does."""
+    import time
+
+    from mlflow.tracking import MlflowClient
+
+    import sketchtune.sweep as sweep_mod
+    from sketchtune.preflight import Preflight
+
+    cfg, _ = tiny_cfg(**{"data.n_folds": 3})
+    monkeypatch.setattr(sweep_mod, "preflight",
+                        lambda *a, **k: Preflight(fixed=[], image_sizes=[], slots=1))
+    real = MlflowClient.log_batch
+
+    def slow(self, *args, **kwargs):
+        time.sleep(0.02)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(MlflowClient, "log_batch", slow)
+    trials = [SimpleNamespace(trial_id=f"t{k}", config={"job": {"params": {}, "fold": k}},
+                              path=None) for k in range(3)]
+
+    def interrupted_cv(cfg, chosen, callbacks, quiet, outcomes):
+        (cb,) = callbacks
+        for t in trials:
+            cb.on_trial_start(0, trials, t)
+        for e in range(1, 6):
+            for t in trials:
+                cb.on_trial_result(e, trials, t, _result(e))
+        raise KeyboardInterrupt  # what stages._fit raises when Tune stopped on Ctrl-C
+
+    monkeypatch.setattr(sweep_mod, "run_cv", interrupted_cv)
+    with pytest.raises(KeyboardInterrupt):
+        sweep_mod.run_sweep(cfg, quiet=True)
+    client = MlflowClient(cfg.tracking_uri)
+    exp = client.get_experiment_by_name(cfg.name)
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("sketchtune.role") == "sweep"]
+    assert [r.info.status for r in parent] == ["KILLED"]
+    cv = [r for r in runs if r.data.tags.get("stage") == "cv"]
+    assert sorted(r.data.tags["fold"] for r in cv) == ["0", "1", "2"]
+    for r in cv:
+        assert [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")] == \
+            [1, 2, 3, 4, 5]

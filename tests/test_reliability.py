@@ -118,6 +118,10 @@ def test_tracking_server_lost_mid_sweep_training_goes_on(tiny_cfg, monkeypatch, 
     assert [s.folds_done for s in summaries] == [2] and summaries[0].oof_acc is not None
     assert "tracking call(s) failed" in caplog.text and "log metrics" in caplog.text
     assert calls["n"] > 2
+    # The metrics went through the writer thread: still one warning at the end, not one per
+    # failed call.
+    ends = [r for r in caplog.records if "tracking call(s) failed" in r.getMessage()]
+    assert len(ends) == 1 and ends[0].levelno == logging.WARNING
 
 
 def test_read_only_store_is_one_line_and_leaves_nothing(tiny_cfg, monkeypatch, capsys):
