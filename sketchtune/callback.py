@@ -17,6 +17,8 @@ from .tracking import METRIC_KEYS, Tracker, flatten
 
 __all__ = ["MlflowSweepCallback"]  # noqa: F822 - made by __getattr__ on first use
 
+NODE_KEYS = ("node_id", "node_ip")  # where a trial ran: result keys, MLflow tags, manifest fields
+
 
 class _SweepLogger:
     """Logs every trial as a child run of the sweep's parent run, from the driver only.
@@ -69,6 +71,17 @@ class _SweepLogger:
         if run_id is not None:
             metrics = {k: result[k] for k in METRIC_KEYS if k in result}
             self.tracker.log_metrics(run_id, metrics, step=int(result.get("epoch", 0)))
+            self._tag_node(run_id, result)
+
+    def _tag_node(self, run_id: str, result: dict[str, Any]) -> None:
+        """Tag the run with the node its trial reports (`trainable.node_of_this_worker`), once
+        per run and again only if it moves (a run continued after a driver restart)."""
+        node = result.get("node_id")
+        # setdefault: a callback unpickled from an experiment saved before this field existed.
+        tagged = self.__dict__.setdefault("node_of_run", {})
+        if node and tagged.get(run_id) != node:
+            self.tracker.set_tags(run_id, {k: str(result.get(k, "")) for k in NODE_KEYS})
+            tagged[run_id] = node
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         run_id = self._run_for(trial)
