@@ -201,11 +201,14 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
     assert len([r for r in runs if r.data.tags.get("sketchtune.role") == "sweep"]) == 1
     for r in cv:
         key = (r.data.tags["candidate_id"], int(r.data.tags["fold"]))
-        steps = [m.step for m in client.get_metric_history(r.info.run_id, "val_acc")]
-        assert set(steps) == set(range(1, after[key]["epochs_run"] + 1)), (key, steps)
-        if key in before:  # trained once, before the kill: one point per epoch, none since
-            assert sorted(steps) == list(range(1, before[key]["epochs_run"] + 1)), (key, steps)
+        assert r.data.tags["node_id"] == after[key]["node_id"]
+        if key in before:
+            # Trained once, before the kill: no epoch logged twice, none logged since. (Its
+            # last epoch may be missing: the driver can die before logging it.)
             history = client.get_metric_history(r.info.run_id, "val_acc")
+            steps = [m.step for m in history]
+            assert len(steps) == len(set(steps)) and set(steps) <= set(
+                range(1, before[key]["epochs_run"] + 1)), (key, steps)
             assert all(m.timestamp < killed_at_ms for m in history), key
 
 
@@ -216,18 +219,23 @@ def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo
     exits 0, every (candidate, fold) is in the store once, and MLflow has the lost attempt
     FAILED and one FINISHED run per fold."""
     epochs = 6
+    # max_failures 2, the project's default: a retry that Ray placed on the lost node before
+    # it was declared dead is a second failure, not the end of the trial.
     cfg, path = cluster_config(demo_dir, tmp_path, multinode, **{
-        "data.n_folds": 3, "train.epochs": epochs, "train.patience": epochs})
+        "data.n_folds": 3, "train.epochs": epochs, "train.patience": epochs,
+        "ray": {"address": multinode.cluster.address, "verbose": 0, "max_failures": 2}})
     workers = {multinode.nodes[n].node_id: n for n in ("a", "b")}
+    log = tmp_path / "sweep.log"  # a file, not a pipe: a full pipe would block the sweep
     proc = subprocess.Popen(sweep_cmd(path), env=sweep_env(multinode), cwd=path.parent,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=log.open("w"))
     lost = None
     try:
         deadline = time.time() + 300
         while lost is None and time.time() < deadline:
             assert proc.poll() is None, "the sweep ended before a node could be lost"
             on_workers = [r for r in trial_results(cfg)
-                          if r["node_id"] in workers and not r["skipped"] and r["epoch"] < epochs]
+                          if r["node_id"] in workers and not r["skipped"]
+                          and r["epoch"] <= epochs - 3]  # time left to lose the node
             if on_workers:
                 lost = on_workers[0]
             else:
@@ -237,7 +245,7 @@ def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo
         # No graceful shutdown: the node's raylet and workers are killed, as when a machine
         # goes away.
         multinode.cluster.remove_node(multinode.nodes[name], allow_graceful=False)
-        out, err = proc.communicate(timeout=400)
+        proc.wait(timeout=400)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -248,7 +256,7 @@ def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo
                 mp.setenv("RAY_TMPDIR", multinode.tmpdir)
                 multinode.nodes[name] = multinode.cluster.add_node(
                     num_cpus=1, resources={f"node_{name}": 1})
-    assert proc.returncode == 0, err[-3000:]
+    assert proc.returncode == 0, log.read_text()[-3000:]
 
     store = PredictionStore(cfg.sweep_dir)
     cid = candidate_id(cfg.train)
@@ -265,7 +273,9 @@ def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo
     assert {k: v for k, v in status.items() if k[2] == "FINISHED"} == \
         {(c, f, "FINISHED"): 1 for c, f in found}
     failed = [r for r in cv if r.info.status == "FAILED"]
-    assert failed and all(r.data.tags["node_id"] == lost["node_id"] for r in failed)
+    # Every failed attempt ran on the lost node (one that never reported has no node tag).
+    assert failed and {r.data.tags.get("node_id", lost["node_id"]) for r in failed} == \
+        {lost["node_id"]}
     assert {(r.data.tags["candidate_id"], int(r.data.tags["fold"])) for r in failed} == \
         {lost_fold}
     assert len(cv) == len(found) + len(failed)
