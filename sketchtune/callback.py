@@ -19,6 +19,8 @@ from .tracking import METRIC_KEYS, Tracker, flatten
 
 __all__ = ["MlflowSweepCallback"]  # noqa: F822 - made by __getattr__ on first use
 
+NODE_KEYS = ("node_id", "node_ip")  # where a trial ran: result keys, MLflow tags, manifest fields
+
 
 class _SweepLogger:
     """Logs every trial as a child run of the sweep's parent run, from the driver only.
@@ -64,7 +66,7 @@ class _SweepLogger:
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if result.get("skipped"):
             return
-        row = {k: result[k] for k in (*METRIC_KEYS, "epoch") if k in result}
+        row = {k: result[k] for k in (*METRIC_KEYS, "epoch", *NODE_KEYS) if k in result}
         with self._lock:
             waiting = self._unsent.get(trial.trial_id)
             first = waiting is None
@@ -137,16 +139,29 @@ class _SweepLogger:
 
     def _log_waiting(self, trial_id: str, run_id: str | None,
                      waiting: list[tuple[int, dict[str, float]]]) -> None:
-        self.history.setdefault(trial_id, []).extend(row for _, row in waiting)
+        self.history.setdefault(trial_id, []).extend(
+            {k: v for k, v in row.items() if k not in NODE_KEYS} for _, row in waiting)
         if run_id is not None and waiting:
             self.tracker.log_steps(run_id, [
                 (ts, int(row.get("epoch", 0)), {k: v for k, v in row.items() if k in METRIC_KEYS})
                 for ts, row in waiting])
+            for _, row in waiting:  # tags only when the node changes: no call for most rows
+                self._tag_node(run_id, row)
 
     def _complete(self, trial_id: str, config: dict[str, Any]) -> None:
         run_id = self._run_for(trial_id, config)
         if run_id is not None:
             self._log_complete(trial_id, config, run_id)
+
+    def _tag_node(self, run_id: str, row: dict[str, Any]) -> None:
+        """Tag the run with the node its trial reports (`trainable.node_of_this_worker`), once
+        per run and again only if it moves (a run continued after a driver restart)."""
+        node = row.get("node_id")
+        # setdefault: a callback unpickled from an experiment saved before this field existed.
+        tagged = self.__dict__.setdefault("node_of_run", {})
+        if node and tagged.get(run_id) != node:
+            self.tracker.set_tags(run_id, {k: str(row.get(k, "")) for k in NODE_KEYS})
+            tagged[run_id] = node
 
     def _log_complete(self, trial_id: str, config: dict[str, Any], run_id: str) -> None:
         cfg = self.describe(config)

@@ -18,8 +18,8 @@ from typing import Any
 from .errors import first_line
 from .store import StoreError
 
-__all__ = ["RELEASED", "can_restore", "load_state", "release_checkpoints", "report_with_state",
-           "restore_tuner", "restored_state"]
+__all__ = ["RELEASED", "can_restore", "load_state", "recover_checkpoints", "release_checkpoints",
+           "report_with_state", "restore_tuner", "restored_state"]
 
 _log = logging.getLogger(__name__)
 
@@ -106,5 +106,45 @@ def restore_tuner(stage: str, path: str, trainable: Any,
     if not tune.Tuner.can_restore(path):
         return None
     _log.info("resuming %s from %s", stage, path)
-    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
-                              param_space=param_space)
+    tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
+                               param_space=param_space)
+    # Tune's own view of the experiment (public API), read before any trial restarts.
+    experiment_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+    old_level = experiment_log.level
+    experiment_log.setLevel(logging.ERROR)  # "failed to fetch metrics" of trials not started
+    try:
+        latest = [r.checkpoint for r in tuner.get_results()]
+    finally:
+        experiment_log.setLevel(old_level)
+    for name in recover_checkpoints(latest):
+        _log.warning("%s: %s, the checkpoint the experiment state names, was deleted after a "
+                     "newer one was saved (the driver was killed in between); the newer one "
+                     "takes its place", stage, name)
+    return tuner
+
+
+def recover_checkpoints(latest: list[Any]) -> list[str]:
+    """Put the newest checkpoint of a trial where the experiment state expects its latest one.
+
+    `latest`: each trial's latest checkpoint as the experiment state records it (a
+    `ray.tune.Checkpoint` or None). Tune deletes a trial's older checkpoint as soon as a newer
+    one is registered (`num_to_keep=1`), but saves the experiment state only afterwards: a
+    driver killed in between leaves a state that names the deleted checkpoint, and the trial
+    then fails on every retry ("does not exist on storage anymore"), on every resume. The
+    newer checkpoint is in the trial's folder, so it is renamed to the recorded name and the
+    trial continues from it. Local folders only (a rename is not atomic on object stores).
+    Returns the paths it recovered.
+    """
+    done = []
+    for ckpt in latest:
+        if ckpt is None or ckpt.filesystem.type_name != "local":
+            continue
+        want = Path(ckpt.path)
+        if want.exists() or not want.parent.is_dir():
+            continue
+        newer = sorted(p for p in want.parent.glob("checkpoint_*")
+                       if p.name > want.name and (p / _STATE).is_file())
+        if newer:
+            os.replace(newer[-1], want)
+            done.append(str(want))
+    return done

@@ -92,6 +92,11 @@ def start_ray(cfg: SweepConfig, quiet: bool) -> None:
     import ray
 
     address = _address(cfg)
+    if address == "auto":
+        # The address pre-flight checked. Given `auto`, ray.init would look again, and with
+        # several Ray instances on the machine (a second head, another user's) it joins the
+        # one started last ("Found multiple active Ray instances"), not the recorded one.
+        address = _auto_address(cfg)
     kwargs: dict[str, Any] = {"include_dashboard": False} if address == "local" else {}
     if quiet:
         # Ray's notice that token authentication is on is advice, not a problem (warnings and

@@ -14,6 +14,11 @@ Layout under a sweep's folder::
 image_path, never by position. Fold files written before it existed have no `test_keys`
 (`FoldPrediction.test_keys` is None); readers that need it refuse them.
 
+A fold trained by a Ray trial names where it ran: the manifest's `node_id` (the Ray node's
+hex id; several nodes can share one machine and IP) and `node_ip`, those of the attempt that
+wrote it. Folds written before they were recorded, or by `sketchtune.train` outside Ray, have
+neither; read them with `manifest.get`.
+
 Every file is written to a temporary name in the same folder and renamed into place, so a
 crash or a full disk never leaves a file that a later run would trust. Files get the mode a
 plain `open()` would give (0666 less the umask), so teammates sharing the store can read it.

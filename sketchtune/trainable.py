@@ -15,7 +15,7 @@ from .planner import job_of
 from .store import PredictionStore
 from .train import run_trial
 
-__all__ = ["PROGRESS_EVERY_S", "trial"]
+__all__ = ["PROGRESS_EVERY_S", "node_of_this_worker", "trial"]
 
 # How often a trial logs its batches, img/s and ETA. Tune's table shows reported metrics
 # only, and a report inside an epoch would count as an ASHA step (training_iteration), so
@@ -45,6 +45,18 @@ def _trial_log(prefix: str) -> Iterator[None]:
         logger.propagate = old[1]
 
 
+def node_of_this_worker() -> dict[str, str]:
+    """Inside a Ray worker: {"node_id": the Ray node's id (hex), "node_ip": its IP}.
+
+    The IP alone does not name a node: several nodes can share one machine (and one IP).
+    `node_ip` is also the key Tune itself fills in every result.
+    """
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(),
+            "node_ip": ray.util.get_node_ip_address()}
+
+
 def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
     """One Ray trial (`config` as `planner.trial_config` makes it), checkpointed each epoch.
 
@@ -59,7 +71,11 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
     fold = int(job["fold"])
     train_cfg = with_train_overrides(sweep_cfg.train, job["params"], "trial config")
     cid = candidate_id(train_cfg)
-    tags = {"candidate_id": cid, "backbone": train_cfg.model.name, "fold": fold}
+    # Where this attempt runs: every result carries it (the MLflow callback tags the run with
+    # it) and so does the fold's manifest. A trial retried after its node was lost reports
+    # the node of the attempt that finished it.
+    where = node_of_this_worker()
+    tags = {"candidate_id": cid, "backbone": train_cfg.model.name, "fold": fold, **where}
     store = PredictionStore(sweep_cfg.sweep_dir)
     if store.has_fold(cid, fold):
         # Trained before (another stage, an earlier sweep, or a restart that raced the
@@ -81,7 +97,8 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
             report=lambda metrics, state: report_with_state(
                 {**metrics, **tags, "skipped": 0}, state),
             resume=restored_state(),
-            extra_manifest={"stage": stage, "ray_trial_id": tune.get_context().get_trial_id()},
+            extra_manifest={"stage": stage, "ray_trial_id": tune.get_context().get_trial_id(),
+                            **where},
             log_every_s=PROGRESS_EVERY_S,
         )
     release_memory()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sketchtune.checkpoint import RELEASED, load_state, release_checkpoints
+from sketchtune.checkpoint import RELEASED, load_state, recover_checkpoints, release_checkpoints
 
 
 def test_release_checkpoints_leaves_a_small_stub_that_loads_as_released(tmp_path):
@@ -21,3 +21,29 @@ def test_release_checkpoints_without_a_local_folder_does_nothing(tmp_path):
     release_checkpoints(None)
     release_checkpoints(str(tmp_path / "missing"))  # e.g. a trial stored in the cloud
     assert not (tmp_path / "missing").exists()
+
+
+def test_recover_checkpoints_renames_the_newest_to_the_deleted_one_the_state_names(tmp_path):
+    """A driver killed after Tune deleted a trial's older checkpoint but before it saved the
+    experiment state: the state names the deleted one; the newest takes its name."""
+    from ray.tune import Checkpoint
+
+    trial = tmp_path / "trial_1"
+    for name, epoch in (("checkpoint_000002", 3), ("checkpoint_000003", 4)):
+        (trial / name).mkdir(parents=True)
+        torch.save({"epoch": epoch}, trial / name / "state.pt")
+    (trial / "checkpoint_000009").mkdir()  # no state file: not a checkpoint to continue from
+    kept = tmp_path / "trial_2" / "checkpoint_000000"
+    kept.mkdir(parents=True)
+    torch.save({"epoch": 1}, kept / "state.pt")
+    gone = trial / "checkpoint_000001"
+    latest = [Checkpoint.from_directory(str(gone)), Checkpoint.from_directory(str(kept)), None,
+              Checkpoint.from_directory(str(tmp_path / "trial_3" / "checkpoint_000000"))]
+
+    assert recover_checkpoints(latest) == [str(gone)]
+    assert load_state(gone / "state.pt") == {"epoch": 4}
+    assert sorted(p.name for p in trial.iterdir()) == ["checkpoint_000001", "checkpoint_000002",
+                                                      "checkpoint_000009"]
+    assert load_state(kept / "state.pt") == {"epoch": 1}  # a checkpoint that exists is kept
+    assert not (tmp_path / "trial_3").exists()  # a trial without a folder is left to Tune
+    assert recover_checkpoints(latest) == []  # nothing left to recover

@@ -49,3 +49,16 @@ def test_ray_worker_starts_with_the_env_and_the_trainer_tunes_its_malloc(tiny_cf
     assert env["SKETCHTUNE_ENV_PROBE"] == "1" and env["MALLOC_TOP_PAD_"] == "4096"
     assert env["PYTHONPATH"].split(":")[0] == worker_env()["PYTHONPATH"].split(":")[0]
     assert tuned is False  # the user's own MALLOC_*_ reached the worker and were respected
+
+
+def test_start_ray_joins_the_address_auto_was_resolved_to(tiny_cfg, monkeypatch):
+    """`auto` reaches ray.init as the recorded address pre-flight checked, never as `auto`:
+    Ray would join whichever Ray instance on the machine started last."""
+    import ray
+
+    cfg, _ = tiny_cfg(**{"ray": {"address": "auto", "verbose": 0}})
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.2.3:6379")
+    seen = {}
+    monkeypatch.setattr(ray, "init", lambda address=None, **kw: seen.update(address=address))
+    start_ray(cfg, quiet=True)
+    assert seen == {"address": "10.1.2.3:6379"}
