@@ -11,11 +11,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from mlflow.tracking import MlflowClient
 
 from sketchtune import storage
 from sketchtune.storage import URI, StoreError, location
@@ -185,6 +187,44 @@ def test_store_on_s3_refuses_arrays_that_do_not_match_their_manifest(bucket):
         assert str(npz) in str(e.value) and "\n" not in str(e.value)
 
 
+def test_ensemble_object_set_writes_its_marker_last(bucket, monkeypatch):
+    from ensemble_search.cli import write_files
+
+    order: list[str] = []
+    real = storage.write_bytes
+    monkeypatch.setattr(storage, "write_bytes", lambda loc, data: (order.append(loc.name),
+                                                                   real(loc, data)))
+    target = URI(f"s3://{bucket}/sweeps/demo/ensemble")
+    paths = write_files(target, {"ensemble.json": b"{}", "a.png": b"p", "b.csv": b"c"})
+    assert order == ["a.png", "b.csv", "ensemble.json"]
+    assert paths == [target / "ensemble.json", target / "a.png", target / "b.csv"]
+    order.clear()
+    write_files(target, {"submission.csv": b"s", "test_probs.npy": b"n"})
+    assert order == ["test_probs.npy", "submission.csv"]
+    assert set(storage.list_dir(target)) == {"ensemble.json", "a.png", "b.csv",
+                                             "submission.csv", "test_probs.npy"}
+
+
+def test_predict_reads_safetensors_weights_from_the_bucket(bucket):
+    """predict --images: the header check and the load work on an object's bytes."""
+    import torch
+    from safetensors.torch import save
+
+    from sketchtune.predict import _check_weights_file, _load_weights
+
+    sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}
+    uri = URI(f"s3://{bucket}/c1/fold0.safetensors")
+    storage.write_bytes(uri, save(sd))
+    _check_weights_file(uri, {"w": (2, 3), "b": (3,)})
+    assert torch.equal(_load_weights(uri)["w"], sd["w"])
+    with pytest.raises(StoreError, match="do not fit"):
+        _check_weights_file(uri, {"w": (3, 2), "b": (3,)})
+    storage.write_bytes(uri, save(sd)[:20])  # cut short
+    with pytest.raises(StoreError, match="unreadable weights file") as e:
+        _check_weights_file(uri, {"w": (2, 3), "b": (3,)})
+    assert str(uri) in str(e.value)
+
+
 def test_folds_file_on_s3(bucket):
     from sketchtune.folds import load_or_make_folds
 
@@ -265,6 +305,12 @@ def test_sweep_on_s3_resumes_after_driver_sigkill_then_optimize_and_predict(
         assert old.pop("mlflow_run_id") in (None, new.pop("mlflow_run_id")) and old == new
     keys = _keys(s3_endpoint, bucket)
     assert "folds.csv" in keys and not any(k.endswith(".tmp") for k in keys)
+    assert any(k.startswith("sweeps/tiny/ray/cv-") for k in keys)  # Ray's experiment too
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    cv = Counter((r.data.tags["candidate_id"], r.data.tags["fold"]) for r in runs
+                 if r.data.tags.get("stage") == "cv")
+    assert len(cv) == 4 and set(cv.values()) == {1}, "an MLflow run was duplicated"
     for cid in store.candidates():  # every (candidate, fold) in the store exactly once
         assert sorted(k.rsplit("/", 1)[1] for k in keys
                       if k.startswith(f"sweeps/tiny/candidates/{cid}/")) == [
