@@ -114,7 +114,10 @@ def location(value: str | os.PathLike[str] | URI) -> Location:
 
 @functools.lru_cache(maxsize=16)
 def _filesystem(scheme: str, netloc: str, query: str) -> tuple[Any, str]:
-    """(pyarrow filesystem, the path of the URI's root in it), one per bucket and options."""
+    """(pyarrow filesystem, the path of the URI's root in it), one per bucket and options.
+
+    Cached for the process: a filesystem reads its credentials and endpoint once, when made
+    (tests that change the AWS_* variables call `_filesystem.cache_clear()`)."""
     from pyarrow import fs as pafs
 
     return pafs.FileSystem.from_uri(f"{scheme}://{netloc}" + (f"?{query}" if query else ""))

@@ -38,15 +38,14 @@ from typing import Any
 import numpy as np
 
 from . import storage
+
+# StoreError, atomic_write_bytes and open_new_file began here: re-exported (see __all__).
 from .storage import Location, StoreError, atomic_write_bytes, location, open_new_file
 
 __all__ = ["FoldPrediction", "PredictionStore", "StoreError", "atomic_write_bytes", "keys_digest",
            "open_new_file"]
 
 _FOLD_PREFIX = "fold"
-
-# Re-exported: code and tests import these from the store, where they began.
-_ = (atomic_write_bytes, open_new_file)
 
 
 @dataclass(frozen=True)
