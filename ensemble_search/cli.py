@@ -5,16 +5,16 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 from sketchtune.cli import add_debug_argument, resolve_arg, run_cli, setup_logging
 from sketchtune.cli import base_parser as shared_parser
 from sketchtune.cli import load_sweep_config as shared_load
 from sketchtune.config import ConfigError, SweepConfig
+from sketchtune.storage import URI, Location, is_uri, location
 from sketchtune.store import StoreError
 
 from .load import EnsembleError
-from .output import write_file_set
+from .output import write_file_set, write_object_set
 
 __all__ = ["USER_ERRORS", "base_parser", "load_sweep_config", "run_main", "write_files"]
 
@@ -39,13 +39,17 @@ def load_sweep_config(args: argparse.Namespace) -> SweepConfig:
     return shared_load(args, must_exist=True)
 
 
-def out_dir(args: argparse.Namespace, cfg: SweepConfig) -> Path:
-    return resolve_arg(args.out, "--out") if args.out else cfg.sweep_dir / "ensemble"
+def out_dir(args: argparse.Namespace, cfg: SweepConfig) -> Location:
+    if args.out:
+        return location(args.out) if is_uri(args.out) else resolve_arg(args.out, "--out")
+    return cfg.sweep_dir / "ensemble"
 
 
-def write_files(folder: Path, files: dict[str, bytes]) -> list[Path]:
+def write_files(folder: Location, files: dict[str, bytes]) -> list[Location]:
     """Write the output set whole or not at all (see `output.write_file_set`); call only once
     all checks have passed. Files of `folder` that the set does not replace are kept."""
+    if isinstance(folder, URI):
+        return write_object_set(folder, files)
     return write_file_set(folder, files)
 
 

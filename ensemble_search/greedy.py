@@ -51,8 +51,9 @@ def greedy_reference(
 
     Each round scores every candidate added to the full (N, C) running sum and keeps the
     best; metric "log_loss" (mean -log p(true class) of the average, floored at EPS) or
-    "acc" (rows whose argmax is the target; the first maximum wins; the sum is float32). sorted_init: start
-    from this many best single candidates (stable order). Returns the best prefix.
+    "acc" (rows whose argmax is the target; the first maximum wins; the sum is float32).
+    sorted_init: start from this many best single candidates (stable order). Returns the best
+    prefix.
     """
     if metric not in ("log_loss", "acc"):
         raise ValueError(f"metric must be 'log_loss' or 'acc' but got {metric!r}.")

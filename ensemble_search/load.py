@@ -11,6 +11,7 @@ predict needs) or fold by fold (`load_fold_test_probs`, for the submission estim
 
 from __future__ import annotations
 
+import io
 import logging
 import posixpath
 import zipfile
@@ -20,8 +21,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sketchtune import storage
 from sketchtune.config import DataConfig
 from sketchtune.errors import first_line
+from sketchtune.storage import Location
 from sketchtune.store import PredictionStore
 
 __all__ = [
@@ -91,9 +94,10 @@ class OOFSet:
         return int(self.probs.shape[2])
 
 
-def _read_csv(path: Path, need: tuple[str, ...]) -> pd.DataFrame:
+def _read_csv(path: Location, need: tuple[str, ...]) -> pd.DataFrame:
     try:
-        df = pd.read_csv(path, encoding="utf-8-sig")  # a spreadsheet's byte-order mark
+        # utf-8-sig: a spreadsheet's byte-order mark. Read through storage: a path or a URI.
+        df = pd.read_csv(io.BytesIO(storage.read_bytes(path)), encoding="utf-8-sig")
     except FileNotFoundError:
         raise EnsembleError(f"{path}: file not found") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -132,9 +136,9 @@ def read_train_rows(data: DataConfig) -> TrainRows:
     train = _read_csv(train_csv, ("image_path", "target"))
     train_keys = _unique_keys(train, train_csv)
     train_targets = _int_column(train, "target", train_csv)
-    if data.folds_csv is None or not Path(data.folds_csv).is_file():
+    if data.folds_csv is None or not storage.is_file(data.folds_csv):
         return TrainRows(train_keys, train_targets, None, train_csv, train_csv)
-    path = Path(data.folds_csv)
+    path = data.folds_csv
     df = _read_csv(path, ("image_path", "target", "fold"))
     keys = _unique_keys(df, path)
     folds = _int_column(df, "fold", path)

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sketchtune import storage
 from sketchtune.store import PredictionStore, StoreError
 
 from .cli import base_parser, load_sweep_config, out_dir, run_main, write_files
@@ -166,7 +167,7 @@ def render_outputs(res: Comparison, summary: dict, names: list[str],
 def _body(args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args)
     store = PredictionStore(cfg.sweep_dir)
-    if not store.candidates_dir.is_dir():
+    if not storage.is_dir(store.candidates_dir):
         raise EnsembleError(f"{store.candidates_dir}: no prediction store (has the sweep run?)")
     rows = read_train_rows(cfg.data)
     wanted = [c.strip() for c in args.candidates.split(",") if c.strip()] \

@@ -8,6 +8,11 @@ staged folder is renamed into place. A failure before the swap leaves the target
 was; readers never see a mix. (The swap is two renames: a crash between them leaves no
 target folder, the previous set under `.<name>.old-*` and the new one under `.<name>.new-*`
 beside it, never a mix.)
+
+On an object store (`write_object_set`) there is no rename: each file is written whole to its
+final key and the set's marker (ensemble.json for `optimize`, submission.csv for `predict`)
+last, so a reader that finds the marker finds the files it goes with; a failure part way
+leaves the previous marker, whose own files may then be partly replaced (say so, once).
 """
 
 from __future__ import annotations
@@ -22,9 +27,14 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from sketchtune import storage
+from sketchtune.storage import URI
 from sketchtune.store import StoreError, open_new_file
 
-__all__ = ["write_file_set"]
+__all__ = ["write_file_set", "write_object_set"]
+
+# The file of each set that readers look for: written last.
+MARKERS = ("ensemble.json", "submission.csv")
 
 
 def _write_file(folder: Path, name: str, data: bytes) -> None:
@@ -146,3 +156,12 @@ def _swap(stage: Path, target: Path) -> None:
         os.rename(old, target)  # put the previous set back
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def write_object_set(target: URI, files: dict[str, bytes]) -> list[URI]:
+    """`write_file_set` for a cloud folder: every object PUT whole to its final key, the set's
+    marker (`MARKERS`) last. StoreError naming the object that could not be written."""
+    order = sorted(files, key=lambda name: name in MARKERS)  # stable: markers at the end
+    for name in order:
+        storage.write_bytes(target / name, files[name])
+    return [target / name for name in files]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 from typing import Annotated, Any
 
 import numpy as np
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictStr
+
+from sketchtune import storage
+from sketchtune.storage import Location
 
 from .load import EnsembleError
 
@@ -90,11 +92,11 @@ def _where(loc: tuple[Any, ...]) -> str:
     return out
 
 
-def read_ensemble(path: Path) -> EnsembleSpec:
+def read_ensemble(path: Location | str) -> EnsembleSpec:
     """ensemble.json, validated; EnsembleError naming the file and the first bad field."""
-    path = Path(path)
+    path = storage.location(path)
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
+        raw = json.loads(storage.read_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         raise EnsembleError(f"{path}: ensemble file not found (run ensemble_search.optimize)") \
             from None

@@ -7,10 +7,13 @@ If the tracking store cannot be reached, the files are still written and the cal
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
+from sketchtune import storage
 from sketchtune.errors import first_line
+from sketchtune.storage import URI
 from sketchtune.tracking import Tracker, check_tracking
 
 __all__ = ["log_run"]
@@ -20,7 +23,7 @@ _log = logging.getLogger(__name__)
 
 def log_run(
     tracking_uri: str, experiment: str, run_name: str, params: dict[str, object],
-    metrics: dict[str, float], artifacts: Iterable[Path], tags: dict[str, str] | None = None,
+    metrics: dict[str, float], artifacts: Iterable[Path | URI], tags: dict[str, str] | None = None,
 ) -> tuple[str | None, str]:
     """Log one finished run. Returns (run_id, "") or (None, one-line reason it failed)."""
     try:
@@ -35,8 +38,13 @@ def log_run(
     run_id = run.info.run_id
     tracker.log_params(run_id, {k: str(v) for k, v in params.items()})
     tracker.log_metrics(run_id, metrics, step=0)
-    for path in artifacts:
-        tracker.log_artifact(run_id, Path(path))
+    with tempfile.TemporaryDirectory(prefix="sketchtune-artifacts-") as tmp:
+        for path in artifacts:
+            if isinstance(path, URI):  # MLflow logs local files: a cloud one is fetched first
+                local = Path(tmp) / path.name
+                local.write_bytes(storage.read_bytes(path))
+                path = local
+            tracker.log_artifact(run_id, Path(path))
     ok = not tracker.failures
     tracker.end(run_id, "FINISHED" if ok else "FAILED")
     if not ok:

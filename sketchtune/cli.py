@@ -11,8 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
+from . import storage
 from .config import ConfigError, SweepConfig, load_config
 from .errors import first_line
+from .storage import is_uri, location
 
 __all__ = ["EPILOG", "OneLineParser", "add_debug_argument", "base_parser", "fail", "first_line",
            "load_sweep_config", "resolve_arg", "run_cli", "setup_logging"]
@@ -61,8 +63,8 @@ def load_sweep_config(args: argparse.Namespace, *, must_exist: bool = False) -> 
     """The config with --set applied; --sweep DIR makes DIR the sweep folder (name = its name)."""
     cfg = load_config(args.config, args.set or None)
     if args.sweep:
-        d = resolve_arg(args.sweep, "--sweep")
-        if must_exist and not d.is_dir():
+        d = location(args.sweep) if is_uri(args.sweep) else resolve_arg(args.sweep, "--sweep")
+        if must_exist and not storage.is_dir(d):
             raise ConfigError(f"{d}: --sweep folder not found; run the sweep first")
         cfg = cfg.model_copy(update={"storage_path": d.parent, "name": d.name})
     return cfg

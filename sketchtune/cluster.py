@@ -11,6 +11,7 @@ from typing import Any
 from .allocator import MALLOC_ENV, MALLOC_SWITCH
 from .config import ConfigError, SweepConfig
 from .errors import first_line
+from .storage import CLOUD_ENV
 
 __all__ = ["check_address", "check_resources", "pythonpath", "start_ray", "worker_env"]
 
@@ -78,12 +79,16 @@ def pythonpath() -> str:
 def worker_env() -> dict[str, str]:
     """The environment every Ray worker of this job starts with (Ray's runtime_env).
 
-    PYTHONPATH, and the driver's own malloc choices (MALLOC_*_ or SKETCHTUNE_MALLOC=default),
-    which glibc and the trainer read in the worker: on a cluster, workers are children of
-    `ray start`, not of the driver, and would not inherit them.
+    PYTHONPATH, the cloud storage's credentials and endpoint (`storage.CLOUD_ENV`), and the
+    driver's own malloc choices (MALLOC_*_ or SKETCHTUNE_MALLOC=default), which glibc and the
+    trainer read in the worker: on a cluster, workers are children of `ray start`, not of the
+    driver, and would not inherit them.
     """
     env = {"PYTHONPATH": pythonpath()}
     env.update({k: os.environ[k] for k in (*MALLOC_ENV, MALLOC_SWITCH) if k in os.environ})
+    # The cloud storage's credentials and endpoint (AWS_ENDPOINT_URL, ...): a trial writes
+    # the prediction store there itself, and Ray's worker uploads its checkpoints.
+    env.update({k: os.environ[k] for k in CLOUD_ENV if k in os.environ})
     return env
 
 

@@ -17,12 +17,16 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    PlainSerializer,
+    PlainValidator,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
 from .errors import first_line
+from .storage import URI, location
 
 __all__ = [
     "AugConfig",
@@ -54,6 +58,18 @@ class ConfigError(ValueError):
 class Strict(BaseModel):
     # An unknown key is a typo until proven otherwise (nanoGPT's rule).
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _location(value: Any) -> Path | URI:
+    if isinstance(value, (str, Path, URI)) and str(value).strip():
+        return location(value)
+    raise ValueError(f"expected a folder or a storage URI (s3://bucket/path), got {value!r}")
+
+
+# A local path or a cloud URI (`sketchtune.storage`); written back as the text it was given.
+StorageLocation = Annotated[Path | URI, PlainValidator(_location),
+                            PlainSerializer(str, when_used="json"),
+                            WithJsonSchema({"type": "string"})]
 
 
 # Field types that say what they mean. pydantic's lax mode reads YAML's `epochs: yes` (a bool)
@@ -345,11 +361,12 @@ class DataConfig(Strict):
         description="`random_state` of the StratifiedKFold split. 42: the reference "
         "pipeline's, so the same CSV gets the same folds.",
     )
-    folds_csv: Path | None = Field(
+    folds_csv: StorageLocation | None = Field(
         None,
         description="The fold of each train row, written once and read by every trial (a "
         "stale file is refused). null: `<train_csv folder>/folds/k{n_folds}_seed{fold_seed}.csv`, "
-        "so another split gets a file of its own.",
+        "so another split gets a file of its own. A storage URI (`s3://bucket/folds.csv`) "
+        "shares one file across a cluster's nodes.",
     )
     cache_dir: Path | None = Field(
         None,
@@ -630,12 +647,17 @@ class SweepConfig(Strict):
         description="The sweep's name: its folder under `storage_path` and its MLflow "
         "experiment. Default: the demo's.",
     )
-    storage_path: Path = Field(
+    storage_path: StorageLocation = Field(
         Path("sweeps"),
         description="Where sweeps live: Ray's trials and checkpoints and the prediction store "
-        "under `<storage_path>/<name>`. A local folder, or on a cluster a folder every node "
-        "mounts (NFS). The prediction store is plain files, so cloud URIs (s3://, gs://) are "
-        "refused rather than half supported.",
+        "under `<storage_path>/<name>`. A local folder; on a cluster a folder every node "
+        "mounts (NFS) or any URI `pyarrow.fs` opens (`s3://bucket/sweeps`, `gs://...`): "
+        "credentials and endpoint the standard way (`AWS_ACCESS_KEY_ID`, ..., "
+        "`AWS_ENDPOINT_URL` for an S3-compatible server, or `?endpoint_override=host:port"
+        "&scheme=http` in the URI), forwarded to Ray's workers; checked with a probe write "
+        "before anything starts. MLflow's artifacts go to the same bucket when its server "
+        "is started with `--default-artifact-root s3://bucket/mlflow` (and "
+        "`MLFLOW_S3_ENDPOINT_URL` for an S3-compatible endpoint).",
     )
     tracking_uri: str | None = Field(
         None,
@@ -664,14 +686,6 @@ class SweepConfig(Strict):
     ray: RayConfig = Field(RayConfig(), description="Ray and Tune.")
     ensemble: EnsembleConfig = Field(EnsembleConfig(), description="The ensemble search.")
 
-    @field_validator("storage_path", mode="before")
-    @classmethod
-    def _no_uri(cls, v: Any) -> Any:
-        if "://" in str(v):
-            raise ValueError("cloud storage URIs are not supported (the prediction store is "
-                             "plain files): use a folder every node mounts, e.g. NFS")
-        return v
-
     @model_validator(mode="after")
     def _search_fits_train(self) -> SweepConfig:
         # A dimension whose draws do not fit its field's type would pass the probe of its ends
@@ -693,7 +707,7 @@ class SweepConfig(Strict):
         return self
 
     @property
-    def sweep_dir(self) -> Path:
+    def sweep_dir(self) -> Path | URI:
         return self.storage_path / self.name
 
 
@@ -966,8 +980,10 @@ def resolve_paths(cfg: SweepConfig, base: Path | None = None) -> SweepConfig:
     """
     base = (base or Path.cwd()).resolve()
 
-    def absolute(p: Path | None) -> Path | None:
-        return None if p is None else (p if p.is_absolute() else base / p)
+    def absolute(p: Path | URI | None) -> Path | URI | None:
+        if p is None or isinstance(p, URI) or p.is_absolute():  # a URI is absolute already
+            return p
+        return base / p
 
     d = cfg.data
     data = d.model_copy(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from pathlib import Path
 
@@ -9,8 +10,9 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedKFold
 
+from . import storage
 from .data import DataError, check_class_sizes, normalise_image_path
-from .store import atomic_write_bytes
+from .storage import Location
 
 __all__ = ["load_or_make_folds", "make_folds", "write_folds"]
 
@@ -62,10 +64,10 @@ def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42, *,
     return out
 
 
-def _read_folds(folds_csv: Path) -> pd.DataFrame:
+def _read_folds(folds_csv: Location) -> pd.DataFrame:
     hint = "delete it to re-split"
     try:
-        got = pd.read_csv(folds_csv, dtype={"image_path": str})
+        got = pd.read_csv(io.BytesIO(storage.read_bytes(folds_csv)), dtype={"image_path": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         raise DataError(f"{folds_csv}: not a readable folds CSV; {hint}") from None
     missing = [c for c in COLUMNS if c not in got.columns]
@@ -78,14 +80,15 @@ def _read_folds(folds_csv: Path) -> pd.DataFrame:
     return got[COLUMNS].copy()
 
 
-def write_folds(folds: pd.DataFrame, folds_csv: Path) -> None:
-    """Write `make_folds`' output to `folds_csv` atomically."""
-    atomic_write_bytes(Path(folds_csv), folds[COLUMNS].to_csv(index=False).encode())
+def write_folds(folds: pd.DataFrame, folds_csv: Location) -> None:
+    """Write `make_folds`' output to `folds_csv` (a path or a URI) whole or not at all."""
+    storage.write_bytes(storage.location(folds_csv),
+                        folds[COLUMNS].to_csv(index=False).encode())
     _log.info("wrote %d-fold split to %s", folds["fold"].max() + 1, folds_csv)
 
 
 def load_or_make_folds(
-    df: pd.DataFrame, folds_csv: Path, n_splits: int, seed: int, *, write: bool = True,
+    df: pd.DataFrame, folds_csv: Location, n_splits: int, seed: int, *, write: bool = True,
     source: str | Path = "the train CSV",
 ) -> pd.DataFrame:
     """The folds for `df` (image_path, target): read from `folds_csv`, or made and written once.
@@ -97,9 +100,9 @@ def load_or_make_folds(
     `write=False` a new split is only returned: the caller writes it (`write_folds`) once the
     rest of its input has been checked. `source` names the train CSV in messages.
     """
-    folds_csv = Path(folds_csv)
+    folds_csv = storage.location(folds_csv)
     hint = "delete it to re-split"
-    if not folds_csv.is_file():
+    if not storage.is_file(folds_csv):
         folds = make_folds(df, n_splits, seed, source=source)
         if write:
             write_folds(folds, folds_csv)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,9 +89,7 @@ def _size(n: float | None) -> str:
 def _folds_in_store(store: PredictionStore, cid: str, n_folds: int) -> int:
     """Folds of `cid` in the store, as `plan_cv_jobs` counts them, from the files there (so a
     huge n_folds costs nothing)."""
-    found = {int(m.group(1)) for f in store.candidate_dir(cid).glob("fold*.json")
-             if (m := re.fullmatch(r"fold(\d+)\.json", f.name))}
-    return sum(1 for fold in found if fold < n_folds and store.has_fold(cid, fold))
+    return sum(1 for fold in store.folds(cid) if fold < n_folds)
 
 
 def _slots(cfg: SweepConfig) -> tuple[int, str]:

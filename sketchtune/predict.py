@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -9,14 +10,17 @@ import numpy as np
 import pandas as pd
 import torch
 from safetensors import SafetensorError, safe_open
+from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
+from . import storage
 from .config import SweepConfig, TrainConfig
 from .data import DataError, SketchDataset, load_images
 from .engine import predict, select_device
 from .errors import first_line
 from .model import build_model
+from .storage import Location
 from .store import PredictionStore, StoreError
 from .transforms import build_eval_transform
 
@@ -68,12 +72,39 @@ def read_image_list(csv_path: Path, image_root: Path) -> list[Path]:
     return paths
 
 
-def _check_weights_file(path: Path, want: dict[str, tuple[int, ...]]) -> None:
+def _header_shapes(data: bytes) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape from a safetensors file's header (an 8-byte little-endian length,
+    then that much JSON), without loading a tensor; SafetensorError-like ValueError if bad."""
+    if len(data) < 8:
+        raise ValueError("file too short for a safetensors header")
+    n = int.from_bytes(data[:8], "little")
+    if n > len(data) - 8:
+        raise ValueError("header longer than the file (cut short?)")
+    header = json.loads(data[8:8 + n])
+    return {k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+
+
+def _load_weights(path: Location) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file (never a pickle): from the file, or a cloud object's
+    bytes."""
+    if isinstance(path, Path):
+        return load_file(path)
+    return st_load(storage.read_bytes(path))
+
+
+def _check_weights_file(path: Location, want: dict[str, tuple[int, ...]]) -> None:
     """StoreError naming `path` unless it is a safetensors file holding exactly the tensors
-    `want` (name -> shape, the model's state_dict); reads the header only."""
+    `want` (name -> shape, the model's state_dict); reads the header only (a cloud object is
+    fetched, its header parsed, the bytes dropped)."""
     try:
-        with safe_open(path, framework="pt") as f:
-            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        if isinstance(path, Path):
+            with safe_open(path, framework="pt") as f:
+                have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        else:
+            try:
+                have = _header_shapes(storage.read_bytes(path))
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise SafetensorError(str(err)) from None
     except FileNotFoundError:
         raise StoreError(f"{path}: weights file not found; retrain the fold to predict new "
                          "images") from None
@@ -122,7 +153,7 @@ def predict_csv(
                         pin_memory=device.type == "cuda")
     total = None
     for k, w in zip(folds, weights, strict=True):
-        model.load_state_dict(load_file(w))  # every tensor checked by _check_weights_file
+        model.load_state_dict(_load_weights(w))  # every tensor checked by _check_weights_file
         model.to(device)
         p = predict(model, loader, device, train_cfg.tta_hflip, progress, f"fold {k}")
         total = p if total is None else total + p

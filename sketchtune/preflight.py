@@ -18,6 +18,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import storage
 from .cluster import check_address, check_resources, start_ray
 from .config import (
     ConfigError,
@@ -31,6 +32,7 @@ from .errors import first_line
 from .model import ModelError, build_model, create_on_meta
 from .planner import Candidate, probe_values
 from .prepare import prepare_data
+from .storage import StoreError
 from .train import check_train
 
 __all__ = ["Preflight", "check_environment", "check_folder", "check_sweep", "check_weights",
@@ -203,6 +205,18 @@ def _probe_trains(cfg: SweepConfig, fixed: list[Candidate]) -> list[TrainConfig]
     return trains
 
 
+def _check_storage(where: Path | storage.URI, field: str) -> None:
+    """A local folder as `check_folder` checks it; a cloud one by a probe write (one line
+    naming the URI for a missing bucket, bad credentials or an unreachable endpoint)."""
+    if isinstance(where, Path):
+        check_folder(where, field)
+        return
+    try:
+        storage.check_writable(where, field)
+    except StoreError as err:
+        raise ConfigError(str(err)) from None
+
+
 def check_environment(cfg: SweepConfig, trains: list[TrainConfig], where: str, *,
                       device: str | None = None) -> None:
     """What the machine must offer before anything is written: `device` (the train CLI's
@@ -210,14 +224,14 @@ def check_environment(cfg: SweepConfig, trains: list[TrainConfig], where: str, *
     folders; each backbone at each image size; pretrained weights. Errors start with `where`.
     """
     _check_device(cfg, device)
-    check_folder(cfg.sweep_dir, "storage_path")
+    _check_storage(cfg.sweep_dir, "storage_path")
     check_folder(cfg.data.cache_dir, "data.cache_dir")
-    folds = Path(cfg.data.folds_csv)
-    if folds.is_dir():
+    folds = cfg.data.folds_csv
+    if storage.is_dir(folds):
         raise ConfigError(f"data.folds_csv: {str(folds)!r} is a folder, not a file; set "
                           "data.folds_csv to a file path")
-    if not folds.exists():
-        check_folder(folds.parent, "data.folds_csv")
+    if not (folds.exists() if isinstance(folds, Path) else storage.is_file(folds)):
+        _check_storage(folds.parent, "data.folds_csv")
     names = sorted({t.model.name for t in trains})
     sizes = sorted({t.img_size for t in trains})
     for name in names:

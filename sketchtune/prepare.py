@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import storage
 from .config import SweepConfig
 from .data import load_images, read_test_csv, read_train_csv
 from .folds import load_or_make_folds, write_folds
@@ -43,6 +44,6 @@ def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False) -> Pre
     test_root = Path(d.test_image_root)
     test_images = load_images([test_root / p for p in test["image_path"]], img_size, d.cache_dir,
                               progress=progress)
-    if not Path(d.folds_csv).is_file():
+    if not storage.is_file(d.folds_csv):
         write_folds(folds, d.folds_csv)
     return PreparedData(train, test, num_classes, train_images, test_images)

@@ -7,9 +7,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
+from . import storage
 from .checkpoint import can_restore, restore_tuner
 from .config import SweepConfig
 from .errors import first_line, root_cause
@@ -107,12 +107,10 @@ def _trial_errors_once() -> Iterator[None]:
 
 def _stale_experiments(cfg: SweepConfig, stage: str, name: str) -> list[str]:
     """This stage's other experiments in the sweep folder that could be resumed."""
-    root = Path(ray_storage(cfg))
-    if not root.is_dir():
-        return []
-    return sorted(str(d) for d in root.iterdir()
-                  if d.is_dir() and d.name.startswith(stage) and d.name != name
-                  and can_restore(str(d)))
+    root = cfg.sweep_dir / "ray"
+    return sorted(str(root / d) for d, size in storage.list_dir(root).items()
+                  if size is None and d.startswith(stage) and d != name
+                  and can_restore(str(root / d)))
 
 
 def _trial_name(trial) -> str:
@@ -128,7 +126,7 @@ def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
         tune.with_parameters(trial, sweep_cfg=cfg, stage=stage),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
     )
-    path = f"{ray_storage(cfg)}/{name}"
+    path = str(cfg.sweep_dir / "ray" / name)
     restored = restore_tuner(stage, path, trainable, param_space)
     if restored is not None:
         return restored
@@ -209,7 +207,7 @@ def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet
 
     name = cv_experiment_name(candidates, cfg)
     jobs = plan_cv_jobs(cfg, candidates, PredictionStore(cfg.sweep_dir))
-    if not jobs and not can_restore(f"{ray_storage(cfg)}/{name}"):
+    if not jobs and not can_restore(str(cfg.sweep_dir / "ray" / name)):
         _log.info("cv: every (candidate, fold) is already in the store")
         return
     tune_config = tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials,

@@ -19,9 +19,14 @@ hex id; several nodes can share one machine and IP) and `node_ip`, those of the 
 wrote it. Folds written before they were recorded, or by `sketchtune.train` outside Ray, have
 neither; read them with `manifest.get`.
 
-Every file is written to a temporary name in the same folder and renamed into place, so a
-crash or a full disk never leaves a file that a later run would trust. Files get the mode a
-plain `open()` would give (0666 less the umask), so teammates sharing the store can read it.
+The sweep folder is a local path or a cloud URI (`sketchtune.storage`). Locally every file is
+written to a temporary name in the same folder and renamed into place; on an object store (no
+rename) each object is written whole to its final key. Either way the manifest is the marker:
+a rewrite deletes it first and writes it last, and it records each file's size and sha256
+(`files`), so a crash or a full disk never leaves a fold that a later run would trust; a cloud
+object that does not match its record is refused (size and sha256). Local files
+get the mode a plain `open()` would give (0666 less the umask), so teammates sharing the store
+can read it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import os
-import secrets
 import zipfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -39,14 +42,15 @@ from typing import Any
 
 import numpy as np
 
+from . import storage
+
+# StoreError, atomic_write_bytes and open_new_file began here: re-exported (see __all__).
+from .storage import Location, StoreError, atomic_write_bytes, location, open_new_file
+
 __all__ = ["FoldPrediction", "PredictionStore", "StoreError", "atomic_write_bytes", "keys_digest",
            "open_new_file"]
 
 _FOLD_PREFIX = "fold"
-
-
-class StoreError(ValueError):
-    """The store is missing something or holds something inconsistent; one-line message."""
 
 
 @dataclass(frozen=True)
@@ -65,67 +69,31 @@ def keys_digest(keys: Sequence[str] | np.ndarray) -> str:
     return hashlib.sha256(json.dumps([str(k) for k in keys]).encode()).hexdigest()
 
 
-def open_new_file(folder: Path, prefix: str) -> tuple[int, Path]:
-    """A new, uniquely named file in `folder`, opened for writing: (fd, path).
-
-    Unlike `tempfile.mkstemp` (always 0600) it is created with 0666 less the umask, the
-    mode a plain `open()` gives, so a team sharing the folder can read what lands there.
-    """
-    while True:
-        path = folder / f"{prefix}{secrets.token_hex(6)}.tmp"
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
-        except FileExistsError:  # a clash of 48 random bits: draw again
-            continue
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temporary file and a rename (POSIX-atomic).
-
-    A full disk or a read-only folder is a StoreError naming the path; the temporary file
-    is removed, so no half-written file is ever left where a later run would trust it.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = open_new_file(path.parent, f".{path.name}.")
-    except OSError as err:
-        raise StoreError(f"{path}: cannot write ({err.strerror or err}); make the folder "
-                         "writable or point storage_path elsewhere") from None
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
-        raise StoreError(f"{path}: cannot write ({err.strerror or err}); free some space or "
-                         "make it writable, then run again: nothing was half-written") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
+def atomic_write_json(path: Location, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write_bytes(path, text.encode())
+    storage.write_bytes(path, text.encode())
+
+
+def file_record(data: bytes) -> dict[str, Any]:
+    """What a manifest records of a file it vouches for: its size and sha256."""
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 class PredictionStore:
-    """Reads and writes one sweep's predictions. `root` is the sweep folder."""
+    """Reads and writes one sweep's predictions. `root` is the sweep folder (path or URI)."""
 
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
+    def __init__(self, root: str | Path | storage.URI) -> None:
+        self.root: Location = location(root)
 
     # ------------------------------------------------------------------ paths
     @property
-    def candidates_dir(self) -> Path:
+    def candidates_dir(self) -> Location:
         return self.root / "candidates"
 
-    def candidate_dir(self, candidate_id: str) -> Path:
+    def candidate_dir(self, candidate_id: str) -> Location:
         return self.candidates_dir / candidate_id
 
-    def _paths(self, candidate_id: str, fold: int) -> tuple[Path, Path]:
+    def _paths(self, candidate_id: str, fold: int) -> tuple[Location, Location]:
         d = self.candidate_dir(candidate_id)
         return d / f"{_FOLD_PREFIX}{fold}.npz", d / f"{_FOLD_PREFIX}{fold}.json"
 
@@ -141,8 +109,10 @@ class PredictionStore:
         test_keys: Iterable[str],
         test_probs: np.ndarray,
         manifest: dict[str, Any],
-    ) -> Path:
-        """Store one fold. The arrays go first, the manifest last, each atomically.
+        files: dict[str, bytes] | None = None,
+    ) -> Location:
+        """Store one fold: `files` (name -> bytes, e.g. the weights) and the arrays first, the
+        manifest last, each written whole; the manifest records every file's size and sha256.
 
         test_keys: the image_path of each test_probs row, in that order (test.csv's).
         """
@@ -156,12 +126,19 @@ class PredictionStore:
         assert len(val_keys) == len(val_probs) == len(val_targets), "val rows disagree"
         assert len(test_keys) == len(test_probs), "test rows disagree"
         npz, js = self._paths(candidate_id, fold)
+        # Un-commit a fold being rewritten (a retried trial) before touching its files: a
+        # writer that dies half way then leaves a fold without manifest, which no reader
+        # trusts, never the old manifest vouching for new arrays.
+        storage.delete(js)
         buf = io.BytesIO()
         np.savez(
             buf, val_keys=val_keys, val_targets=val_targets, val_probs=val_probs,
             test_keys=test_keys, test_probs=test_probs,
         )
-        atomic_write_bytes(npz, buf.getvalue())
+        records = {}
+        for name, data in {**(files or {}), npz.name: buf.getvalue()}.items():
+            storage.write_bytes(self.candidate_dir(candidate_id) / name, data)
+            records[name] = file_record(data)
         full = {
             **manifest,
             "candidate_id": candidate_id,
@@ -170,37 +147,38 @@ class PredictionStore:
             "n_val": int(len(val_keys)),
             "n_test": int(len(test_probs)),
             "test_keys_sha256": keys_digest(test_keys),
+            "files": records,
         }
-        atomic_write_json(js, full)
+        atomic_write_json(js, full)  # the marker, last
         return js
 
     # ------------------------------------------------------------------ read
     def candidates(self) -> list[str]:
         """Candidate ids that have at least one finished fold, sorted."""
-        if not self.candidates_dir.is_dir():
-            return []
-        return sorted(
-            d.name for d in self.candidates_dir.iterdir() if d.is_dir() and self.folds(d.name)
-        )
+        entries = storage.list_dir(self.candidates_dir)
+        return sorted(name for name, size in entries.items()
+                      if size is None and self.folds(name))
 
     def folds(self, candidate_id: str) -> list[int]:
-        """Finished folds of a candidate (those with a manifest and an array file)."""
-        d = self.candidate_dir(candidate_id)
+        """Finished folds of a candidate: those whose manifest (the marker, written last)
+        exists beside their array file. One listing, also on an object store."""
+        entries = storage.list_dir(self.candidate_dir(candidate_id))
         out = []
-        for js in d.glob(f"{_FOLD_PREFIX}*.json"):
-            k = js.stem[len(_FOLD_PREFIX):]
-            if k.isdigit() and js.with_suffix(".npz").is_file():
+        for name in entries:
+            k = name[len(_FOLD_PREFIX):-len(".json")]
+            if name.startswith(_FOLD_PREFIX) and name.endswith(".json") and k.isdigit() \
+                    and f"{_FOLD_PREFIX}{k}.npz" in entries:
                 out.append(int(k))
         return sorted(out)
 
     def has_fold(self, candidate_id: str, fold: int) -> bool:
         npz, js = self._paths(candidate_id, fold)
-        return npz.is_file() and js.is_file()
+        return storage.is_file(npz) and storage.is_file(js)
 
     def read_manifest(self, candidate_id: str, fold: int) -> dict[str, Any]:
         _, js = self._paths(candidate_id, fold)
         try:
-            manifest = json.loads(js.read_text(encoding="utf-8"))
+            manifest = json.loads(storage.read_bytes(js).decode("utf-8"))
         except FileNotFoundError:
             raise StoreError(f"{js}: candidate {candidate_id} has no fold {fold}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -227,27 +205,50 @@ class PredictionStore:
         return manifest
 
     def _load(self, candidate_id: str, fold: int, names: tuple[str, ...],
-              optional: tuple[str, ...] = ()) -> dict[str, np.ndarray]:
-        """Arrays `names` (and `optional` ones, when present) of a fold file; StoreError else."""
+              optional: tuple[str, ...] = (),
+              record: dict[str, Any] | None = None) -> dict[str, np.ndarray]:
+        """Arrays `names` (and `optional` ones, when present) of a fold file; StoreError else.
+
+        `record` (the manifest's size and sha256 of the file): a cloud object is read whole
+        and checked against it (an object store's writes are not atomic as a set). A local
+        file is read as before, lazily: its rename already made it whole.
+        """
         npz, _ = self._paths(candidate_id, fold)
         try:
+            if isinstance(npz, Path) or not record:
+                src: Any = storage.open_input(npz)
+            else:
+                data = storage.read_bytes(npz)
+                if file_record(data) != {k: record.get(k) for k in ("bytes", "sha256")}:
+                    self._mismatch(npz, "size or sha256")
+                src = io.BytesIO(data)
             # allow_pickle=False: the store may come from another machine; never unpickle it.
-            with np.load(npz, allow_pickle=False) as z:
+            with src, np.load(src, allow_pickle=False) as z:
                 return {k: z[k] for k in (*names, *(n for n in optional if n in z.files))}
         except FileNotFoundError:
             raise StoreError(f"{npz}: candidate {candidate_id} has no fold {fold}") from None
         except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile) as err:
+            if isinstance(err, StoreError):
+                raise
             # EOFError: a zero-byte file; BadZipFile: a truncated one (a copy cut short).
             raise StoreError(f"{npz}: unreadable prediction file ({type(err).__name__}: "
                              f"{str(err).strip() or 'empty or truncated'}); delete the fold "
                              "and run the sweep again to rewrite it") from None
 
+    @staticmethod
+    def _mismatch(npz: Location, what: str) -> None:
+        raise StoreError(f"{npz}: its {what} is not what its manifest records (cut short, or "
+                         "replaced after the fold was written): delete the fold and run the "
+                         "sweep again")
+
     def read_fold(self, candidate_id: str, fold: int) -> FoldPrediction:
         manifest = self.read_manifest(candidate_id, fold)
-        arrays = self._load(candidate_id, fold, ("val_keys", "val_targets", "val_probs",
-                                                 "test_probs"), optional=("test_keys",))
-        test_keys = arrays.pop("test_keys", None)
         npz, _ = self._paths(candidate_id, fold)
+        record = (manifest.get("files") or {}).get(npz.name)
+        arrays = self._load(candidate_id, fold, ("val_keys", "val_targets", "val_probs",
+                                                 "test_probs"), optional=("test_keys",),
+                            record=record if isinstance(record, dict) else None)
+        test_keys = arrays.pop("test_keys", None)
         if test_keys is not None:
             if len(test_keys) != len(arrays["test_probs"]):
                 raise StoreError(f"{npz}: {len(test_keys)} test_keys but "

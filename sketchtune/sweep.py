@@ -152,7 +152,8 @@ def _main(prog: str, args: argparse.Namespace) -> int:
         return 1
     print()
     print(format_table(summaries, cfg.data.n_folds))
-    print(f"\npredictions: {cfg.sweep_dir}/candidates    MLflow: {_ui_hint(cfg.tracking_uri)}")
+    where = cfg.sweep_dir / "candidates"  # joined, not "/"-glued: a URI may end in ?options
+    print(f"\npredictions: {where}    MLflow: {_ui_hint(cfg.tracking_uri)}")
     # The same config and overrides, quoted, so the line can be pasted as it is.
     again = [str(args.config), *(f"--set={s}" for s in args.set)]
     if args.sweep:

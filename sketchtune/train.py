@@ -33,7 +33,7 @@ from .faults import maybe_fail
 from .losses import build_loss
 from .model import ModelError, build_model, check_model_name
 from .prepare import PreparedData, prepare_data
-from .store import PredictionStore, StoreError, atomic_write_bytes
+from .store import PredictionStore, StoreError
 from .transforms import build_eval_transform, build_train_transform
 
 __all__ = ["USER_ERRORS", "TrialResult", "check_train", "check_trial", "main", "run_trial"]
@@ -196,13 +196,13 @@ def run_trial(
                          log_every_s)
 
     store = PredictionStore(cfg.sweep_dir)
-    weights_name = None
+    weights_name, files = None, {}
     if cfg.save_weights:
         from safetensors.torch import save as st_save
 
         weights_name = f"fold{fold}.safetensors"
         sd = {k: v.contiguous() for k, v in (state.best_weights or model.state_dict()).items()}
-        atomic_write_bytes(store.candidate_dir(cid) / weights_name, st_save(sd))
+        files[weights_name] = st_save(sd)  # written by the store, before its manifest
     manifest = {
         "config": train_cfg.model_dump(mode="json"),
         "backbone": train_cfg.model.name,
@@ -223,6 +223,7 @@ def run_trial(
         cid, fold, val_keys=data.train["image_path"].to_numpy()[va_idx],
         val_targets=targets[va_idx], val_probs=val_probs,
         test_keys=data.test["image_path"].to_numpy(), test_probs=test_probs, manifest=manifest,
+        files=files,
     )
     return TrialResult(cid, fold, state.best_epoch, state.epoch, dict(state.best_metrics), path)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sketchtune.cluster import start_ray, worker_env
+from sketchtune.storage import CLOUD_ENV
 
 pytestmark = pytest.mark.slow
 
@@ -12,11 +13,23 @@ pytestmark = pytest.mark.slow
 def test_worker_env_forwards_malloc_settings_only_when_set(monkeypatch):
     monkeypatch.delenv("SKETCHTUNE_MALLOC", raising=False)
     monkeypatch.delenv("MALLOC_TOP_PAD_", raising=False)
+    for key in CLOUD_ENV:  # a CI runner may have AWS_* set: forwarded too (next test)
+        monkeypatch.delenv(key, raising=False)
     assert set(worker_env()) == {"PYTHONPATH"}
     monkeypatch.setenv("MALLOC_TOP_PAD_", "12345")
     monkeypatch.setenv("SKETCHTUNE_MALLOC", "default")
     assert worker_env()["MALLOC_TOP_PAD_"] == "12345"
     assert worker_env()["SKETCHTUNE_MALLOC"] == "default"
+
+
+def test_worker_env_forwards_cloud_credentials_and_endpoint_when_set(monkeypatch):
+    for key in CLOUD_ENV:
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "s3cr3t")
+    env = worker_env()
+    assert env["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
+    assert env["AWS_SECRET_ACCESS_KEY"] == "s3cr3t" and "AWS_SESSION_TOKEN" not in env
 
 
 def test_ray_worker_starts_with_the_env_and_the_trainer_tunes_its_malloc(tiny_cfg, monkeypatch):

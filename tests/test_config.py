@@ -72,7 +72,7 @@ def test_load_config_sweep_name_that_is_not_a_folder_of_its_own_is_refused(tmp_p
     ("train: {aug: {unsharp_kernel: 4}}\n", "train.aug.unsharp_kernel"),
     ("search: {space: {optim.lr: {type: loguniform, low: 0, high: 1}}}\n", "search.space"),
     ("name: 'a b'\n", "name"),
-    ("storage_path: s3://bucket/sweeps\n", "storage_path"),
+    ("storage_path: s3:///no-bucket\n", "storage_path"),
 ])
 def test_load_config_error_names_key_value_and_file(tmp_path, text, key):
     path = write(tmp_path, text)

@@ -131,7 +131,7 @@ def test_read_only_store_is_one_line_and_leaves_nothing(tiny_cfg, monkeypatch, c
     def read_only(src, dst):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("sketchtune.store.os.replace", read_only)
+    monkeypatch.setattr("sketchtune.storage.os.replace", read_only)  # the store writes through it
     assert train_main([str(path), "--fold", "0", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err, err

@@ -77,7 +77,7 @@ def test_store_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("sketchtune.store.os.fsync", boom)
+    monkeypatch.setattr("sketchtune.storage.os.fsync", boom)  # the store writes through it
     with pytest.raises(StoreError, match="No space left"):
         write(store, "abc", 0)
     leftovers = list((tmp_path / "candidates").rglob("*"))

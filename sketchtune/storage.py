@@ -1,0 +1,293 @@
+"""Where sweeps live: a local folder or any URI `pyarrow.fs` understands, behind a few operations.
+
+A location is a `Path` (local, today's behaviour: writes go through a temporary file and
+`os.replace`) or a `URI` such as `s3://bucket/sweeps` (any scheme `pyarrow.fs.FileSystem.from_uri`
+opens: s3, gs, abfs, hdfs). An object store has no rename: each object is written to its final
+key (a PUT is all or nothing: a reader sees the old object, the new one, or none), and a set of
+objects is committed by writing its marker (a fold's manifest, ensemble.json) last, after the
+objects it vouches for; readers trust only what a marker vouches for.
+
+Credentials and endpoints come the standard way: the `AWS_*` environment variables (pyarrow
+>= 15 reads `AWS_ENDPOINT_URL`, checked against pyarrow 25 in tests/test_s3.py), config files,
+instance roles; or options in the URI's query (`s3://b/k?endpoint_override=host:9000&scheme=http`),
+which every location joined under it keeps.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+from pathlib import Path, PurePosixPath
+from typing import Any
+from urllib.parse import urlsplit
+
+__all__ = ["CLOUD_ENV", "URI", "Location", "StoreError", "atomic_write_bytes", "check_writable",
+           "delete", "is_dir", "is_file", "is_uri", "list_dir", "location", "open_input",
+           "open_new_file", "read_bytes", "write_bytes"]
+
+# Environment variables that carry cloud credentials and endpoints: forwarded to Ray's workers
+# (on a cluster they are children of `ray start`, not of the driver) when the driver has them.
+CLOUD_ENV = (
+    "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION", "AWS_PROFILE",
+    "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CA_BUNDLE",
+    "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
+)
+
+
+class StoreError(ValueError):
+    """The store is missing something or holds something inconsistent; one-line message."""
+
+
+class URI:
+    """A cloud location `scheme://bucket/key[?options]`: joins and names like a `PurePath`.
+
+    The query (pyarrow's filesystem options, e.g. `endpoint_override`) stays on every location
+    joined under it, so a child opens the same filesystem as its parent.
+    """
+
+    __slots__ = ("scheme", "netloc", "key", "query")
+
+    def __init__(self, text: str) -> None:
+        parts = urlsplit(str(text))
+        if not (parts.scheme and parts.netloc):
+            raise ValueError(f"{text!r} is not a storage URI (scheme://bucket/path)")
+        self.scheme, self.netloc, self.query = parts.scheme, parts.netloc, parts.query
+        self.key = parts.path.strip("/")
+
+    def _with_key(self, key: str) -> URI:
+        out = object.__new__(URI)
+        out.scheme, out.netloc, out.query, out.key = self.scheme, self.netloc, self.query, key
+        return out
+
+    def __truediv__(self, name: str | os.PathLike[str]) -> URI:
+        tail = str(PurePosixPath(str(name)))
+        if tail.startswith("/") or ".." in PurePosixPath(tail).parts:
+            raise ValueError(f"{self}: cannot join {name!r} (absolute or '..')")
+        return self._with_key(f"{self.key}/{tail}".strip("/"))
+
+    @property
+    def name(self) -> str:
+        return PurePosixPath(self.key).name
+
+    @property
+    def parent(self) -> URI:
+        return self._with_key(str(PurePosixPath(self.key).parent).strip(".").strip("/"))
+
+    @property
+    def bucket(self) -> URI:
+        return self._with_key("")
+
+    def __str__(self) -> str:
+        base = f"{self.scheme}://{self.netloc}" + (f"/{self.key}" if self.key else "")
+        return f"{base}?{self.query}" if self.query else base
+
+    def __repr__(self) -> str:
+        return f"URI({str(self)!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, URI) and str(self) == str(other)
+
+    def __hash__(self) -> int:
+        return hash(str(self))
+
+
+Location = Path | URI
+
+
+def is_uri(value: Any) -> bool:
+    """Whether `value` names a cloud location (`scheme://...`) rather than a local path."""
+    return isinstance(value, URI) or (isinstance(value, str) and "://" in value
+                                      and not value.startswith("file://"))
+
+
+def location(value: str | os.PathLike[str] | URI) -> Location:
+    """`value` as a location: a URI for `scheme://...`, else a Path (`file://` is local)."""
+    if isinstance(value, (URI, Path)):
+        return value
+    text = os.fspath(value)
+    if text.startswith("file://"):
+        return Path(urlsplit(text).path)
+    return URI(text) if is_uri(text) else Path(text)
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(scheme: str, netloc: str, query: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, the path of the URI's root in it), one per bucket and options.
+
+    Cached for the process: a filesystem reads its credentials and endpoint once, when made
+    (tests that change the AWS_* variables call `_filesystem.cache_clear()`)."""
+    from pyarrow import fs as pafs
+
+    return pafs.FileSystem.from_uri(f"{scheme}://{netloc}" + (f"?{query}" if query else ""))
+
+
+def _resolve(uri: URI) -> tuple[Any, str]:
+    fs, root = _filesystem(uri.scheme, uri.netloc, uri.query)
+    root = root.rstrip("/")
+    return fs, f"{root}/{uri.key}" if uri.key else root
+
+
+# ---------------------------------------------------------------------- reading
+def read_bytes(loc: Location) -> bytes:
+    """The whole file; FileNotFoundError when it is not there (local and cloud alike)."""
+    if isinstance(loc, Path):
+        return loc.read_bytes()
+    with open_input(loc) as f:
+        return f.read()
+
+
+def open_input(loc: Location) -> Any:
+    """A seekable binary file (np.load reads an npz member without the rest)."""
+    if isinstance(loc, Path):
+        return open(loc, "rb")  # noqa: SIM115 - the caller closes it
+    fs, path = _resolve(loc)
+    from pyarrow import fs as pafs
+
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(2, "No such file", str(loc))
+    return fs.open_input_file(path)
+
+
+def is_file(loc: Location) -> bool:
+    if isinstance(loc, Path):
+        return loc.is_file()
+    from pyarrow import fs as pafs
+
+    fs, path = _resolve(loc)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def is_dir(loc: Location) -> bool:
+    """A folder; on an object store, a prefix that holds at least one object."""
+    if isinstance(loc, Path):
+        return loc.is_dir()
+    from pyarrow import fs as pafs
+
+    fs, path = _resolve(loc)
+    return fs.get_file_info(path).type == pafs.FileType.Directory
+
+
+def list_dir(loc: Location) -> dict[str, int | None]:
+    """The entries directly under `loc`: name -> size in bytes (None for a folder); {} if none."""
+    if isinstance(loc, Path):
+        try:
+            with os.scandir(loc) as it:
+                return {e.name: None if e.is_dir() else e.stat().st_size for e in it}
+        except (FileNotFoundError, NotADirectoryError):
+            return {}
+    from pyarrow import fs as pafs
+
+    fs, path = _resolve(loc)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return {PurePosixPath(i.path).name: None if i.type == pafs.FileType.Directory else i.size
+            for i in infos}
+
+
+# ---------------------------------------------------------------------- writing
+def open_new_file(folder: Path, prefix: str) -> tuple[int, Path]:
+    """A new, uniquely named file in `folder`, opened for writing: (fd, path).
+
+    Unlike `tempfile.mkstemp` (always 0600) it is created with 0666 less the umask, the
+    mode a plain `open()` gives, so a team sharing the folder can read what lands there.
+    """
+    while True:
+        path = folder / f"{prefix}{secrets.token_hex(6)}.tmp"
+        try:
+            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+        except FileExistsError:  # a clash of 48 random bits: draw again
+            continue
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `data` to local `path` through a temporary file and a rename (POSIX-atomic).
+
+    A full disk or a read-only folder is a StoreError naming the path; the temporary file
+    is removed, so no half-written file is ever left where a later run would trust it.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = open_new_file(path.parent, f".{path.name}.")
+    except OSError as err:
+        raise StoreError(f"{path}: cannot write ({err.strerror or err}); make the folder "
+                         "writable or point storage_path elsewhere") from None
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        raise StoreError(f"{path}: cannot write ({err.strerror or err}); free some space or "
+                         "make it writable, then run again: nothing was half-written") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_bytes(loc: Location, data: bytes) -> None:
+    """`loc` := data, all or nothing: locally a temporary file and a rename; on an object
+    store one PUT to the final key (the object appears whole when the upload completes, never
+    in part). StoreError naming `loc` on failure."""
+    if isinstance(loc, Path):
+        atomic_write_bytes(loc, data)
+        return
+    try:
+        fs, path = _resolve(loc)
+        with fs.open_output_stream(path) as f:
+            f.write(data)
+    except OSError as err:
+        raise StoreError(f"{loc}: cannot write ({_why(err)}); check the bucket, its "
+                         "credentials and endpoint (AWS_ENDPOINT_URL), then run again") from None
+
+
+def delete(loc: Location) -> None:
+    """Remove the file at `loc`; nothing when it is not there."""
+    try:
+        if isinstance(loc, Path):
+            loc.unlink()
+        else:
+            fs, path = _resolve(loc)
+            fs.delete_file(path)
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    except OSError as err:
+        raise StoreError(f"{loc}: cannot delete ({_why(err)}); make it writable, then run "
+                         "again") from None
+
+
+def _why(err: BaseException) -> str:
+    """pyarrow's OSError text on one line, without the request id that follows it."""
+    text = (getattr(err, "strerror", None) or str(err) or type(err).__name__).strip()
+    return text.splitlines()[0].split(" (Request ID")[0]
+
+
+def check_writable(loc: Location, field: str) -> None:
+    """Pre-flight for a cloud location: its bucket exists and takes a write and a delete.
+
+    One StoreError line naming the URI and `field` for a missing bucket, missing or wrong
+    credentials, an unreachable endpoint. Local folders are checked by `preflight.check_folder`.
+    """
+    if isinstance(loc, Path):
+        return
+    from pyarrow import fs as pafs
+
+    try:
+        fs, path = _resolve(loc)
+        bucket = path.split("/", 1)[0]
+        if loc.scheme in ("s3", "gs", "gcs") and \
+                fs.get_file_info(bucket).type == pafs.FileType.NotFound:
+            raise StoreError(f"{field}: {loc}: bucket {bucket!r} does not exist (create it, or "
+                             "check the endpoint: AWS_ENDPOINT_URL)")
+        probe = f"{path}/.sketchtune-probe-{secrets.token_hex(4)}".lstrip("/")
+        with fs.open_output_stream(probe) as f:
+            f.write(b"probe")
+        fs.delete_file(probe)
+    except StoreError:
+        raise
+    except (OSError, ValueError) as err:
+        raise StoreError(f"{field}: {loc}: cannot write there ({_why(err)}); check the bucket, "
+                         "the credentials (AWS_ACCESS_KEY_ID, ...) and the endpoint "
+                         "(AWS_ENDPOINT_URL)") from None

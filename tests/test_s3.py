@@ -1,0 +1,333 @@
+"""Cloud storage against a real S3 endpoint: moto's standalone server on a free localhost port."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from sketchtune import storage
+from sketchtune.storage import URI, StoreError, location
+from sketchtune.store import PredictionStore
+from tests.conftest import tiny_config_dict, write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server for this module: `http://127.0.0.1:<port>`."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+@pytest.fixture
+def bucket(s3_endpoint, monkeypatch) -> str:
+    """A new bucket on the moto server, with the standard AWS variables pointing at it."""
+    import boto3
+
+    for key, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    storage._filesystem.cache_clear()  # a filesystem made under another test's environment
+    name = f"b-{uuid.uuid4().hex[:12]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
+    return name
+
+
+def _keys(s3_endpoint: str, bucket: str, prefix: str = "") -> dict[str, int]:
+    import boto3
+
+    pages = boto3.client("s3", endpoint_url=s3_endpoint).get_paginator("list_objects_v2")
+    return {o["Key"]: o["Size"] for page in pages.paginate(Bucket=bucket, Prefix=prefix)
+            for o in page.get("Contents", [])}
+
+
+def _fold(store: PredictionStore, cid: str = "c1", fold: int = 0, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    p = rng.dirichlet(np.ones(3), size=4).astype(np.float32)
+    t = rng.dirichlet(np.ones(3), size=2).astype(np.float32)
+    arrays = dict(val_keys=[f"v{fold}_{i}" for i in range(4)], val_targets=np.arange(4) % 3,
+                  val_probs=p, test_keys=["t0", "t1"], test_probs=t)
+    store.write_fold(cid, fold, **arrays, manifest={"n_folds": 2},
+                     files={f"fold{fold}.safetensors": b"weights"})
+    return arrays
+
+
+def test_storage_uri_joins_and_names_like_a_path_keeping_its_options():
+    u = URI("s3://bkt/sweeps/?endpoint_override=host:9000&scheme=http")
+    child = u / "demo" / "candidates"
+    assert str(child) == "s3://bkt/sweeps/demo/candidates?endpoint_override=host:9000&scheme=http"
+    assert child.name == "candidates" and child.parent == u / "demo"
+    assert str(URI("s3://bkt").parent) == "s3://bkt" and (URI("s3://bkt") / "a").key == "a"
+    assert location("s3://bkt/x") == URI("s3://bkt/x")
+    assert location("sweeps") == Path("sweeps") and location("file:///tmp/x") == Path("/tmp/x")
+    with pytest.raises(ValueError):
+        URI("s3:///no-bucket")
+    with pytest.raises(ValueError):
+        u / "../other"
+
+
+def test_storage_pyarrow_honours_aws_endpoint_url(bucket, s3_endpoint):
+    """pyarrow 25 reads AWS_ENDPOINT_URL (the standard variable): no option in the URI."""
+    storage.write_bytes(URI(f"s3://{bucket}/a/b.bin"), b"hello")
+    assert _keys(s3_endpoint, bucket) == {"a/b.bin": 5}
+
+
+def test_storage_endpoint_override_in_the_uri(bucket, s3_endpoint, monkeypatch):
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    host = s3_endpoint.removeprefix("http://")
+    u = URI(f"s3://{bucket}/x?endpoint_override={host}&scheme=http")
+    storage.write_bytes(u / "f.txt", b"abc")
+    assert storage.read_bytes(u / "f.txt") == b"abc"
+
+
+def test_storage_read_write_list_delete_on_s3(bucket):
+    root = URI(f"s3://{bucket}/sweeps")
+    assert storage.list_dir(root) == {} and not storage.is_dir(root)
+    storage.write_bytes(root / "a.bin", b"12345")
+    storage.write_bytes(root / "sub" / "b.bin", b"xy")
+    assert storage.list_dir(root) == {"a.bin": 5, "sub": None}
+    assert storage.is_file(root / "a.bin") and storage.is_dir(root / "sub")
+    assert not storage.is_file(root / "sub") and not storage.is_file(root / "missing")
+    assert storage.read_bytes(root / "a.bin") == b"12345"
+    with pytest.raises(FileNotFoundError):
+        storage.read_bytes(root / "missing")
+    storage.write_bytes(root / "a.bin", b"new")  # an overwrite is whole
+    assert storage.read_bytes(root / "a.bin") == b"new"
+    storage.delete(root / "a.bin")
+    storage.delete(root / "a.bin")  # gone already: nothing
+    assert storage.list_dir(root) == {"sub": None}
+
+
+def test_store_on_s3_round_trip_with_marker_last(bucket, s3_endpoint, monkeypatch):
+    store = PredictionStore(f"s3://{bucket}/sweeps/demo")
+    order: list[str] = []
+    real = storage.write_bytes
+    monkeypatch.setattr(storage, "write_bytes", lambda loc, data: (order.append(loc.name),
+                                                                   real(loc, data)))
+    arrays = _fold(store)
+    assert order == ["fold0.safetensors", "fold0.npz", "fold0.json"]  # the marker last
+    assert store.candidates() == ["c1"] and store.folds("c1") == [0]
+    got = store.read_fold("c1", 0)
+    np.testing.assert_array_equal(got.val_probs, arrays["val_probs"])
+    assert got.test_keys.tolist() == ["t0", "t1"]
+    sizes = _keys(s3_endpoint, bucket, "sweeps/demo/candidates/c1/")
+    files = got.manifest["files"]
+    assert files["fold0.npz"]["bytes"] == sizes["sweeps/demo/candidates/c1/fold0.npz"]
+    assert files["fold0.safetensors"]["bytes"] == len(b"weights")
+    assert store.update_manifest("c1", 0, mlflow_run_id="r1")["mlflow_run_id"] == "r1"
+    assert store.read_manifest("c1", 0)["mlflow_run_id"] == "r1"
+
+
+def test_store_on_s3_ignores_folds_without_their_marker(bucket):
+    """Arrays whose manifest never came (the writer died): no reader sees the fold."""
+    store = PredictionStore(f"s3://{bucket}/sweeps/demo")
+    _fold(store, fold=0)
+    storage.write_bytes(store.candidate_dir("c1") / "fold1.npz", b"arrays, no manifest")
+    storage.write_bytes(store.candidate_dir("c2") / "fold0.npz", b"arrays, no manifest")
+    assert store.candidates() == ["c1"] and store.folds("c1") == [0]
+    assert not store.has_fold("c1", 1)
+    ok, why = store.completeness("c1", [f"v{k}_{i}" for k in (0, 1) for i in range(4)])
+    assert not ok and "missing fold(s) [1]" in why
+
+
+def test_store_on_s3_rewrite_that_dies_half_way_leaves_no_fold(bucket, monkeypatch):
+    """A retried trial rewriting its fold deletes the manifest first: dying after the new
+    arrays leaves a fold no reader trusts, never the old manifest over new arrays."""
+    store = PredictionStore(f"s3://{bucket}/sweeps/demo")
+    _fold(store, seed=0)
+    real = storage.write_bytes
+
+    def dies_at_the_manifest(loc, data):
+        if loc.name.endswith(".json"):
+            raise StoreError(f"{loc}: cannot write (simulated)")
+        real(loc, data)
+
+    monkeypatch.setattr(storage, "write_bytes", dies_at_the_manifest)
+    with pytest.raises(StoreError):
+        _fold(store, seed=1)
+    assert store.folds("c1") == [] and store.candidates() == []
+
+
+def test_store_on_s3_refuses_arrays_that_do_not_match_their_manifest(bucket):
+    store = PredictionStore(f"s3://{bucket}/sweeps/demo")
+    _fold(store, seed=0)
+    npz = store.candidate_dir("c1") / "fold0.npz"
+    good = storage.read_bytes(npz)
+    for bad in (good[:200], good[:-1] + bytes([good[-1] ^ 1])):  # cut short; one bit flipped
+        storage.write_bytes(npz, bad)
+        with pytest.raises(StoreError, match="not what its manifest records") as e:
+            store.read_fold("c1", 0)
+        assert str(npz) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_ensemble_object_set_writes_its_marker_last(bucket, monkeypatch):
+    from ensemble_search.cli import write_files
+
+    order: list[str] = []
+    real = storage.write_bytes
+    monkeypatch.setattr(storage, "write_bytes", lambda loc, data: (order.append(loc.name),
+                                                                   real(loc, data)))
+    target = URI(f"s3://{bucket}/sweeps/demo/ensemble")
+    paths = write_files(target, {"ensemble.json": b"{}", "a.png": b"p", "b.csv": b"c"})
+    assert order == ["a.png", "b.csv", "ensemble.json"]
+    assert paths == [target / "ensemble.json", target / "a.png", target / "b.csv"]
+    order.clear()
+    write_files(target, {"submission.csv": b"s", "test_probs.npy": b"n"})
+    assert order == ["test_probs.npy", "submission.csv"]
+    assert set(storage.list_dir(target)) == {"ensemble.json", "a.png", "b.csv",
+                                             "submission.csv", "test_probs.npy"}
+
+
+def test_predict_reads_safetensors_weights_from_the_bucket(bucket):
+    """predict --images: the header check and the load work on an object's bytes."""
+    import torch
+    from safetensors.torch import save
+
+    from sketchtune.predict import _check_weights_file, _load_weights
+
+    sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}
+    uri = URI(f"s3://{bucket}/c1/fold0.safetensors")
+    storage.write_bytes(uri, save(sd))
+    _check_weights_file(uri, {"w": (2, 3), "b": (3,)})
+    assert torch.equal(_load_weights(uri)["w"], sd["w"])
+    with pytest.raises(StoreError, match="do not fit"):
+        _check_weights_file(uri, {"w": (3, 2), "b": (3,)})
+    storage.write_bytes(uri, save(sd)[:20])  # cut short
+    with pytest.raises(StoreError, match="unreadable weights file") as e:
+        _check_weights_file(uri, {"w": (2, 3), "b": (3,)})
+    assert str(uri) in str(e.value)
+
+
+def test_folds_file_on_s3(bucket):
+    from sketchtune.folds import load_or_make_folds
+
+    df = pd.DataFrame({"image_path": [f"i{j}.png" for j in range(20)], "target": [0, 1] * 10})
+    uri = URI(f"s3://{bucket}/data/folds.csv")
+    made = load_or_make_folds(df, uri, 2, 0)
+    assert storage.is_file(uri)
+    again = load_or_make_folds(df, uri, 2, 0)
+    pd.testing.assert_frame_equal(made, again)
+    assert pd.read_csv(io.BytesIO(storage.read_bytes(uri)))["fold"].tolist() == \
+        made["fold"].tolist()
+
+
+def test_storage_preflight_missing_bucket_and_unreachable_endpoint(bucket, monkeypatch):
+    with pytest.raises(StoreError, match="does not exist") as e:
+        storage.check_writable(URI("s3://no-such-bucket-here/sweeps"), "storage_path")
+    assert "s3://no-such-bucket-here/sweeps" in str(e.value) and "\n" not in str(e.value)
+    storage.check_writable(URI(f"s3://{bucket}/sweeps"), "storage_path")
+    assert storage.list_dir(URI(f"s3://{bucket}/sweeps")) == {}  # the probe left nothing
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nobody there
+    storage._filesystem.cache_clear()
+    t0 = time.monotonic()
+    with pytest.raises(StoreError) as e:
+        storage.check_writable(URI(f"s3://{bucket}/sweeps"), "storage_path")
+    assert f"s3://{bucket}/sweeps" in str(e.value) and "\n" not in str(e.value)
+    assert time.monotonic() - t0 < 60
+
+
+def test_sweep_missing_bucket_is_one_line_before_anything_is_written(demo_dir, tmp_path, bucket,
+                                                                      capsys):
+    from sketchtune.sweep import main
+
+    cfg = tiny_config_dict(demo_dir, tmp_path, storage_path="s3://no-such-bucket-here/sweeps")
+    path = write_config(tmp_path / "sweep.yaml", cfg)
+    assert main([str(path), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "s3://no-such-bucket-here/sweeps" in err and "\n" not in err
+    assert not (tmp_path / "folds.csv").exists() and not (tmp_path / "mlflow.db").exists()
+
+
+def _manifests(store: PredictionStore) -> dict[str, str]:
+    return {f"{cid}/fold{k}": storage.read_bytes(store.candidate_dir(cid) / f"fold{k}.json")
+            .decode() for cid in store.candidates() for k in store.folds(cid)}
+
+
+@pytest.mark.slow
+def test_sweep_on_s3_resumes_after_driver_sigkill_then_optimize_and_predict(
+        demo_dir, tmp_path, bucket, s3_endpoint):
+    """storage_path and the folds file in a bucket: kill -9 the driver mid-sweep, resume, then
+    optimize and predict read the bucket and write the ensemble and the submission there."""
+    sweeps = f"s3://{bucket}/sweeps"
+    cfg = tiny_config_dict(demo_dir, tmp_path, storage_path=sweeps, **{
+        "train.epochs": 1, "data.n_folds": 2, "data.folds_csv": f"s3://{bucket}/folds.csv",
+        "candidates": [{}, {"optim.lr": 1e-3}]})
+    path = write_config(tmp_path / "sweep.yaml", cfg)
+    store = PredictionStore(f"{sweeps}/tiny")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # the AWS_* variables of `bucket` included
+    cmd = [sys.executable, "-m", "sketchtune.sweep", str(path), "--quiet"]
+    proc = subprocess.Popen(cmd, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not _manifests(store):
+        assert proc.poll() is None, "the sweep ended before it could be killed"
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = _manifests(store)
+    assert 1 <= len(before) < 4
+
+    done = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=400)
+    assert done.returncode == 0, done.stderr[-2000:]
+    after = _manifests(store)
+    assert sorted(after) == [f"{c}/fold{k}" for c in store.candidates() for k in (0, 1)]
+    assert len(store.candidates()) == 2
+    for name, text in before.items():  # finished folds were not trained again
+        old, new = json.loads(text), json.loads(after[name])
+        assert old.pop("mlflow_run_id") in (None, new.pop("mlflow_run_id")) and old == new
+    keys = _keys(s3_endpoint, bucket)
+    assert "folds.csv" in keys and not any(k.endswith(".tmp") for k in keys)
+    assert any(k.startswith("sweeps/tiny/ray/cv-") for k in keys)  # Ray's experiment too
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    cv = Counter((r.data.tags["candidate_id"], r.data.tags["fold"]) for r in runs
+                 if r.data.tags.get("stage") == "cv")
+    assert len(cv) == 4 and set(cv.values()) == {1}, "an MLflow run was duplicated"
+    for cid in store.candidates():  # every (candidate, fold) in the store exactly once
+        assert sorted(k.rsplit("/", 1)[1] for k in keys
+                      if k.startswith(f"sweeps/tiny/candidates/{cid}/")) == [
+            "fold0.json", "fold0.npz", "fold0.safetensors",
+            "fold1.json", "fold1.npz", "fold1.safetensors"]
+
+    for module in ("ensemble_search.optimize", "ensemble_search.predict"):
+        run = subprocess.run([sys.executable, "-m", module, str(path), "--quiet"], env=env,
+                             cwd=tmp_path, capture_output=True, text=True, timeout=300)
+        assert run.returncode == 0, f"{module}: {run.stderr[-2000:]}"
+    ens = URI(f"{sweeps}/tiny/ensemble")
+    assert {"ensemble.json", "submission.csv", "test_probs.npy"} <= set(storage.list_dir(ens))
+    sub = pd.read_csv(io.BytesIO(storage.read_bytes(ens / "submission.csv")))
+    test = pd.read_csv(demo_dir / "test.csv")
+    assert list(sub.columns) == ["ID", "image_path", "target"]
+    assert sub["ID"].tolist() == list(range(len(test)))
+    assert sub["image_path"].tolist() == test["image_path"].tolist()
+    assert sub["target"].between(0, 4).all()
+    spec = json.loads(storage.read_bytes(ens / "ensemble.json"))
+    assert {c["candidate_id"] for c in spec["candidates"]} <= set(store.candidates())
