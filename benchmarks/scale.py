@@ -149,6 +149,7 @@ def trial_worker(spec: dict[str, Any]) -> None:
     import torch
     from torch.utils.data import DataLoader
 
+    from sketchtune.allocator import tune_malloc
     from sketchtune.config import load_config
     from sketchtune.data import SketchDataset
     from sketchtune.engine import FitState, build_optimizer, predict, train_one_epoch
@@ -157,6 +158,7 @@ def trial_worker(spec: dict[str, Any]) -> None:
     from sketchtune.prepare import prepare_data
     from sketchtune.transforms import build_eval_transform, build_train_transform
 
+    tune_malloc()  # as run_trial does before its first batch (SKETCHTUNE_MALLOC=default: off)
     cfg = load_config(spec["config"], spec["set"])
     tc, device = cfg.train, torch.device("cpu")
     if spec["threads"]:
