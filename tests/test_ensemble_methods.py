@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from ensemble_search.comparison import compare_methods, flat_metrics
@@ -42,6 +44,45 @@ def test_greedy_fast_equals_reference_on_random_data(metric, sorted_init):
         fast = (greedy_log_loss(true_class_probs(probs, y), 12, sorted_init) if metric == "log_loss"
                 else select_accuracy(OOFView(probs, y), 12, sorted_init))
         assert fast == greedy_reference(probs, y, 12, metric, sorted_init)
+
+
+@pytest.mark.parametrize("sorted_init", [0, 2])
+def test_greedy_accuracy_equals_reference_with_ties_and_zero_probabilities(sorted_init):
+    # Probabilities on a coarse grid: many exact zeros and ties between the true class and
+    # wrong classes, in the running sum as well; a duplicated candidate ties every score.
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        m, n, c = int(rng.integers(2, 6)), int(rng.integers(30, 150)), int(rng.integers(2, 7))
+        probs, y = make_probs(rng, list(rng.uniform(0, 3, m)), n, c)
+        probs = (np.round(probs * 4) / 4).astype(np.float32)
+        probs = np.concatenate([probs, probs[:1]])
+        assert (select_accuracy(OOFView(probs, y), 12, sorted_init)
+                == greedy_reference(probs, y, 12, "acc", sorted_init))
+
+
+@pytest.mark.parametrize("m, c", [(1, 5), (4, 1), (4, 2), (1, 1)])
+def test_greedy_accuracy_equals_reference_with_one_candidate_or_few_classes(m, c):
+    # C == 1: no wrong class at all (every row is right); m == 1: one candidate, chosen once.
+    rng = np.random.default_rng(m * 10 + c)
+    probs, y = make_probs(rng, list(rng.uniform(0, 2, m)), 60, c)
+    for sorted_init in (0, 1):
+        assert (select_accuracy(OOFView(probs, y), 8, sorted_init)
+                == greedy_reference(probs, y, 8, "acc", sorted_init))
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), m=st.integers(1, 5), n=st.integers(1, 40),
+       c=st.integers(1, 6), levels=st.sampled_from([2, 3, 8, 0]))
+def test_greedy_accuracy_equals_reference_on_any_nonnegative_probabilities(seed, m, n, c, levels):
+    # Any non-negative scores (the loader checks that), not only softmax outputs: few levels
+    # make exact ties in every sum; levels 0 means continuous values.
+    rng = np.random.default_rng(seed)
+    probs = rng.random((m, n, c), dtype=np.float32)
+    if levels:
+        probs = np.floor(probs * levels).astype(np.float32) / levels
+    y = rng.integers(0, c, n)
+    init = int(rng.integers(0, 3))
+    assert select_accuracy(OOFView(probs, y), 7, init) == greedy_reference(probs, y, 7, "acc", init)
 
 
 @pytest.mark.parametrize("metric", ["log_loss", "acc"])
