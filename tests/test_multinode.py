@@ -76,8 +76,12 @@ def multinode() -> Iterator[MultiNode]:
 
 def cluster_config(demo_dir: Path, root: Path, mn: MultiNode, **overrides) -> tuple[SweepConfig,
                                                                                        Path]:
-    raw = tiny_config_dict(demo_dir, root, **{
-        "ray": {"address": mn.cluster.address, "verbose": 0, "max_failures": 1}, **overrides})
+    # reuse_actors off: a reused actor takes the next trial on the node it is on, so on a
+    # loaded machine (actor start-up slower than a tiny trial) every trial ran on one node.
+    # Without it each trial asks for its own slot and concurrent trials spread.
+    ray = {"address": mn.cluster.address, "verbose": 0, "max_failures": 1, "reuse_actors": False,
+           **overrides.pop("ray", {})}
+    raw = tiny_config_dict(demo_dir, root, **{"ray": ray, **overrides})
     path = write_config(root / "sweep.yaml", raw)
     return load_config(path), path
 
@@ -223,7 +227,7 @@ def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo
     # it was declared dead is a second failure, not the end of the trial.
     cfg, path = cluster_config(demo_dir, tmp_path, multinode, **{
         "data.n_folds": 3, "train.epochs": epochs, "train.patience": epochs,
-        "ray": {"address": multinode.cluster.address, "verbose": 0, "max_failures": 2}})
+        "ray": {"max_failures": 2}})
     workers = {multinode.nodes[n].node_id: n for n in ("a", "b")}
     log = tmp_path / "sweep.log"  # a file, not a pipe: a full pipe would block the sweep
     proc = subprocess.Popen(sweep_cmd(path), env=sweep_env(multinode), cwd=path.parent,
