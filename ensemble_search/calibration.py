@@ -26,6 +26,11 @@ __all__ = ["calibrated_log_true", "candidate_temperatures", "row_summary"]
 # Inverse temperatures searched: T in [1/20, 20], as `methods.fit_temperature`.
 _S_MIN, _S_MAX = 1.0 / 20.0, 20.0
 _NEWTON_STEPS = 60
+# Rows the temperatures are fitted on, spread over the view (`OOFView.spread`). One scalar
+# per candidate needs few rows: on 12,000 rows x 40 candidates a 4,000-row spread moved no
+# temperature by more than 1.6 % (the fit only needs a few per cent, above) at a fifth of
+# the cost (0.34 s -> 0.07 s per fit, six fits per comparison).
+_FIT_ROWS = 4096
 
 
 def row_summary(view: OOFView) -> tuple[np.ndarray, np.ndarray]:
@@ -66,7 +71,8 @@ def _log_norm(lt: np.ndarray, mult: np.ndarray, s: np.ndarray) -> tuple[np.ndarr
 
 
 def candidate_temperatures(view: OOFView) -> np.ndarray:
-    """(m,) temperature of each candidate minimising its log loss on the view's rows.
+    """(m,) temperature of each candidate minimising its log loss on the view's rows (a
+    spread sample of at most `_FIT_ROWS` of them).
 
     Safeguarded Newton on s = 1/T: the loss is convex in s, so its slope is increasing and
     brackets the minimum; a Newton step that leaves the bracket is replaced by a geometric
@@ -74,6 +80,7 @@ def candidate_temperatures(view: OOFView) -> np.ndarray:
     leaves the loop once its step is below 1e-7 relative, so late steps touch only the few
     still moving.
     """
+    view = view.spread(_FIT_ROWS)
     lt, fin, mult = _terms(view)
     lo, hi = np.full(view.m, _S_MIN), np.full(view.m, _S_MAX)
     s = np.ones(view.m)

@@ -323,9 +323,11 @@ class _Competitors:
         rows = np.arange(n) if data.rows is None else data.rows
         cands = np.arange(m) if data.cands is None else data.cands
         heavy = np.argsort(-w_start, kind="stable")[: min(_COMPETITORS, m)]
-        classes = data.c_other[heavy].T  # (n, L)
-        raw = data.probs[cands[None, None, :], rows[:, None, None], classes[:, :, None]]
-        self.raw = raw.astype(np.float64)  # (n, L, m) at T = 1
+        flat = rows[:, None] * data.probs.shape[2] + data.c_other[heavy].T  # (n, L) classes
+        raw = np.empty((m, n, flat.shape[1]), dtype=data.probs.dtype)
+        for j in range(m):  # one candidate at a time, rows in order: 2x a 3-d fancy index
+            np.take(data.probs[cands[j]].reshape(-1), flat, out=raw[j])
+        self.raw = np.moveaxis(raw, 0, -1).astype(np.float64)  # (n, L, m) at T = 1
         self.raw_true = data.q  # (n, m)
         s = 1.0 / temps
         lz = s * np.log(np.clip(data.q, EPS, None)) - log_q  # (n, m) log normaliser

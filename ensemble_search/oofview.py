@@ -112,6 +112,15 @@ class OOFView:
         full = cands if self.cands is None else self.cands[cands]
         return OOFView(self.probs, self.all_targets, self.rows, full, self.facts)
 
+    def spread(self, limit: int) -> OOFView:
+        """At most `limit` of these rows, every k-th one (all of them if there are no more),
+        with the same candidates: a sample spread over the whole view, not its first rows."""
+        step = -(-self.n // limit)  # ceil
+        if step <= 1:
+            return self
+        rows = np.arange(0, self.n, step) if self.rows is None else self.rows[::step]
+        return OOFView(self.probs, self.all_targets, rows, self.cands, self.facts)
+
     def _per_cand(self, a: np.ndarray) -> np.ndarray:
         # (M, N) fact -> (m, n), a fresh C-ordered array like a computation on a copy gives.
         if self.cands is not None:

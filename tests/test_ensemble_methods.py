@@ -8,8 +8,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from ensemble_search.calibration import candidate_temperatures
 from ensemble_search.comparison import compare_methods, flat_metrics
-from ensemble_search.correlation import corr_from_gram, error_correlation, fold_gram
+from ensemble_search.correlation import (
+    corr_from_gram,
+    error_correlation,
+    fold_gram,
+    prob_correlation,
+)
 from ensemble_search.greedy import greedy_log_loss, greedy_reference, select_accuracy
 from ensemble_search.load import OOFSet
 from ensemble_search.methods import (
@@ -203,6 +209,44 @@ def test_fold_gram_correlation_equals_direct_on_other_folds():
     got = corr_from_gram(gram[[0, 2]].sum(axis=0), sums[[0, 2]].sum(axis=0), rows.sum() * 4)
     flat = probs[:, rows].reshape(3, -1).astype(np.float64)
     assert np.allclose(got, np.corrcoef(flat), atol=1e-5)
+
+
+def test_prob_correlation_equals_numpy_with_subnormal_probabilities():
+    # Consecutive blocks are copied and floored in one pass; values that would make subnormal
+    # products (here 1e-42) move no correlation, and a block boundary inside the rows too.
+    rng = np.random.default_rng(16)
+    probs, _ = make_probs(rng, [1.0, 0.5, 0.0, 2.0], 75, 6)
+    probs[probs < 0.02] = 1e-42
+    flat = probs.reshape(4, -1).astype(np.float64)
+    assert np.allclose(prob_correlation(probs, rows=8), np.corrcoef(flat), atol=1e-6)
+
+
+def test_spread_view_takes_every_kth_row_of_the_view():
+    rng = np.random.default_rng(17)
+    probs, y = make_probs(rng, [1.0, 0.5], 50, 3)
+    rows = np.sort(rng.choice(50, 30, replace=False))
+    view = OOFView(probs, y, rows)
+    assert view.spread(30) is view and view.spread(100) is view  # few rows: all of them
+    assert np.array_equal(view.spread(10).rows, rows[::3])
+    assert np.array_equal(view.spread(11).rows, rows[::3])  # ceil(30 / 11) = 3: at most 11
+    assert np.array_equal(OOFView(probs, y).spread(20).rows, np.arange(0, 50, 3))
+
+
+def test_candidate_temperatures_are_fitted_on_a_spread_of_large_views(monkeypatch):
+    # The temperatures of a view above the row limit are those of its spread sample, and on
+    # a view within the limit nothing changes.
+    import ensemble_search.calibration as calibration
+
+    rng = np.random.default_rng(18)
+    probs, y = make_probs(rng, [1.0, 0.5, 1.5], 90, 5)
+    probs = softmax(np.log(probs) * np.array([0.4, 1.0, 2.5])[:, None, None])
+    view = OOFView(probs, y)
+    whole = candidate_temperatures(view)
+    monkeypatch.setattr(calibration, "_FIT_ROWS", 30)
+    assert np.array_equal(candidate_temperatures(view), candidate_temperatures(view.spread(30)))
+    assert not np.array_equal(candidate_temperatures(view), whole)
+    monkeypatch.setattr(calibration, "_FIT_ROWS", 90)
+    assert np.array_equal(candidate_temperatures(view), whole)
 
 
 @pytest.mark.parametrize("coarse", [False, True])
