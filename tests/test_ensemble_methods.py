@@ -221,6 +221,24 @@ def test_prob_correlation_equals_numpy_with_subnormal_probabilities():
     assert np.allclose(prob_correlation(probs, rows=8), np.corrcoef(flat), atol=1e-6)
 
 
+@pytest.mark.parametrize("with_temps", [False, True])
+def test_weighted_probs_in_row_blocks_is_the_plain_sum_bit_for_bit(with_temps):
+    # 700 rows: three blocks of 256, the last one short; each row's sum is the same float
+    # sum, in candidate order, as summing whole (n, C) arrays.
+    from ensemble_search.metrics import calibrate, weighted_probs
+
+    rng = np.random.default_rng(19)
+    probs, _ = make_probs(rng, [1.0, 0.5, 1.5, 0.2], 700, 7)
+    w = np.array([0.5, 0.0, 0.3, 0.2])
+    temps = np.array([0.7, 1.0, 2.0, 1.3]) if with_temps else None
+    for rows in (None, np.sort(rng.choice(700, 500, replace=False))):
+        want = np.zeros((700 if rows is None else 500, 7))
+        for j in (0, 2, 3):
+            part = probs[j] if rows is None else probs[j, rows]
+            want += (part if temps is None else calibrate(part, float(temps[j]))) * w[j]
+        assert np.array_equal(weighted_probs(probs, w, rows, temps), want)
+
+
 def test_spread_view_takes_every_kth_row_of_the_view():
     rng = np.random.default_rng(17)
     probs, y = make_probs(rng, [1.0, 0.5], 50, 3)
