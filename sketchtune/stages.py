@@ -160,14 +160,16 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
     `outcomes["search"]` gets how its trials ended (failed ones: after every retry).
     """
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler
     from ray.tune.search.optuna import OptunaSearch
+
+    from .asha import FinishingASHA
 
     s = cfg.search
     scheduler = None
     if s.asha:
-        # stop_last_trials=False: a trial reaching max_t must still write its predictions.
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=max_epochs(cfg),
+        # stop_last_trials=False: a trial reaching max_t must still write its predictions;
+        # FinishingASHA: nor may a rung that sits on a trial's last epoch stop it there.
+        scheduler = FinishingASHA(time_attr="training_iteration", max_t=max_epochs(cfg),
                                   grace_period=s.grace_period, reduction_factor=s.reduction_factor,
                                   stop_last_trials=False)
     mode = "max" if s.metric == "val_acc" else "min"

@@ -15,7 +15,12 @@ from .planner import job_of
 from .store import PredictionStore
 from .train import run_trial
 
-__all__ = ["PROGRESS_EVERY_S", "node_of_this_worker", "trial"]
+__all__ = ["LAST_EPOCH", "PROGRESS_EVERY_S", "node_of_this_worker", "trial"]
+
+# Result key: 1 on the report of a trial's last epoch, the planned last or the one early
+# stopping ends on (`asha.FinishingASHA` lets that trial finish). Not a metric: the MLflow
+# callback logs METRIC_KEYS only.
+LAST_EPOCH = "last_epoch"
 
 # How often a trial logs its batches, img/s and ETA. Tune's table shows reported metrics
 # only, and a report inside an epoch would count as an ASHA step (training_iteration), so
@@ -95,7 +100,8 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
         run_trial(
             sweep_cfg, train_cfg, fold,
             report=lambda metrics, state: report_with_state(
-                {**metrics, **tags, "skipped": 0}, state),
+                {**metrics, **tags, "skipped": 0, LAST_EPOCH: int(
+                    state.epoch >= train_cfg.epochs or state.stopped_early)}, state),
             resume=restored_state(),
             extra_manifest={"stage": stage, "ray_trial_id": tune.get_context().get_trial_id(),
                             **where},

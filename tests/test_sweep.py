@@ -94,6 +94,12 @@ def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
         assert 0 <= s.data.metrics["oof_acc"] <= 1
         for k in range(2):
             assert store.read_manifest(cid, k)["mlflow_run_id"] in run_ids
+    # A search trial that trained every epoch wrote its fold-0 predictions, even where ASHA's
+    # last rung sits on that epoch (max_t 2, grace 1, factor 2: rungs at 1 and 2) and cut it
+    # there (sketchtune.asha.FinishingASHA).
+    search = [r for r in trials if r.data.tags["stage"] == "search"]
+    full = [r for r in search if len(client.get_metric_history(r.info.run_id, "val_acc")) == 2]
+    assert full and all(store.has_fold(r.data.tags["candidate_id"], 0) for r in full)
     # One summary per backbone that the search tried (top-1 per backbone).
     backbones = {r.data.tags["backbone"] for r in trials if r.data.tags["stage"] == "search"}
     assert {s.data.tags["backbone"] for s in summaries} == backbones
