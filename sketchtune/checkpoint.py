@@ -8,6 +8,7 @@ is restored rather than started again (`restore_tuner`).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import pickle
@@ -68,7 +69,7 @@ def restored_state() -> dict[str, Any] | None:
     return None if state.get(RELEASED) else state
 
 
-def release_checkpoints(trial_path: str | None) -> None:
+def release_checkpoints(trial_path: str | None, filesystem: Any = None) -> None:
     """Replace a finished trial's Ray checkpoint state with a few-byte stub.
 
     A checkpoint holds the model, the optimizer state and the best weights, about 4x the
@@ -77,15 +78,45 @@ def release_checkpoints(trial_path: str | None) -> None:
     stays: if the driver dies before Tune records the trial as finished, a restart restores
     the trial from this folder, finds its fold in the store and trains nothing (or, for a
     stopped trial, sees the stub and starts it afresh).
+
+    trial_path: Tune's `trial.path`, a local folder or, with cloud storage, a path inside
+    `filesystem` (the trial's pyarrow filesystem, `trial.storage.storage_filesystem`): there
+    each checkpoint's state object is overwritten with the stub (one PUT, atomic on S3), so a
+    bucket does not keep 1.6 GB per trial either.
     """
     import torch
 
-    if not (trial_path and os.path.isdir(trial_path)):  # cloud storage: left to Ray
+    if not trial_path:
         return
-    for state in Path(trial_path).glob(f"checkpoint_*/{_STATE}"):
-        stub = state.with_name(f".{_STATE}.tmp")
-        torch.save({RELEASED: True}, stub)
-        os.replace(stub, state)
+    if os.path.isdir(trial_path):
+        for state in Path(trial_path).glob(f"checkpoint_*/{_STATE}"):
+            stub = state.with_name(f".{_STATE}.tmp")
+            torch.save({RELEASED: True}, stub)
+            os.replace(stub, state)
+        return
+    if filesystem is None:
+        return
+    from pyarrow import fs as pafs
+
+    try:
+        folders = filesystem.get_file_info(pafs.FileSelector(trial_path, allow_not_found=True))
+    except OSError as err:  # a stub is a saving, not a result: never fail the sweep for it
+        _log.warning("could not list %s to release its checkpoints: %s", trial_path,
+                     first_line(err))
+        return
+    buf = io.BytesIO()
+    torch.save({RELEASED: True}, buf)
+    for info in folders:
+        if info.type != pafs.FileType.Directory or not info.base_name.startswith("checkpoint_"):
+            continue
+        state = f"{info.path}/{_STATE}"
+        try:
+            if filesystem.get_file_info(state).type != pafs.FileType.File:
+                continue
+            with filesystem.open_output_stream(state) as out:
+                out.write(buf.getvalue())
+        except OSError as err:
+            _log.warning("could not release the checkpoint %s: %s", state, first_line(err))
 
 
 def can_restore(path: str) -> bool:

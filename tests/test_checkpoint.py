@@ -23,6 +23,29 @@ def test_release_checkpoints_without_a_local_folder_does_nothing(tmp_path):
     assert not (tmp_path / "missing").exists()
 
 
+def test_release_checkpoints_in_cloud_storage_overwrites_each_state_through_its_filesystem(
+        tmp_path):
+    # A trial stored in a bucket: Tune's trial.path is a path inside the trial's pyarrow
+    # filesystem, not a local folder. A SubTreeFileSystem stands in for the bucket.
+    from pyarrow import fs
+
+    bucket = fs.SubTreeFileSystem(str(tmp_path), fs.LocalFileSystem())
+    trial = tmp_path / "sweeps" / "ray" / "cv" / "trial_1"
+    for k in (1, 2):
+        (trial / f"checkpoint_00000{k}").mkdir(parents=True)
+        torch.save({"model": {"w": torch.zeros(100_000)}},
+                   trial / f"checkpoint_00000{k}" / "state.pt")
+    (trial / "checkpoint_000003").mkdir()  # a checkpoint folder without a state: left alone
+    (trial / "result.json").write_text("{}")
+    release_checkpoints("sweeps/ray/cv/trial_1", bucket)
+    for k in (1, 2):
+        state = trial / f"checkpoint_00000{k}" / "state.pt"
+        assert state.stat().st_size < 2000 and load_state(state) == {RELEASED: True}
+    assert not any((trial / "checkpoint_000003").iterdir())
+    assert (trial / "result.json").read_text() == "{}"
+    release_checkpoints("sweeps/ray/cv/no_such_trial", bucket)  # nothing there: no error
+
+
 def test_recover_checkpoints_renames_the_newest_to_the_deleted_one_the_state_names(tmp_path):
     """A driver killed after Tune deleted a trial's older checkpoint but before it saved the
     experiment state: the state names the deleted one; the newest takes its name."""

@@ -306,6 +306,10 @@ def test_sweep_on_s3_resumes_after_driver_sigkill_then_optimize_and_predict(
     keys = _keys(s3_endpoint, bucket)
     assert "folds.csv" in keys and not any(k.endswith(".tmp") for k in keys)
     assert any(k.startswith("sweeps/tiny/ray/cv-") for k in keys)  # Ray's experiment too
+    # Finished trials' checkpoints in the bucket are released to stubs, as on a local disk.
+    states = [size for k, size in keys.items()
+              if k.startswith("sweeps/tiny/ray/") and k.endswith("/state.pt")]
+    assert states and max(states) < 2000, states
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
     cv = Counter((r.data.tags["candidate_id"], r.data.tags["fold"]) for r in runs
