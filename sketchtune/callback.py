@@ -79,7 +79,8 @@ class _SweepLogger:
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self.tracker.submit("finish a run", self._complete, trial.trial_id, trial.config)
-        release_checkpoints(trial.path, getattr(trial.storage, "storage_filesystem", None))
+        storage = getattr(trial, "storage", None)  # Ray's StorageContext: where the trial is
+        release_checkpoints(trial.path, getattr(storage, "storage_filesystem", None))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         # Failed, and Ray retries it from its last checkpoint: this attempt's run ends FAILED
