@@ -15,7 +15,11 @@ from sketchtune.storage import Location
 
 from .load import EnsembleError
 
-__all__ = ["CandidateWeight", "EnsembleSpec", "read_ensemble"]
+__all__ = ["FORMAT", "CandidateWeight", "EnsembleSpec", "read_ensemble"]
+
+# The ensemble.json layout this version writes and reads. A file of another format (a newer
+# sketchtune's) may mean something else by the same fields: refused, not read as this one.
+FORMAT = 1
 
 # Weights are written as float64 from weights normalised to sum to 1; a hand edit that
 # drifts further than this is a mistake, not rounding.
@@ -48,12 +52,23 @@ class EnsembleSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    # First: a newer file is refused for its format, before fields it may shape otherwise.
+    # Absent: a hand-written file, read as this format.
+    format: Annotated[int, Field(strict=True)] = FORMAT
     candidates: Annotated[list[CandidateWeight], Field(min_length=1)]
     temperature: _Temperature = 1.0
     # Absent: not checked (a hand-written file); the None default is not validated, so an
     # explicit null is still refused.
     num_classes: _Classes = None  # type: ignore[assignment]
     method: str | None = None
+
+    @pydantic.field_validator("format")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != FORMAT:
+            raise ValueError(f"this version reads format {FORMAT}, not {value} (a file from "
+                             "another sketchtune version): run ensemble_search.optimize again")
+        return value
 
     @pydantic.field_validator("candidates")
     @classmethod

@@ -376,6 +376,10 @@ def _spec_with(sw, **fields) -> dict:
     ({"num_classes": 4.5}, "num_classes: Input should be a valid integer"),
     ({"num_classes": None}, "num_classes: Input should be a valid integer (got null)"),
     ({"candidates": []}, "candidates: List should have at least 1 item"),
+    # A newer sketchtune's file may mean something else by the same fields.
+    ({"format": 2}, "format: this version reads format 1, not 2"),
+    ({"format": "1"}, 'format: Input should be a valid integer (got "1")'),
+    ({"format": True}, "format: Input should be a valid integer (got true)"),
 ])
 def test_predict_ensemble_json_schema(tmp_path, capsys, fields, want):
     sw = make_sweep(tmp_path, skills=(1.0, 0.5))
