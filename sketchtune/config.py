@@ -502,7 +502,7 @@ class SearchConfig(Strict):
         "benchmarks/RESULTS-selection.md): its gains on one fold's predictions are a handful "
         "of images; it can only differ when more trials finish than the budget.",
     )
-    budget: int | None = Field(
+    budget: Int | None = Field(
         None, ge=1,
         description="How many configs `select: ensemble` sends to cv. None: as many as top_k "
         "would pick (`top_k_per_backbone` x the backbones the search tried), so both rules "
