@@ -562,6 +562,13 @@ CASES = [
          ("storage_path", "gs://bucket/path")),
     Case("sweep-storage-unsupported-scheme", "sweep", _sets("storage_path=ftp://host/sweeps"),
          ("storage_path", "pyarrow.fs cannot open 'ftp'")),
+    # Ray's own parser refused these only at ray.init, after pre-flight: exit 1
+    Case("sweep-ray-address-without-port", "sweep", _sets("ray.address=localhost"),
+         ("ray.address", "HOST:PORT", "'localhost'")),
+    Case("sweep-ray-address-bad-port", "sweep", _sets("ray.address=10.0.0.5:abc"),
+         ("ray.address", "HOST:PORT")),
+    Case("sweep-ray-address-trailing-space", "sweep", _sets("ray.address='auto '"),
+         ("ray.address", "'auto '")),
     Case("sweep-budget-bool", "sweep", _sets("search.select=ensemble", "search.budget=true"),
          ("search.budget", "integer")),
     # ---- ensemble_search.optimize
