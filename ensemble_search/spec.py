@@ -32,11 +32,16 @@ _Classes = Annotated[int, Field(strict=True, gt=0)]
 
 
 class CandidateWeight(BaseModel):
-    """One chosen candidate: its store id and its weight (other keys, e.g. name, are kept)."""
+    """One chosen candidate: its store id, its weight, its temperature and its display name.
 
-    model_config = ConfigDict(extra="allow")
+    No other key: optimize writes only these, so another is a hand edit's typo, and a
+    misspelt `temprature` would otherwise be dropped and the candidate read uncalibrated.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     candidate_id: Annotated[StrictStr, Field(min_length=1)]
+    name: StrictStr | None = None  # `<backbone>-<id>`, for people; predict does not use it
     weight: _Weight
     # This candidate's own calibration, applied before weighting (`optimized` fits one per
     # candidate); absent: 1.0, none.

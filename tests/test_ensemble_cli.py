@@ -392,6 +392,20 @@ def test_predict_ensemble_json_schema(tmp_path, capsys, fields, want):
     assert not out.exists()
 
 
+def test_predict_ensemble_json_refuses_a_misspelt_candidate_key(tmp_path, capsys):
+    """A hand edit's `temprature: 2.0` was dropped: the candidate read uncalibrated, exit 0."""
+    sw = make_sweep(tmp_path, skills=(1.0, 0.5))
+    spec = _spec_with(sw)
+    spec["candidates"][1].update(name="test_resnet-c01abc", temprature=2.0)
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    assert predict.main([str(sw.config), "--ensemble", str(path), "--out", str(out)]) == 2
+    (line,) = _errors(capsys, "ensemble_search.predict")
+    assert f"{path}: candidates[1].temprature: Extra inputs are not permitted" in line, line
+    assert not out.exists()
+
+
 def test_predict_ensemble_json_temperature_is_used_not_read_as_one(tmp_path):
     sw = make_sweep(tmp_path, skills=(1.0, 0.5))
     path = tmp_path / "ensemble.json"
