@@ -159,8 +159,11 @@ def _filesystem(scheme: str, netloc: str, query: str) -> tuple[Any, str]:
 def _resolve(uri: URI) -> tuple[Any, str]:
     try:
         fs, root = _filesystem(uri.scheme, uri.netloc, uri.query)
-    except ValueError as err:  # ArrowInvalid: an option pyarrow does not know in the query
-        raise StoreError(f"{uri}: pyarrow.fs cannot open it ({_why(err)})") from None
+    # ArrowInvalid (a ValueError): an option pyarrow does not know in the query; OSError: the
+    # bucket's region could not be resolved (no network, no such bucket on AWS).
+    except (ValueError, OSError) as err:
+        raise StoreError(f"{uri}: pyarrow.fs cannot open it ({_why(err)}); check the URI, the "
+                         "network and the endpoint (AWS_ENDPOINT_URL)") from None
     root = root.rstrip("/")
     return fs, f"{root}/{uri.key}" if uri.key else root
 
@@ -331,6 +334,9 @@ def check_writable(loc: Location, field: str) -> None:
 
     try:
         fs, path = _resolve(loc)
+    except StoreError as err:
+        raise StoreError(f"{field}: {err}") from None
+    try:
         bucket = path.split("/", 1)[0]
         if loc.scheme in ("s3", "gs", "gcs") and \
                 fs.get_file_info(bucket).type == pafs.FileType.NotFound:

@@ -117,6 +117,21 @@ def test_storage_bad_uri_option_or_dead_endpoint_is_a_store_error_naming_the_uri
         storage.read_bytes(dead)
 
 
+def test_storage_region_not_resolved_is_a_store_error_naming_the_uri(monkeypatch):
+    """Without an endpoint, pyarrow resolves an S3 bucket's region when it opens the filesystem;
+    offline that is an OSError naming only the bucket, which optimize showed as is."""
+    def offline(scheme, netloc, query):
+        raise OSError(f"When resolving region for bucket '{netloc}': AWS Error "
+                      "NETWORK_CONNECTION during HeadBucket operation")
+
+    monkeypatch.setattr(storage, "_filesystem", offline)
+    with pytest.raises(StoreError, match=r"^s3://bkt/sweeps/demo: pyarrow.fs cannot open it "
+                                         r"\(When resolving region"):
+        storage.is_dir(location("s3://bkt/sweeps/demo"))
+    with pytest.raises(StoreError, match=r"^storage_path: s3://bkt/sweeps: pyarrow.fs cannot"):
+        storage.check_writable(location("s3://bkt/sweeps"), "storage_path")
+
+
 def test_storage_uri_joins_and_names_like_a_path_keeping_its_options():
     u = URI("s3://bkt/sweeps/?endpoint_override=host:9000&scheme=http")
     child = u / "demo" / "candidates"
