@@ -8,7 +8,7 @@ from typing import Annotated, Any
 
 import numpy as np
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from sketchtune import storage
 from sketchtune.storage import Location
@@ -27,7 +27,21 @@ SUM_TOL = 1e-6
 
 # strict: JSON text ("0.5"), booleans and null are not numbers; an int (1) is a float.
 _Weight = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
-_Temperature = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+# optimize fits temperatures in [1/20, 20] (calibration, methods.fit_temperature). Far beyond
+# that, softmax(log p / T) over- or underflows: T = 1e-300 made every row NaN and the
+# submission all class 0, exit 0. This range leaves a hand edit room and no such failure.
+T_RANGE = (1e-3, 1e3)
+
+
+def _temperature_in_range(t: float) -> float:
+    if not T_RANGE[0] <= t <= T_RANGE[1]:
+        raise ValueError(f"must be in [{T_RANGE[0]:g}, {T_RANGE[1]:g}] (optimize fits within "
+                         "[0.05, 20]; beyond the range the softmax over- or underflows)")
+    return t
+
+
+_Temperature = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False),
+                         AfterValidator(_temperature_in_range)]
 _Classes = Annotated[int, Field(strict=True, gt=0)]
 
 

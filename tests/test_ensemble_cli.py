@@ -357,6 +357,8 @@ def _spec_with(sw, **fields) -> dict:
     for key, value in fields.items():
         if key.startswith("w"):  # w0=...: the first candidate's weight
             spec["candidates"][int(key[1:])]["weight"] = value
+        elif key[0] == "t" and key[1:].isdigit():  # t0=...: its own temperature
+            spec["candidates"][int(key[1:])]["temperature"] = value
         else:
             spec[key] = value
     return spec
@@ -376,6 +378,11 @@ def _spec_with(sw, **fields) -> dict:
     ({"num_classes": 4.5}, "num_classes: Input should be a valid integer"),
     ({"num_classes": None}, "num_classes: Input should be a valid integer (got null)"),
     ({"candidates": []}, "candidates: List should have at least 1 item"),
+    # softmax(log p / T) overflows: every row NaN, a submission of class 0, exit 0
+    ({"temperature": 1e-300}, "temperature: must be in [0.001, 1000]"),
+    ({"temperature": 1e300}, "temperature: must be in [0.001, 1000]"),
+    ({"t1": 1e-300}, "candidates[1].temperature: must be in [0.001, 1000]"),
+    ({"t0": 0.0}, "candidates[0].temperature: Input should be greater than 0 (got 0.0)"),
     # A newer sketchtune's file may mean something else by the same fields.
     ({"format": 2}, "format: this version reads format 1, not 2"),
     ({"format": "1"}, 'format: Input should be a valid integer (got "1")'),
