@@ -422,6 +422,10 @@ def _opt_candidates_twice(s: Setup):
     return [f"--candidates={cid},{cid}"], s.sweep.store.candidates_dir
 
 
+def _opt_candidates_empty(s: Setup):
+    return ["--candidates=,,"], s.sweep.store.candidates_dir
+
+
 def _pred_test_csv_duplicate(respell: bool):
     def breaks(s: Setup):
         path = s.sweep.test_csv
@@ -590,6 +594,7 @@ CASES = [
     Case("opt-manifest-fold-edited", "optimize", _opt_manifest_fold_edited,
          ("manifest says fold=0",)),
     Case("opt-candidates-twice", "optimize", _opt_candidates_twice, ("twice",)),
+    Case("opt-candidates-empty", "optimize", _opt_candidates_empty, ("names no candidate",)),
     Case("opt-out-symlink-loop", "optimize", _loop_arg("--out"), ("--out", "symlink loop")),
     Case("opt-storage-file-uri-with-host", "optimize",
          _sets("storage_path=file://relative/sweeps"), ("storage_path", "absolute local path")),
