@@ -6,11 +6,11 @@ import argparse
 import sys
 from collections.abc import Callable
 
-from sketchtune.cli import add_debug_argument, resolve_arg, run_cli, setup_logging
+from sketchtune.cli import add_debug_argument, location_arg, run_cli, setup_logging
 from sketchtune.cli import base_parser as shared_parser
 from sketchtune.cli import load_sweep_config as shared_load
 from sketchtune.config import ConfigError, SweepConfig
-from sketchtune.storage import URI, Location, is_uri, location
+from sketchtune.storage import URI, Location
 from sketchtune.store import StoreError
 
 from .load import EnsembleError
@@ -41,7 +41,7 @@ def load_sweep_config(args: argparse.Namespace) -> SweepConfig:
 
 def out_dir(args: argparse.Namespace, cfg: SweepConfig) -> Location:
     if args.out:
-        return location(args.out) if is_uri(args.out) else resolve_arg(args.out, "--out")
+        return location_arg(args.out, "--out")
     return cfg.sweep_dir / "ensemble"
 
 

@@ -28,6 +28,7 @@ from .methods import EnsembleMethod, auto_methods, build_method, fit_view, repor
 from .metrics import log_loss_from_true
 from .nested import HonestScore, honest_estimate
 from .oofview import OOFView, RowFacts
+from .spec import FORMAT
 
 __all__ = ["ESTIMATE_SCORES", "Comparison", "MethodResult", "candidate_table", "choose",
            "compare_methods", "ensemble_summary", "estimate_section", "flat_metrics"]
@@ -213,7 +214,7 @@ def ensemble_summary(res: Comparison, oof: OOFSet, cfg: EnsembleConfig,
               for j in sorted(np.flatnonzero(w), key=lambda j: (-w[j], j))]
     n_test = [mf.get("n_test") for mf in oof.manifests]
     return {
-        "format": 1,
+        "format": FORMAT,
         "method": res.method,
         "requested_method": res.requested,
         "metric": res.metric,

@@ -166,6 +166,10 @@ def read_train_rows(data: DataConfig) -> TrainRows:
 def read_test_keys(test_csv: Path) -> np.ndarray:
     """test.csv's image_path column, (n_test,) str, in file order; no image twice."""
     keys = _read_csv(Path(test_csv), ("image_path",))["image_path"].astype(str).to_numpy()
+    if not len(keys):  # a header only: a submission of no rows is no submission (the sweep
+        # refuses it too, data.read_test_csv)
+        raise EnsembleError(f"{test_csv}: no rows, only a header; list the test images, one "
+                            "image_path a row")
     # The sweep refuses a test image listed twice (data.read_test_csv); so does predict, not
     # a submission with one image in two rows. Spellings are compared normalised (./a = a).
     norm = pd.Series([posixpath.normpath(k) for k in keys])
@@ -354,6 +358,14 @@ def _candidate_fold_test(store: PredictionStore, cid: str, index: pd.Index | Non
     if missing:
         raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} is missing "
                             f"fold(s) {missing}; run the sweep again to finish them")
+    # A fold beyond the manifest's n_folds (left by a sweep with more folds) would be averaged
+    # in as one more fold model, although its rows are another split's. (With `n_folds` given,
+    # load_fold_test_probs compares the folds with the OOF rows' itself.)
+    if not (n_folds or {}).get(cid) and (
+            extra := [k for k in have if k >= int(want or len(have))]):
+        raise EnsembleError(f"{store.candidate_dir(cid)}: candidate {cid} has fold(s) {extra} "
+                            f"beyond its {int(want or len(have))} folds (left by another "
+                            "split); delete them, or the candidate, and run the sweep again")
     if index is None:  # no test.csv given: the order the first fold predicted
         raw = store.read_fold(cid, have[0]).test_keys
         index = pd.Index([image_key(x) for x in raw]) if raw is not None else None

@@ -172,6 +172,10 @@ def _body(args: argparse.Namespace) -> int:
     rows = read_train_rows(cfg.data)
     wanted = [c.strip() for c in args.candidates.split(",") if c.strip()] \
         if args.candidates else None
+    if wanted == []:  # "--candidates ,," would read as none given and say the store is empty
+        raise EnsembleError(f"{store.candidates_dir}: --candidates {args.candidates!r} names no "
+                            "candidate id; give ids separated by commas, or leave it out for "
+                            "every complete candidate")
     if wanted is not None and len(set(wanted)) < len(wanted):
         twice = next(c for c in wanted if wanted.count(c) > 1)
         raise EnsembleError(f"{store.candidates_dir}: --candidates lists {twice} twice")

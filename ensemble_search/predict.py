@@ -20,8 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sketchtune import storage
-from sketchtune.cli import resolve_arg
+from sketchtune.cli import location_arg, resolve_arg
 from sketchtune.config import SweepConfig
 from sketchtune.store import PredictionStore
 
@@ -69,7 +68,7 @@ def _images_probs(cfg: SweepConfig, ids: list[str], csv: Path, root: Path) -> np
 
 def _body(args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args)
-    path = (storage.location(args.ensemble) if args.ensemble
+    path = (location_arg(args.ensemble, "--ensemble") if args.ensemble
             else cfg.sweep_dir / "ensemble" / "ensemble.json")
     spec = read_ensemble(path)
     store = PredictionStore(cfg.sweep_dir)

@@ -8,14 +8,18 @@ from typing import Annotated, Any
 
 import numpy as np
 import pydantic
-from pydantic import BaseModel, ConfigDict, Field, StrictStr
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
 from sketchtune import storage
 from sketchtune.storage import Location
 
 from .load import EnsembleError
 
-__all__ = ["CandidateWeight", "EnsembleSpec", "read_ensemble"]
+__all__ = ["FORMAT", "CandidateWeight", "EnsembleSpec", "read_ensemble"]
+
+# The ensemble.json layout this version writes and reads. A file of another format (a newer
+# sketchtune's) may mean something else by the same fields: refused, not read as this one.
+FORMAT = 1
 
 # Weights are written as float64 from weights normalised to sum to 1; a hand edit that
 # drifts further than this is a mistake, not rounding.
@@ -23,16 +27,35 @@ SUM_TOL = 1e-6
 
 # strict: JSON text ("0.5"), booleans and null are not numbers; an int (1) is a float.
 _Weight = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
-_Temperature = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False)]
+# optimize fits temperatures in [1/20, 20] (calibration, methods.fit_temperature). Far beyond
+# that, softmax(log p / T) over- or underflows: T = 1e-300 made every row NaN and the
+# submission all class 0, exit 0. This range leaves a hand edit room and no such failure.
+T_RANGE = (1e-3, 1e3)
+
+
+def _temperature_in_range(t: float) -> float:
+    if not T_RANGE[0] <= t <= T_RANGE[1]:
+        raise ValueError(f"must be in [{T_RANGE[0]:g}, {T_RANGE[1]:g}] (optimize fits within "
+                         "[0.05, 20]; beyond the range the softmax over- or underflows)")
+    return t
+
+
+_Temperature = Annotated[float, Field(strict=True, gt=0, allow_inf_nan=False),
+                         AfterValidator(_temperature_in_range)]
 _Classes = Annotated[int, Field(strict=True, gt=0)]
 
 
 class CandidateWeight(BaseModel):
-    """One chosen candidate: its store id and its weight (other keys, e.g. name, are kept)."""
+    """One chosen candidate: its store id, its weight, its temperature and its display name.
 
-    model_config = ConfigDict(extra="allow")
+    No other key: optimize writes only these, so another is a hand edit's typo, and a
+    misspelt `temprature` would otherwise be dropped and the candidate read uncalibrated.
+    """
+
+    model_config = ConfigDict(extra="forbid")
 
     candidate_id: Annotated[StrictStr, Field(min_length=1)]
+    name: StrictStr | None = None  # `<backbone>-<id>`, for people; predict does not use it
     weight: _Weight
     # This candidate's own calibration, applied before weighting (`optimized` fits one per
     # candidate); absent: 1.0, none.
@@ -48,12 +71,23 @@ class EnsembleSpec(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
+    # First: a newer file is refused for its format, before fields it may shape otherwise.
+    # Absent: a hand-written file, read as this format.
+    format: Annotated[int, Field(strict=True)] = FORMAT
     candidates: Annotated[list[CandidateWeight], Field(min_length=1)]
     temperature: _Temperature = 1.0
     # Absent: not checked (a hand-written file); the None default is not validated, so an
     # explicit null is still refused.
     num_classes: _Classes = None  # type: ignore[assignment]
     method: str | None = None
+
+    @pydantic.field_validator("format")
+    @classmethod
+    def _known_format(cls, value: int) -> int:
+        if value != FORMAT:
+            raise ValueError(f"this version reads format {FORMAT}, not {value} (a file from "
+                             "another sketchtune version): run ensemble_search.optimize again")
+        return value
 
     @pydantic.field_validator("candidates")
     @classmethod

@@ -17,7 +17,7 @@ from .errors import first_line
 from .storage import is_uri, location
 
 __all__ = ["EPILOG", "OneLineParser", "add_debug_argument", "base_parser", "fail", "first_line",
-           "load_sweep_config", "resolve_arg", "run_cli", "setup_logging"]
+           "load_sweep_config", "location_arg", "resolve_arg", "run_cli", "setup_logging"]
 
 DEBUG_ENV = "SKETCHTUNE_DEBUG"  # =1 shows the traceback of an unexpected error, like --debug
 
@@ -63,7 +63,7 @@ def load_sweep_config(args: argparse.Namespace, *, must_exist: bool = False) -> 
     """The config with --set applied; --sweep DIR makes DIR the sweep folder (name = its name)."""
     cfg = load_config(args.config, args.set or None)
     if args.sweep:
-        d = location(args.sweep) if is_uri(args.sweep) else resolve_arg(args.sweep, "--sweep")
+        d = location_arg(args.sweep, "--sweep")
         if must_exist and not storage.is_dir(d):
             raise ConfigError(f"{d}: --sweep folder not found; run the sweep first")
         cfg = cfg.model_copy(update={"storage_path": d.parent, "name": d.name})
@@ -78,6 +78,18 @@ def resolve_arg(path: str | Path, option: str) -> Path:
     except (RuntimeError, OSError) as err:
         raise ConfigError(f"{path}: {option}: cannot resolve the path ({first_line(err)})") \
             from None
+
+
+def location_arg(value: str, option: str) -> storage.Location:
+    """A command-line folder or file that may be a storage URI: a URI as it is, a local path
+    made absolute. A ConfigError naming `option` for one that is neither (`s3://` without a
+    bucket, `gs:/x`, `file://relative/x`, an `ftp://` URI), which would otherwise be a
+    traceback or a local folder named `gs:`."""
+    try:
+        loc = location(value)
+    except ValueError as err:
+        raise ConfigError(f"{value}: {option}: {err}") from None
+    return loc if is_uri(loc) else resolve_arg(loc, option)
 
 
 def setup_logging(quiet: bool, prog: str) -> None:

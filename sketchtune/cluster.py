@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .allocator import MALLOC_ENV, MALLOC_SWITCH
-from .config import ConfigError, SweepConfig
+from .config import ConfigError, SweepConfig, address_problem
 from .errors import first_line
 from .storage import CLOUD_ENV
 
@@ -58,8 +58,12 @@ def check_address(cfg: SweepConfig) -> None:
         return
     if address == "auto":
         address = _auto_address(cfg)
+        # RAY_ADDRESS is read here, not with the config: the same check, naming it.
+        if problem := address_problem(address):
+            raise ConfigError(f"ray.address='auto' resolved to {address!r} (RAY_ADDRESS or "
+                              f"`ray start`'s record): {problem}")
     host, _, port = address.rpartition(":")
-    if not (host and port.isdigit() and "://" not in address):
+    if "://" in address:  # Ray Client (ray://): ray.init checks it
         return
     try:
         socket.create_connection((host, int(port)), timeout=5).close()

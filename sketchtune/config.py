@@ -502,7 +502,7 @@ class SearchConfig(Strict):
         "benchmarks/RESULTS-selection.md): its gains on one fold's predictions are a handful "
         "of images; it can only differ when more trials finish than the budget.",
     )
-    budget: int | None = Field(
+    budget: Int | None = Field(
         None, ge=1,
         description="How many configs `select: ensemble` sends to cv. None: as many as top_k "
         "would pick (`top_k_per_backbone` x the backbones the search tried), so both rules "
@@ -527,10 +527,32 @@ class ResourcesConfig(Strict):
     )
 
 
+def address_problem(address: str) -> str | None:
+    """Why `address` is not one Ray can join (`auto`, HOST:PORT, ray://HOST:PORT), or None.
+
+    Ray's own parser fails on the rest only at `ray.init`, after pre-flight, as a ValueError
+    ("Invalid address format: localhost") that is no user error of ours.
+    """
+    if address == "auto":
+        return None
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if (host and "/" not in host and not any(c.isspace() for c in address)
+            and port.isdigit() and 0 < int(port) < 65536):
+        return None
+    return ("expected null, 'auto' or HOST:PORT (e.g. 10.0.0.5:6379, the port "
+            "`ray start --head` printed)")
+
+
+def _ray_address(address: str | None) -> str | None:
+    if address is not None and (problem := address_problem(address)):
+        raise ValueError(problem)
+    return address
+
+
 class RayConfig(Strict):
     """How the sweep starts or joins Ray, and how Tune runs its trials."""
 
-    address: str | None = Field(
+    address: Annotated[str | None, AfterValidator(_ray_address)] = Field(
         None,
         description="null: a fresh local Ray of the sweep's own; `auto`: join the cluster "
         "`ray start --head` recorded on this machine (or `$RAY_ADDRESS`), refused when there "

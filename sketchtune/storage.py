@@ -15,14 +15,18 @@ which every location joined under it keeps.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
+import re
 import secrets
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["CLOUD_ENV", "URI", "Location", "StoreError", "atomic_write_bytes", "check_writable",
+__all__ = ["CLOUD_ENV", "SCHEMES", "URI", "Location", "StoreError", "atomic_write_bytes",
+           "check_writable",
            "delete", "is_dir", "is_file", "is_uri", "list_dir", "location", "open_input",
            "open_new_file", "read_bytes", "write_bytes"]
 
@@ -34,6 +38,15 @@ CLOUD_ENV = (
     "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE", "AWS_CA_BUNDLE",
     "GOOGLE_APPLICATION_CREDENTIALS", "AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_ACCOUNT_KEY",
 )
+
+
+# The schemes `pyarrow.fs.FileSystem.from_uri` opens besides `file:` (pyarrow 15-25). Any other
+# (`ftp://`, `http://`) would pass the config and fail at the first read with pyarrow's
+# "Unrecognized filesystem type": refused where the location is given instead.
+SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
+
+# `scheme:` at the start of a location: a URI, or a typo of one (`s3:/bucket`, `gs:bucket`).
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
 
 class StoreError(ValueError):
@@ -53,6 +66,9 @@ class URI:
         parts = urlsplit(str(text))
         if not (parts.scheme and parts.netloc):
             raise ValueError(f"{text!r} is not a storage URI (scheme://bucket/path)")
+        if parts.scheme.lower() not in SCHEMES:
+            raise ValueError(f"{text!r}: pyarrow.fs cannot open {parts.scheme!r} storage; use a "
+                             f"local folder or one of {', '.join(s + '://' for s in SCHEMES)}")
         self.scheme, self.netloc, self.query = parts.scheme, parts.netloc, parts.query
         self.key = parts.path.strip("/")
 
@@ -103,13 +119,30 @@ def is_uri(value: Any) -> bool:
 
 
 def location(value: str | os.PathLike[str] | URI) -> Location:
-    """`value` as a location: a URI for `scheme://...`, else a Path (`file://` is local)."""
+    """`value` as a location: a URI for `scheme://...`, else a Path (`file:///abs` is local).
+
+    ValueError for text that looks like a URI but is not one a user meant as a folder: a
+    scheme pyarrow cannot open (`ftp://h/x`), a URI missing a slash (`s3:/bucket` would be a
+    local folder named `s3:`), a `file:` URI with a host or a relative path (`file://rel/x`
+    is the absolute `/x` on host `rel`).
+    """
     if isinstance(value, (URI, Path)):
         return value
     text = os.fspath(value)
-    if text.startswith("file://"):
-        return Path(urlsplit(text).path)
-    return URI(text) if is_uri(text) else Path(text)
+    if text.startswith("file:"):
+        parts = urlsplit(text)
+        if parts.netloc not in ("", "localhost") or not parts.path.startswith("/"):
+            raise ValueError(f"{text!r}: a file: URI names an absolute local path "
+                             "(file:///abs/path); write a relative folder as the path itself")
+        return Path(parts.path)
+    if is_uri(text):
+        return URI(text)
+    m = _SCHEME.match(text)
+    if m and (m.group(1).lower() in SCHEMES or text[m.end():].startswith("/")):
+        raise ValueError(f"{text!r} looks like a storage URI without its '//' "
+                         f"({m.group(1)}://bucket/path); for a local folder of that name write "
+                         f"./{text}")
+    return Path(text)
 
 
 @functools.lru_cache(maxsize=16)
@@ -124,17 +157,37 @@ def _filesystem(scheme: str, netloc: str, query: str) -> tuple[Any, str]:
 
 
 def _resolve(uri: URI) -> tuple[Any, str]:
-    fs, root = _filesystem(uri.scheme, uri.netloc, uri.query)
+    try:
+        fs, root = _filesystem(uri.scheme, uri.netloc, uri.query)
+    # ArrowInvalid (a ValueError): an option pyarrow does not know in the query; OSError: the
+    # bucket's region could not be resolved (no network, no such bucket on AWS).
+    except (ValueError, OSError) as err:
+        raise StoreError(f"{uri}: pyarrow.fs cannot open it ({_why(err)}); check the URI, the "
+                         "network and the endpoint (AWS_ENDPOINT_URL)") from None
     root = root.rstrip("/")
     return fs, f"{root}/{uri.key}" if uri.key else root
 
 
 # ---------------------------------------------------------------------- reading
+@contextlib.contextmanager
+def _reading(loc: URI) -> Iterator[None]:
+    """A cloud read that fails (endpoint down, credentials refused) as one StoreError line
+    naming `loc`, not pyarrow's OSError naming only the bucket and key; FileNotFoundError
+    passes: readers treat a missing object as missing."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise
+    except OSError as err:
+        raise StoreError(f"{loc}: cannot read ({_why(err)}); check the bucket, the credentials "
+                         "(AWS_ACCESS_KEY_ID, ...) and the endpoint (AWS_ENDPOINT_URL)") from None
+
+
 def read_bytes(loc: Location) -> bytes:
     """The whole file; FileNotFoundError when it is not there (local and cloud alike)."""
     if isinstance(loc, Path):
         return loc.read_bytes()
-    with open_input(loc) as f:
+    with _reading(loc), open_input(loc) as f:
         return f.read()
 
 
@@ -145,9 +198,10 @@ def open_input(loc: Location) -> Any:
     fs, path = _resolve(loc)
     from pyarrow import fs as pafs
 
-    if fs.get_file_info(path).type != pafs.FileType.File:
-        raise FileNotFoundError(2, "No such file", str(loc))
-    return fs.open_input_file(path)
+    with _reading(loc):
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            raise FileNotFoundError(2, "No such file", str(loc))
+        return fs.open_input_file(path)
 
 
 def is_file(loc: Location) -> bool:
@@ -156,7 +210,8 @@ def is_file(loc: Location) -> bool:
     from pyarrow import fs as pafs
 
     fs, path = _resolve(loc)
-    return fs.get_file_info(path).type == pafs.FileType.File
+    with _reading(loc):
+        return fs.get_file_info(path).type == pafs.FileType.File
 
 
 def is_dir(loc: Location) -> bool:
@@ -166,7 +221,8 @@ def is_dir(loc: Location) -> bool:
     from pyarrow import fs as pafs
 
     fs, path = _resolve(loc)
-    return fs.get_file_info(path).type == pafs.FileType.Directory
+    with _reading(loc):
+        return fs.get_file_info(path).type == pafs.FileType.Directory
 
 
 def list_dir(loc: Location) -> dict[str, int | None]:
@@ -180,7 +236,9 @@ def list_dir(loc: Location) -> dict[str, int | None]:
     from pyarrow import fs as pafs
 
     fs, path = _resolve(loc)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    with _reading(loc):
+        infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True,
+                                                   recursive=False))
     return {PurePosixPath(i.path).name: None if i.type == pafs.FileType.Directory else i.size
             for i in infos}
 
@@ -276,6 +334,9 @@ def check_writable(loc: Location, field: str) -> None:
 
     try:
         fs, path = _resolve(loc)
+    except StoreError as err:
+        raise StoreError(f"{field}: {err}") from None
+    try:
         bucket = path.split("/", 1)[0]
         if loc.scheme in ("s3", "gs", "gcs") and \
                 fs.get_file_info(bucket).type == pafs.FileType.NotFound:

@@ -248,6 +248,30 @@ class PredictionStore:
         arrays = self._load(candidate_id, fold, ("val_keys", "val_targets", "val_probs",
                                                  "test_probs"), optional=("test_keys",),
                             record=record if isinstance(record, dict) else None)
+        for name in ("val_probs", "test_probs"):
+            if arrays[name].ndim != 2:
+                raise StoreError(f"{npz}: {name} has shape {arrays[name].shape}, not (rows, "
+                                 "classes): delete the fold and run the sweep again")
+        for name, kind in (("val_targets", np.integer), ("val_probs", np.floating),
+                           ("test_probs", np.floating)):
+            if not np.issubdtype(arrays[name].dtype, kind):
+                raise StoreError(f"{npz}: {name} holds {arrays[name].dtype}, not "
+                                 f"{kind.__name__}: delete the fold and run the sweep again")
+        if not len(arrays["val_keys"]) == len(arrays["val_targets"]) == len(arrays["val_probs"]):
+            raise StoreError(f"{npz}: {len(arrays['val_keys'])} val_keys, "
+                             f"{len(arrays['val_targets'])} val_targets and "
+                             f"{len(arrays['val_probs'])} val_probs rows disagree: delete the "
+                             "fold and run the sweep again")
+        # `predict --images` sizes the model's head from the manifest's class count, the
+        # ensemble reads the arrays': a manifest edited or mixed up with another fold's would
+        # build a head that does not fit the weights, or vouch for the wrong arrays.
+        c = manifest.get("num_classes")
+        if c is not None and (isinstance(c, bool) or c != arrays["val_probs"].shape[-1]
+                              or c != arrays["test_probs"].shape[-1]):
+            raise StoreError(f"{npz}: its manifest says num_classes={c!r} but val_probs has "
+                             f"{arrays['val_probs'].shape[-1]} and test_probs "
+                             f"{arrays['test_probs'].shape[-1]} classes: delete the fold and "
+                             "run the sweep again")
         test_keys = arrays.pop("test_keys", None)
         if test_keys is not None:
             if len(test_keys) != len(arrays["test_probs"]):

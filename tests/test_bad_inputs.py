@@ -422,6 +422,10 @@ def _opt_candidates_twice(s: Setup):
     return [f"--candidates={cid},{cid}"], s.sweep.store.candidates_dir
 
 
+def _opt_candidates_empty(s: Setup):
+    return ["--candidates=,,"], s.sweep.store.candidates_dir
+
+
 def _pred_test_csv_duplicate(respell: bool):
     def breaks(s: Setup):
         path = s.sweep.test_csv
@@ -432,6 +436,39 @@ def _pred_test_csv_duplicate(respell: bool):
         pd.concat([df, extra]).to_csv(path, index=False)
         return [], path
     return breaks
+
+
+def _uri_arg(option: str, value: str):
+    """`option value` where value is no storage URI and no folder a user meant (`gs:/x`)."""
+    def breaks(s: Setup):
+        return [option, value], Path(value)  # the line names the value as given
+    return breaks
+
+
+def _opt_manifest_num_classes(s: Setup):
+    sw = s.sweep
+    sw.store.update_manifest(sw.ids[1], 2, num_classes=7)
+    return [], sw.store.candidate_dir(sw.ids[1]) / "fold2.npz"
+
+
+def _opt_val_targets_text(s: Setup):
+    npz = s.sweep.store.candidate_dir(s.sweep.ids[0]) / "fold1.npz"
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["val_targets"] = arrays["val_targets"].astype(str)
+    np.savez(npz, **arrays)
+    return [], npz
+
+
+def _pred_fold_beyond_n_folds(s: Setup):
+    """A fold 3 of a 3-fold candidate (left by a sweep with more folds): predict would
+    average it in as a fourth fold model."""
+    sw = s.sweep
+    rows = np.flatnonzero(sw.folds == 0)
+    sw.store.write_fold(sw.ids[1], 3, val_keys=sw.keys[rows], val_targets=sw.targets[rows],
+                        val_probs=sw.probs[1][rows], test_keys=sw.test_keys,
+                        test_probs=sw.test_probs[1, 0], manifest={"n_folds": 3})
+    return [], sw.store.candidate_dir(sw.ids[1])
 
 
 LATIN1 = "class_name,image_path,target\ncaf\xe9,train/a.JPEG,0\n".encode("latin-1")
@@ -524,6 +561,20 @@ CASES = [
          ("candidates[0]", "epochz")),
     Case("sweep-corrupt-image", "sweep", _image_bytes(RANDOM), ("decoded",), subprocess=True),
     Case("sweep-set-bad-value", "sweep", _sets("search.num_samples=0"), ("num_samples",)),
+    # a URI without its '//' would be a local folder named "gs:" beside the config
+    Case("sweep-storage-uri-missing-slashes", "sweep", _sets("storage_path=gs:/bucket/sweeps"),
+         ("storage_path", "gs://bucket/path")),
+    Case("sweep-storage-unsupported-scheme", "sweep", _sets("storage_path=ftp://host/sweeps"),
+         ("storage_path", "pyarrow.fs cannot open 'ftp'")),
+    # Ray's own parser refused these only at ray.init, after pre-flight: exit 1
+    Case("sweep-ray-address-without-port", "sweep", _sets("ray.address=localhost"),
+         ("ray.address", "HOST:PORT", "'localhost'")),
+    Case("sweep-ray-address-bad-port", "sweep", _sets("ray.address=10.0.0.5:abc"),
+         ("ray.address", "HOST:PORT")),
+    Case("sweep-ray-address-trailing-space", "sweep", _sets("ray.address='auto '"),
+         ("ray.address", "'auto '")),
+    Case("sweep-budget-bool", "sweep", _sets("search.select=ensemble", "search.budget=true"),
+         ("search.budget", "integer")),
     # ---- ensemble_search.optimize
     Case("opt-missing-fold", "optimize", _opt_missing_fold, ("missing fold",), subprocess=True),
     Case("opt-nan-probs", "optimize", _opt_nan, ("nan",)),
@@ -543,7 +594,16 @@ CASES = [
     Case("opt-manifest-fold-edited", "optimize", _opt_manifest_fold_edited,
          ("manifest says fold=0",)),
     Case("opt-candidates-twice", "optimize", _opt_candidates_twice, ("twice",)),
+    Case("opt-candidates-empty", "optimize", _opt_candidates_empty, ("names no candidate",)),
     Case("opt-out-symlink-loop", "optimize", _loop_arg("--out"), ("--out", "symlink loop")),
+    Case("opt-storage-file-uri-with-host", "optimize",
+         _sets("storage_path=file://relative/sweeps"), ("storage_path", "absolute local path")),
+    Case("opt-sweep-uri-without-bucket", "optimize", _uri_arg("--sweep", "s3://"),
+         ("--sweep", "not a storage URI")),
+    Case("opt-manifest-num-classes", "optimize", _opt_manifest_num_classes,
+         ("num_classes=7", "4 classes")),
+    Case("opt-val-targets-text", "optimize", _opt_val_targets_text,
+         ("val_targets", "not integer")),
     # ---- ensemble_search.predict
     Case("pred-unknown-candidate", "predict", _ensemble_json(_spec_unknown_candidate),
          ("gone000000", "not in the store"), subprocess=True),
@@ -564,6 +624,16 @@ CASES = [
          ("--test-csv", "symlink loop")),
     Case("pred-images-symlink-loop", "predict", _loop_arg("--images"),
          ("--images", "symlink loop")),
+    Case("pred-out-uri-missing-slashes", "predict", _uri_arg("--out", "gs:/bucket/out"),
+         ("--out", "gs://bucket/path")),
+    Case("pred-ensemble-uri-without-bucket", "predict", _uri_arg("--ensemble", "s3://"),
+         ("--ensemble", "not a storage URI")),
+    Case("pred-ensemble-format-2", "predict", _ensemble_json(lambda d: {**d, "format": 2}),
+         ("format", "reads format 1, not 2")),
+    Case("pred-test-csv-header-only", "predict", _pred_test_csv_bytes(b"image_path\n"),
+         ("no rows",)),
+    Case("pred-fold-beyond-n-folds", "predict", _pred_fold_beyond_n_folds,
+         ("fold(s) [3] beyond",)),
 ]
 
 # What a case may leave behind (fnmatch patterns), with the reason; all else must be untouched.

@@ -357,6 +357,8 @@ def _spec_with(sw, **fields) -> dict:
     for key, value in fields.items():
         if key.startswith("w"):  # w0=...: the first candidate's weight
             spec["candidates"][int(key[1:])]["weight"] = value
+        elif key[0] == "t" and key[1:].isdigit():  # t0=...: its own temperature
+            spec["candidates"][int(key[1:])]["temperature"] = value
         else:
             spec[key] = value
     return spec
@@ -376,6 +378,15 @@ def _spec_with(sw, **fields) -> dict:
     ({"num_classes": 4.5}, "num_classes: Input should be a valid integer"),
     ({"num_classes": None}, "num_classes: Input should be a valid integer (got null)"),
     ({"candidates": []}, "candidates: List should have at least 1 item"),
+    # softmax(log p / T) overflows: every row NaN, a submission of class 0, exit 0
+    ({"temperature": 1e-300}, "temperature: must be in [0.001, 1000]"),
+    ({"temperature": 1e300}, "temperature: must be in [0.001, 1000]"),
+    ({"t1": 1e-300}, "candidates[1].temperature: must be in [0.001, 1000]"),
+    ({"t0": 0.0}, "candidates[0].temperature: Input should be greater than 0 (got 0.0)"),
+    # A newer sketchtune's file may mean something else by the same fields.
+    ({"format": 2}, "format: this version reads format 1, not 2"),
+    ({"format": "1"}, 'format: Input should be a valid integer (got "1")'),
+    ({"format": True}, "format: Input should be a valid integer (got true)"),
 ])
 def test_predict_ensemble_json_schema(tmp_path, capsys, fields, want):
     sw = make_sweep(tmp_path, skills=(1.0, 0.5))
@@ -385,6 +396,20 @@ def test_predict_ensemble_json_schema(tmp_path, capsys, fields, want):
     assert predict.main([str(sw.config), "--ensemble", str(path), "--out", str(out)]) == 2
     (line,) = _errors(capsys, "ensemble_search.predict")
     assert f"{path}: {want}" in line, line
+    assert not out.exists()
+
+
+def test_predict_ensemble_json_refuses_a_misspelt_candidate_key(tmp_path, capsys):
+    """A hand edit's `temprature: 2.0` was dropped: the candidate read uncalibrated, exit 0."""
+    sw = make_sweep(tmp_path, skills=(1.0, 0.5))
+    spec = _spec_with(sw)
+    spec["candidates"][1].update(name="test_resnet-c01abc", temprature=2.0)
+    path = tmp_path / "ensemble.json"
+    path.write_text(json.dumps(spec))
+    out = tmp_path / "out"
+    assert predict.main([str(sw.config), "--ensemble", str(path), "--out", str(out)]) == 2
+    (line,) = _errors(capsys, "ensemble_search.predict")
+    assert f"{path}: candidates[1].temprature: Extra inputs are not permitted" in line, line
     assert not out.exists()
 
 

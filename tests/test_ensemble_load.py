@@ -11,6 +11,7 @@ from ensemble_search.load import (
     load_fold_test_probs,
     load_oof,
     load_test_probs,
+    read_test_keys,
     read_train_rows,
 )
 from sketchtune.config import load_config
@@ -198,3 +199,21 @@ def test_load_oof_names_both_labels_when_stored_target_differs_from_train_csv(tm
             rf"predictions but {(sw.targets[5] + 2) % 4} in .*train\.csv")
     with pytest.raises(EnsembleError, match=want):
         load_oof(sw.store, _rows(sw))
+
+
+def test_load_test_probs_refuses_a_fold_beyond_the_manifests_n_folds(tmp_path):
+    """A stale fold 3 of a 3-fold candidate would be averaged in as a fourth fold model."""
+    sw = make_sweep(tmp_path, skills=(1.0,))
+    rows = np.flatnonzero(sw.folds == 0)
+    sw.store.write_fold(sw.ids[0], 3, val_keys=sw.keys[rows], val_targets=sw.targets[rows],
+                        val_probs=sw.probs[0][rows], test_keys=sw.test_keys,
+                        test_probs=sw.test_probs[0, 0], manifest={"n_folds": 3})
+    with pytest.raises(EnsembleError, match=r"c00abcdef has fold\(s\) \[3\] beyond its 3 folds"):
+        load_test_probs(sw.store, sw.ids, sw.test_keys)
+
+
+def test_read_test_keys_refuses_a_header_only_test_csv(tmp_path):
+    path = tmp_path / "test.csv"
+    path.write_text("image_path\n")
+    with pytest.raises(EnsembleError, match=f"{path}: no rows, only a header"):
+        read_test_keys(path)

@@ -154,6 +154,17 @@ def test_preflight_ray_auto_without_a_started_cluster(demo_dir, tmp_path, capsys
     assert_nothing_written(outputs)
 
 
+def test_preflight_ray_auto_resolved_to_a_malformed_address(demo_dir, tmp_path, capsys,
+                                                            monkeypatch):
+    """RAY_ADDRESS is read at pre-flight, not with the config: a malformed one ('localhost',
+    no port) was Ray's own ValueError at ray.init, exit 1."""
+    monkeypatch.setenv("RAY_ADDRESS", "localhost")
+    path, outputs = setup(demo_dir, tmp_path, **{"ray": {"address": "auto", "verbose": 0}})
+    line = refused(sweep_main, [str(path), "--quiet"], capsys)
+    assert "ray.address='auto' resolved to 'localhost'" in line and "HOST:PORT" in line, line
+    assert_nothing_written(outputs)
+
+
 def test_preflight_ray_auto_resolves_to_the_recorded_cluster(demo_dir, tmp_path, capsys,
                                                              monkeypatch):
     """`auto` names the cluster `ray start` recorded; a dead one is refused like an address."""

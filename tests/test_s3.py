@@ -79,6 +79,59 @@ def _fold(store: PredictionStore, cid: str = "c1", fold: int = 0, seed: int = 0)
     return arrays
 
 
+@pytest.mark.parametrize(("text", "want"), [
+    ("file:///tmp/x", Path("/tmp/x")), ("file://localhost/tmp/x", Path("/tmp/x")),
+    ("file:/tmp/x", Path("/tmp/x")), ("./s3:/b", Path("s3:/b")), ("my:dir", Path("my:dir")),
+    ("gs://bkt/a?x=1", URI("gs://bkt/a?x=1")), ("abfss://c/p", URI("abfss://c/p")),
+])
+def test_location_reads_uris_and_local_paths(text, want):
+    assert location(text) == want
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("s3://", "is not a storage URI"),  # no bucket
+    ("s3:/bucket/x", "without its '//'"),  # would be a local folder named "s3:"
+    ("gs:/x", "without its '//'"),
+    ("s3:bucket", "without its '//'"),
+    ("http:/host/x", "without its '//'"),
+    ("file://relative/x", "a file: URI names an absolute local path"),  # netloc dropped: /x
+    ("file:relative", "a file: URI names an absolute local path"),
+    ("ftp://host/x", "pyarrow.fs cannot open 'ftp' storage"),  # fails only at the first read
+])
+def test_location_refuses_what_is_neither_a_uri_nor_meant_as_a_folder(text, why):
+    with pytest.raises(ValueError, match=None) as err:
+        location(text)
+    assert why in str(err.value) and repr(text) in str(err.value)
+
+
+def test_storage_bad_uri_option_or_dead_endpoint_is_a_store_error_naming_the_uri():
+    bad = location("s3://bkt/x?no_such_option=1")
+    with pytest.raises(StoreError, match=r"s3://bkt/x\?no_such_option=1: pyarrow.fs cannot "
+                                         r"open it \(Unexpected query parameter"):
+        storage.is_dir(bad)
+    # Nothing listens on port 9 here: refused at once, but the AWS SDK retries for ~6 s, so
+    # one read stands for all (is_dir, is_file, list_dir and open_input share `_reading`).
+    dead = location("s3://bkt/x?endpoint_override=127.0.0.1:9&scheme=http")
+    with pytest.raises(StoreError, match=r"^s3://bkt/x\?endpoint_override=.*: cannot read "
+                                         r"\(.*NETWORK_CONNECTION"):
+        storage.read_bytes(dead)
+
+
+def test_storage_region_not_resolved_is_a_store_error_naming_the_uri(monkeypatch):
+    """Without an endpoint, pyarrow resolves an S3 bucket's region when it opens the filesystem;
+    offline that is an OSError naming only the bucket, which optimize showed as is."""
+    def offline(scheme, netloc, query):
+        raise OSError(f"When resolving region for bucket '{netloc}': AWS Error "
+                      "NETWORK_CONNECTION during HeadBucket operation")
+
+    monkeypatch.setattr(storage, "_filesystem", offline)
+    with pytest.raises(StoreError, match=r"^s3://bkt/sweeps/demo: pyarrow.fs cannot open it "
+                                         r"\(When resolving region"):
+        storage.is_dir(location("s3://bkt/sweeps/demo"))
+    with pytest.raises(StoreError, match=r"^storage_path: s3://bkt/sweeps: pyarrow.fs cannot"):
+        storage.check_writable(location("s3://bkt/sweeps"), "storage_path")
+
+
 def test_storage_uri_joins_and_names_like_a_path_keeping_its_options():
     u = URI("s3://bkt/sweeps/?endpoint_override=host:9000&scheme=http")
     child = u / "demo" / "candidates"

@@ -203,3 +203,36 @@ def test_store_refuses_a_fold_whose_manifest_names_another_candidate_or_fold(tmp
         store.read_fold("aaa", 0)
     assert str(a0 / "fold0.json") in str(err.value)
     assert store.read_fold("aaa", 1).manifest["fold"] == 1  # the untouched fold still reads
+
+
+@pytest.mark.parametrize(("edit", "want"), [
+    ({"val_probs": np.full(4, 0.5, dtype=np.float32)}, r"val_probs has shape \(4,\), not"),
+    ({"test_probs": np.full((2, 3, 1), 0.5, dtype=np.float32)},
+     r"test_probs has shape \(2, 3, 1\), not"),
+    ({"val_targets": np.array(["a", "b", "c", "d"])}, "val_targets holds <U1, not integer"),
+    ({"val_probs": np.array([["0.5"] * 3] * 4)}, "val_probs holds <U3, not floating"),
+    ({"val_keys": np.array(["only_one"])}, "1 val_keys, 4 val_targets and 4 val_probs rows"),
+])
+def test_store_refuses_arrays_of_the_wrong_shape_or_kind(tmp_path, edit, want):
+    """A fold file edited or written by something else: one StoreError naming it, not an
+    IndexError or a ValueError from int() deep in the ensemble code."""
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    npz = tmp_path / "candidates/abc/fold0.npz"
+    with np.load(npz) as z:
+        arrays = {k: z[k] for k in z.files}
+    np.savez(npz, **{**arrays, **edit})
+    with pytest.raises(StoreError, match=want) as err:
+        store.read_fold("abc", 0)
+    assert str(npz) in str(err.value)
+
+
+@pytest.mark.parametrize("value", [7, True, "3"])
+def test_store_refuses_a_manifest_whose_class_count_is_not_the_arrays(tmp_path, value):
+    """`predict --images` sizes the model's head from the manifest's num_classes."""
+    store = PredictionStore(tmp_path)
+    write(store, "abc", 0)
+    store.update_manifest("abc", 0, num_classes=value)
+    with pytest.raises(StoreError, match=f"its manifest says num_classes={value!r} but "
+                                         "val_probs has 3 and test_probs 3 classes"):
+        store.read_fold("abc", 0)
