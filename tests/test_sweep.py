@@ -100,7 +100,8 @@ def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
 
 
 def test_sweep_cv_skips_pairs_already_in_the_store(tiny_cfg):
-    cfg, _ = tiny_cfg(**{"data.n_folds": 2})
+    # One epoch: what is skipped does not depend on how long a fold trains.
+    cfg, _ = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 1})
     cid = candidate_id(cfg.train)
     run_trial(cfg, cfg.train, 0)  # fold 0 trained outside the sweep
     store = PredictionStore(cfg.sweep_dir)
@@ -130,7 +131,13 @@ def _manifests(sweep_dir: Path) -> dict[str, str]:
 
 
 def test_sweep_resumes_after_driver_sigkill(tiny_cfg):
-    cfg, path = tiny_cfg(**{"train.epochs": 3, "candidates": [{}, {"optim.lr": 1e-3}]})
+    """kill -9 of the sweep's driver mid-cv; the same command finishes the sweep without
+    training a finished fold again or duplicating an MLflow run, and ends with the predictions
+    of a sweep never interrupted."""
+    # Two candidates x three folds: six trials, the kill after three leaves some running and
+    # some not started (five folds proved nothing more and trained 24 more trials in all).
+    cfg, path = tiny_cfg(**{"train.epochs": 3, "data.n_folds": 3,
+                            "candidates": [{}, {"optim.lr": 1e-3}]})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "sketchtune.sweep", str(path), "--quiet"]
     proc = subprocess.Popen(cmd, env=env, cwd=path.parent, stdout=subprocess.DEVNULL,
@@ -142,13 +149,13 @@ def test_sweep_resumes_after_driver_sigkill(tiny_cfg):
     proc.send_signal(signal.SIGKILL)  # kill -9 of the driver: no chance to clean up
     proc.wait()
     before = _manifests(cfg.sweep_dir)
-    assert 3 <= len(before) < 10
+    assert 3 <= len(before) < 6
 
     done = subprocess.run(cmd, env=env, cwd=path.parent, capture_output=True, text=True,
                           timeout=400)
     assert done.returncode == 0, done.stderr[-2000:]
     after = _manifests(cfg.sweep_dir)
-    assert len(after) == 10
+    assert len(after) == 6
     # Folds finished before the kill were not trained again (their manifests only gain the
     # MLflow run id if the kill came between the fold and its logging).
     for name, text in before.items():
@@ -160,19 +167,21 @@ def test_sweep_resumes_after_driver_sigkill(tiny_cfg):
     _, runs = runs_of(cfg)
     cv = Counter((r.data.tags["candidate_id"], r.data.tags["fold"]) for r in runs
                  if r.data.tags.get("stage") == "cv")
-    assert len(cv) == 10 and set(cv.values()) == {1}, "an MLflow run was duplicated"
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert len(cv) == 6 and set(cv.values()) == {1}, "an MLflow run was duplicated"
+    assert all(r.info.status == "FINISHED" for r in runs), [
+        (r.info.run_name, r.info.status, dict(r.data.tags)) for r in runs
+        if r.info.status != "FINISHED"]
     assert len([r for r in runs if r.data.tags.get("sketchtune.role") == "sweep"]) == 1
 
     # The killed-and-resumed sweep ends with the same predictions as one never interrupted.
-    straight = subprocess.run(cmd + ["--set", "name=straight"], env=env, cwd=path.parent,
-                              capture_output=True, text=True, timeout=400)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    # That one runs in this process (the CLI path is what the two runs above proved): its
+    # trials train in Ray workers all the same, without a third driver's start-up.
+    run_sweep(cfg.model_copy(update={"name": "straight"}), quiet=True)
     resumed_store = PredictionStore(cfg.sweep_dir)
     straight_store = PredictionStore(cfg.storage_path / "straight")
     assert resumed_store.candidates() == straight_store.candidates()
     for cid in resumed_store.candidates():
-        for k in range(5):
+        for k in range(3):
             a, b = resumed_store.read_fold(cid, k), straight_store.read_fold(cid, k)
             assert a.val_keys.tolist() == b.val_keys.tolist()
             assert np.abs(a.val_probs - b.val_probs).max() < 1e-6
@@ -216,8 +225,8 @@ def test_sweep_joins_a_cluster_with_address_auto(tiny_cfg, monkeypatch):
     does), then the sweep with address auto finds it there and joins."""
     # The head advertises 3 CPUs on this 2-core machine and each trial asks for 3: only a
     # driver that joined that cluster can run them (a local Ray would have 2 and refuse).
-    cfg, path = tiny_cfg(**{"data.n_folds": 2, "ray": {"address": "auto", "verbose": 0},
-                            "resources": {"cpu": 3}})
+    cfg, path = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 1,
+                            "ray": {"address": "auto", "verbose": 0}, "resources": {"cpu": 3}})
     import ray
     from ray.cluster_utils import Cluster
 
