@@ -130,8 +130,7 @@ def trial_results(cfg: SweepConfig) -> list[dict]:
             except json.JSONDecodeError:  # the line being written
                 pass
     return out
-
-
+@pytest.mark.usefixtures("mlflow_db")
 def test_multinode_trials_run_on_several_nodes_recorded_in_store_and_mlflow(demo_dir, tmp_path,
                                                                            multinode):
     """Three folds, one slot per node: the trials spread over the nodes, and each fold's
@@ -169,8 +168,7 @@ def kill_driver_and_snapshot(proc: subprocess.Popen, cfg: SweepConfig, at_least:
     before = manifests(cfg)
     assert at_least <= len(before) < fewer_than, len(before)
     return before
-
-
+@pytest.mark.usefixtures("mlflow_db")
 def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(demo_dir, tmp_path,
                                                                            multinode):
     """The sweep's driver is killed with SIGKILL while trials run on the cluster's nodes; the
@@ -216,8 +214,7 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
             assert len(steps) == len(set(steps)) and set(steps) <= set(
                 range(1, before[key]["epochs_run"] + 1)), (key, steps)
             assert all(m.timestamp < killed_at_ms for m in history), key
-
-
+@pytest.mark.usefixtures("mlflow_db")
 def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo_dir, tmp_path,
                                                                           multinode):
     """A worker node is removed (its processes killed) once a trial on it has reported an

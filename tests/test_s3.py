@@ -270,6 +270,7 @@ def _manifests(store: PredictionStore) -> dict[str, str]:
             .decode() for cid in store.candidates() for k in store.folds(cid)}
 
 
+@pytest.mark.usefixtures("mlflow_db")
 @pytest.mark.slow
 def test_sweep_on_s3_resumes_after_driver_sigkill_then_optimize_and_predict(
         demo_dir, tmp_path, bucket, s3_endpoint):
