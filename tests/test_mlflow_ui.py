@@ -33,6 +33,8 @@ def _links(driver, prefix: str) -> list[str]:
 
     return [a.text.strip() for a in driver.find_elements(
         By.XPATH, f"//div[@role='gridcell']//a[starts-with(normalize-space(), '{prefix}')]")]
+
+
 @pytest.mark.usefixtures("mlflow_db")
 def test_mlflow_ui_shows_the_sweep_its_trials_and_val_acc(tiny_cfg, tmp_path):
     # Two fixed candidates x two folds, one epoch: four cv trials under one sweep run.

@@ -130,6 +130,8 @@ def trial_results(cfg: SweepConfig) -> list[dict]:
             except json.JSONDecodeError:  # the line being written
                 pass
     return out
+
+
 @pytest.mark.usefixtures("mlflow_db")
 def test_multinode_trials_run_on_several_nodes_recorded_in_store_and_mlflow(demo_dir, tmp_path,
                                                                            multinode):
@@ -168,6 +170,8 @@ def kill_driver_and_snapshot(proc: subprocess.Popen, cfg: SweepConfig, at_least:
     before = manifests(cfg)
     assert at_least <= len(before) < fewer_than, len(before)
     return before
+
+
 @pytest.mark.usefixtures("mlflow_db")
 def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(demo_dir, tmp_path,
                                                                            multinode):
@@ -214,6 +218,8 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
             assert len(steps) == len(set(steps)) and set(steps) <= set(
                 range(1, before[key]["epochs_run"] + 1)), (key, steps)
             assert all(m.timestamp < killed_at_ms for m in history), key
+
+
 @pytest.mark.usefixtures("mlflow_db")
 def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo_dir, tmp_path,
                                                                           multinode):

@@ -45,6 +45,8 @@ def runs_of(cfg):
 
 def train_keys(cfg) -> list[str]:
     return pd.read_csv(cfg.data.folds_csv)["image_path"].tolist()
+
+
 @pytest.mark.usefixtures("mlflow_db")
 def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
     cfg, path = tiny_cfg(**{
@@ -96,6 +98,8 @@ def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
     # One summary per backbone that the search tried (top-1 per backbone).
     backbones = {r.data.tags["backbone"] for r in trials if r.data.tags["stage"] == "search"}
     assert {s.data.tags["backbone"] for s in summaries} == backbones
+
+
 @pytest.mark.usefixtures("mlflow_db")
 def test_sweep_cv_skips_pairs_already_in_the_store(tiny_cfg):
     # One epoch: what is skipped does not depend on how long a fold trains.
@@ -126,6 +130,8 @@ def test_sweep_cv_skips_pairs_already_in_the_store(tiny_cfg):
 def _manifests(sweep_dir: Path) -> dict[str, str]:
     return {str(p.relative_to(sweep_dir)): p.read_text()
             for p in sorted((sweep_dir / "candidates").glob("*/fold*.json"))}
+
+
 @pytest.mark.usefixtures("mlflow_db")
 def test_sweep_resumes_after_driver_sigkill(tiny_cfg):
     """kill -9 of the sweep's driver mid-cv; the same command finishes the sweep without
@@ -215,6 +221,8 @@ def test_sweep_unreachable_tracking_server_fails_before_any_trial(tiny_cfg, caps
     err = capsys.readouterr().err
     assert "MLflow is not reachable" in err and "127.0.0.1:9" in err
     assert not cfg.sweep_dir.exists()
+
+
 @pytest.mark.usefixtures("mlflow_db")
 def test_sweep_joins_a_cluster_with_address_auto(tiny_cfg, monkeypatch):
     """The cluster path on one machine: a head node records its address (as `ray start --head`
