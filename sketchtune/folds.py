@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedKFold
 
 from . import storage
 from .data import DataError, check_class_sizes, normalise_image_path
@@ -53,6 +52,10 @@ def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42, *,
     keys = _keys(df["image_path"], str(source))
     check_class_sizes(df, n_splits, source)
     fold = np.full(len(df), -1, dtype=np.int64)
+    # Imported here: only the step that makes the folds needs scikit-learn. Every trial imports
+    # this module to read them, and sklearn (with scipy) is ~1 s of each worker's start.
+    from sklearn.model_selection import StratifiedKFold
+
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     for k, (_, val_idx) in enumerate(skf.split(df, df["target"])):
         fold[val_idx] = k

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -74,3 +75,27 @@ def tiny_cfg(demo_dir, tmp_path):
         return load_config(path), path
 
     return make
+
+
+@pytest.fixture(scope="session")
+def _mlflow_template(tmp_path_factory) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()  # creates it: the schema migrations
+    return db
+
+
+@pytest.fixture
+def mlflow_db(_mlflow_template, tmp_path) -> Path:
+    """`tmp_path/mlflow.db` (where tiny_config_dict tracks) as an empty MLflow store, copied
+    from one made once per session.
+
+    Creating a sqlite store runs MLflow's schema migrations, seconds each time; the end-to-end
+    sweeps that use this prove what they log, not that a store can be created. The first run
+    (no database yet) stays proven by the tests that do not use it (tests/test_tracking.py,
+    tests/test_callback.py, and the subprocess sweeps of tests/test_reliability.py).
+    """
+    db = tmp_path / "mlflow.db"
+    shutil.copyfile(_mlflow_template, db)
+    return db

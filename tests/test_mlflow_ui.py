@@ -35,6 +35,7 @@ def _links(driver, prefix: str) -> list[str]:
         By.XPATH, f"//div[@role='gridcell']//a[starts-with(normalize-space(), '{prefix}')]")]
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_mlflow_ui_shows_the_sweep_its_trials_and_val_acc(tiny_cfg, tmp_path):
     # Two fixed candidates x two folds, one epoch: four cv trials under one sweep run.
     cfg, _ = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 1,

@@ -132,6 +132,7 @@ def trial_results(cfg: SweepConfig) -> list[dict]:
     return out
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_multinode_trials_run_on_several_nodes_recorded_in_store_and_mlflow(demo_dir, tmp_path,
                                                                            multinode):
     """Three folds, one slot per node: the trials spread over the nodes, and each fold's
@@ -171,22 +172,25 @@ def kill_driver_and_snapshot(proc: subprocess.Popen, cfg: SweepConfig, at_least:
     return before
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(demo_dir, tmp_path,
                                                                            multinode):
     """The sweep's driver is killed with SIGKILL while trials run on the cluster's nodes; the
     same command joins the same cluster and finishes: the folds done before the kill are not
     trained again, no fold or MLflow run is duplicated, and the trials ran on several nodes."""
+    # Two candidates x two folds on three slots: the kill after two folds comes while the
+    # others still run or wait (three folds trained two more trials, each with its own actor).
     cfg, path = cluster_config(demo_dir, tmp_path, multinode, **{
-        "data.n_folds": 3, "train.epochs": 3, "candidates": [{}, {"optim.lr": 1e-3}]})
+        "data.n_folds": 2, "train.epochs": 3, "candidates": [{}, {"optim.lr": 1e-3}]})
     proc = subprocess.Popen(sweep_cmd(path), env=sweep_env(multinode), cwd=path.parent,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    before = kill_driver_and_snapshot(proc, cfg, 2, 6)
+    before = kill_driver_and_snapshot(proc, cfg, 2, 4)
     killed_at_ms = time.time() * 1000
 
     done = run_sweep_on(multinode, path)
     assert done.returncode == 0, done.stderr[-3000:]
     after = manifests(cfg)
-    assert len(after) == 6
+    assert len(after) == 4
     # Folds finished before the kill: the same manifest (training time, metrics, node); only
     # the MLflow run id may be added, when the kill came between the fold and its logging.
     for key, old in before.items():
@@ -216,6 +220,7 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
             assert all(m.timestamp < killed_at_ms for m in history), key
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo_dir, tmp_path,
                                                                           multinode):
     """A worker node is removed (its processes killed) once a trial on it has reported an

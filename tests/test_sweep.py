@@ -47,6 +47,7 @@ def train_keys(cfg) -> list[str]:
     return pd.read_csv(cfg.data.folds_csv)["image_path"].tolist()
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
     cfg, path = tiny_cfg(**{
         "data.n_folds": 2,
@@ -105,8 +106,10 @@ def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
     assert {s.data.tags["backbone"] for s in summaries} == backbones
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_sweep_cv_skips_pairs_already_in_the_store(tiny_cfg):
-    cfg, _ = tiny_cfg(**{"data.n_folds": 2})
+    # One epoch: what is skipped does not depend on how long a fold trains.
+    cfg, _ = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 1})
     cid = candidate_id(cfg.train)
     run_trial(cfg, cfg.train, 0)  # fold 0 trained outside the sweep
     store = PredictionStore(cfg.sweep_dir)
@@ -135,7 +138,15 @@ def _manifests(sweep_dir: Path) -> dict[str, str]:
             for p in sorted((sweep_dir / "candidates").glob("*/fold*.json"))}
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_sweep_resumes_after_driver_sigkill(tiny_cfg):
+    """kill -9 of the sweep's driver mid-cv; the same command finishes the sweep without
+    training a finished fold again or duplicating an MLflow run, and ends with the predictions
+    of a sweep never interrupted."""
+    # Two candidates x five folds. Three folds (six trials) left one MLflow run of a trial
+    # running at the kill RUNNING after the resume in 2 of 4 runs (a race of the resume; the
+    # assertion below names the run), five folds passed in the 3 runs seen: kept until that
+    # race is fixed.
     cfg, path = tiny_cfg(**{"train.epochs": 3, "candidates": [{}, {"optim.lr": 1e-3}]})
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "sketchtune.sweep", str(path), "--quiet"]
@@ -167,13 +178,15 @@ def test_sweep_resumes_after_driver_sigkill(tiny_cfg):
     cv = Counter((r.data.tags["candidate_id"], r.data.tags["fold"]) for r in runs
                  if r.data.tags.get("stage") == "cv")
     assert len(cv) == 10 and set(cv.values()) == {1}, "an MLflow run was duplicated"
-    assert all(r.info.status == "FINISHED" for r in runs)
+    assert all(r.info.status == "FINISHED" for r in runs), [
+        (r.info.run_name, r.info.status, dict(r.data.tags)) for r in runs
+        if r.info.status != "FINISHED"]
     assert len([r for r in runs if r.data.tags.get("sketchtune.role") == "sweep"]) == 1
 
     # The killed-and-resumed sweep ends with the same predictions as one never interrupted.
-    straight = subprocess.run(cmd + ["--set", "name=straight"], env=env, cwd=path.parent,
-                              capture_output=True, text=True, timeout=400)
-    assert straight.returncode == 0, straight.stderr[-2000:]
+    # That one runs in this process (the CLI path is what the two runs above proved): its
+    # trials train in Ray workers all the same, without a third driver's start-up.
+    run_sweep(cfg.model_copy(update={"name": "straight"}), quiet=True)
     resumed_store = PredictionStore(cfg.sweep_dir)
     straight_store = PredictionStore(cfg.storage_path / "straight")
     assert resumed_store.candidates() == straight_store.candidates()
@@ -217,13 +230,14 @@ def test_sweep_unreachable_tracking_server_fails_before_any_trial(tiny_cfg, caps
     assert not cfg.sweep_dir.exists()
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_sweep_joins_a_cluster_with_address_auto(tiny_cfg, monkeypatch):
     """The cluster path on one machine: a head node records its address (as `ray start --head`
     does), then the sweep with address auto finds it there and joins."""
     # The head advertises 3 CPUs on this 2-core machine and each trial asks for 3: only a
     # driver that joined that cluster can run them (a local Ray would have 2 and refuse).
-    cfg, path = tiny_cfg(**{"data.n_folds": 2, "ray": {"address": "auto", "verbose": 0},
-                            "resources": {"cpu": 3}})
+    cfg, path = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 1,
+                            "ray": {"address": "auto", "verbose": 0}, "resources": {"cpu": 3}})
     import ray
     from ray.cluster_utils import Cluster
 
