@@ -98,6 +98,12 @@ class _SweepLogger:
         self.tracker.submit("end a failed run", self._fail, trial_id, why, waiting)
 
     def on_experiment_end(self, trials, **info):
+        # A driver killed after Tune saved a trial as finished but before the writer ended its
+        # run leaves that run RUNNING, and the restored Tune never calls on_trial_complete for
+        # the trial again. So the stage's end closes every run still open whose trial is done.
+        done = [(t.trial_id, t.config, t.status) for t in trials
+                if getattr(t, "status", None) in ("TERMINATED", "ERROR")]
+        self.tracker.submit("close runs left open", self._close_open_runs, done)
         # The stage is over (or Tune stopped it on Ctrl-C): its records are in MLflow before
         # the next stage or the sweep's summary runs.
         self.tracker.flush()
@@ -153,6 +159,26 @@ class _SweepLogger:
         run_id = self._run_for(trial_id, config)
         if run_id is not None:
             self._log_complete(trial_id, config, run_id)
+
+    def _close_open_runs(self, done: list[tuple[str, dict[str, Any], str]]) -> None:
+        # Queued after every hook of this stage, so a run this driver ended is no longer open.
+        if not done:
+            return
+        found = self.tracker.safe("find open runs", self.tracker.open_runs,
+                                  **{"mlflow.parentRunId": self.parent,
+                                     "sketchtune.stage": self.stage})
+        open_run = {r.data.tags.get("ray_trial_id"): r.info.run_id for r in found or []}
+        for trial_id, config, status in done:
+            run_id = open_run.get(trial_id)
+            if run_id is None:
+                continue
+            if status == "TERMINATED":
+                self.runs[trial_id] = run_id
+                self._log_complete(trial_id, config, run_id)
+            else:
+                self.tracker.set_tags(run_id, {"error": "failed after every retry (its end "
+                                               "was not recorded before the driver stopped)"})
+                self.tracker.end(run_id, "FAILED")
 
     def _tag_node(self, run_id: str, row: dict[str, Any]) -> None:
         """Tag the run with the node its trial reports (`trainable.node_of_this_worker`), once

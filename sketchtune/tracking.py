@@ -173,6 +173,13 @@ class Tracker:
                                        order_by=["attributes.start_time DESC"], max_results=1)
         return runs[0] if runs else None
 
+    def open_runs(self, **tags: str) -> list[Any]:
+        """Every RUNNING run whose tags match `tags` (one search, paged by MLflow's client)."""
+        filt = " and ".join([*(f"tags.`{k}` = '{v}'" for k, v in tags.items()),
+                             "attributes.status = 'RUNNING'"])
+        return list(self.client.search_runs([self.experiment_id], filter_string=filt,
+                                            max_results=50_000))
+
     def get_or_create_run(self, name: str, tags: dict[str, str], key: dict[str, str],
                           reuse_failed: bool = False) -> tuple[str, bool]:
         """The run whose tags match `key`, unless it failed; else a new one. (run_id, created)."""

@@ -162,6 +162,31 @@ def test_callback_retry_results_never_land_in_the_failed_attempt_run(tmp_path, m
     tracker.close()
 
 
+def test_stage_end_closes_runs_a_killed_driver_left_open(tmp_path):
+    # The first driver started four runs and was killed before its writer ended them; Tune had
+    # saved t0 as finished and t1 as errored, so the restored stage never calls their hooks
+    # again. Its callback (a fresh one, as restored) closes them at the stage's end; t2 (still
+    # unfinished: Ctrl-C) stays open for the next resume, and t3 (ended) is left as it was.
+    from sketchtune.callback import MlflowSweepCallback
+
+    tracker, cb, trials = _setup(tmp_path, n_trials=4)
+    for t in trials:
+        cb.on_trial_start(0, trials, t)
+        cb.on_trial_result(1, trials, t, _result(1))
+    cb.on_trial_complete(1, trials, trials[3])
+    tracker.flush()
+    runs = dict(cb.runs)
+    for t, status in zip(trials, ["TERMINATED", "ERROR", "RUNNING", "TERMINATED"], strict=True):
+        t.status = status
+    restored = MlflowSweepCallback(tracker, cb.parent, "cv", cb.store, _describe)
+    restored.on_experiment_end(trials)
+    status = {t.trial_id: tracker.client.get_run(runs[t.trial_id]).info.status for t in trials}
+    assert status == {"t0": "FINISHED", "t1": "FAILED", "t2": "RUNNING", "t3": "FINISHED"}
+    assert tracker.client.get_run(runs["t0"]).data.tags["stopped_by_scheduler"] == "true"
+    assert not tracker.failures
+    tracker.close()
+
+
 def test_tracker_unpickles_to_this_process_live_tracker(tmp_path):
     """Tune pickles the callbacks into tuner.pkl and a resumed stage unpickles them: they must
     log through the sweep's own tracker (its queue and failure count)."""
