@@ -21,10 +21,17 @@ from threadpoolctl import threadpool_limits
 
 from sketchtune.config import EnsembleConfig
 
-from .correlation import error_correlation, error_overlap, prob_correlation
+from .correlation import corr_from_gram, error_correlation, error_overlap, fold_gram
 from .estimate import SubmissionEstimate
 from .load import OOFSet
-from .methods import EnsembleMethod, auto_methods, build_method, fit_view, reported_methods
+from .methods import (
+    METHODS,
+    EnsembleMethod,
+    auto_methods,
+    build_method,
+    fit_view,
+    reported_methods,
+)
 from .metrics import log_loss_from_true
 from .nested import HonestScore, honest_estimate
 from .oofview import OOFView, RowFacts
@@ -112,11 +119,8 @@ def compare_methods(oof: OOFSet, cfg: EnsembleConfig) -> Comparison:
 def _compare_methods(oof: OOFSet, cfg: EnsembleConfig) -> Comparison:
     t0 = time.perf_counter()
     probs, y = oof.probs, oof.targets
-    facts = RowFacts(probs, y).prepare()  # per-row facts, once for every method and fold
-    table, correct = candidate_table(oof, facts)
     names = reported_methods()
     factories = {name: partial(build_method, cfg, name) for name in names}
-    every_row = OOFView(probs, y, facts=facts)
 
     def fit_all(name: str) -> tuple[EnsembleMethod, tuple[np.ndarray, np.ndarray]]:
         method = fit_view(build_method(cfg, name), every_row)
@@ -126,10 +130,21 @@ def _compare_methods(oof: OOFSet, cfg: EnsembleConfig) -> Comparison:
     # are independent numpy work on shared read-only arrays: threads overlap them (numpy
     # releases the GIL on large arrays). The longest jobs go in first.
     with ThreadPoolExecutor(_workers()) as pool:
-        corr_job = pool.submit(prob_correlation, probs)  # the picture; no method needs it
-        full_jobs = {name: pool.submit(fit_all, name) for name in names}
+        # The picture needs no per-row facts: its two halves keep the threads busy while
+        # this one computes them. No method needs it.
+        half = probs.shape[1] // 2
+        corr_jobs = [pool.submit(fold_gram, part, np.zeros(part.shape[1], dtype=np.int64))
+                     for part in (probs[:, :half], probs[:, half:]) if part.shape[1]]
+        facts = RowFacts(probs, y).prepare()  # per-row facts, once for every method and fold
+        table, correct = candidate_table(oof, facts)
+        every_row = OOFView(probs, y, facts=facts)
+        # costliest first (EnsembleMethod.cost): nothing long is left for the end
+        full_jobs = {name: pool.submit(fit_all, name)
+                     for name in sorted(names, key=lambda n: -METHODS[n].cost)}
         honest = honest_estimate(probs, y, oof.folds, factories, facts, pool=pool)
-        corr = corr_job.result()
+        grams = [job.result() for job in corr_jobs]
+        corr = corr_from_gram(sum(g[0][0] for g in grams), sum(g[1][0] for g in grams),
+                              probs.shape[1] * probs.shape[2])  # = prob_correlation(probs)
         fitted = {name: job.result() for name, job in full_jobs.items()}
     results: dict[str, MethodResult] = {}
     for name in names:

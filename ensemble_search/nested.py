@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .methods import EnsembleMethod, fit_view
+from .methods import METHODS, EnsembleMethod, fit_view
 from .metrics import EPS
 from .oofview import OOFView, RowFacts
 
@@ -37,6 +37,11 @@ class HonestScore:
     fold_weights: list[np.ndarray] = field(default_factory=list)  # (M,) each
 
 
+def _cost(name: str) -> float:
+    cls = METHODS.get(name)
+    return float(getattr(cls, "cost", 1.0)) if cls is not None else 1.0
+
+
 def honest_estimate(
     probs: np.ndarray,
     targets: np.ndarray,
@@ -50,9 +55,9 @@ def honest_estimate(
     `methods` maps a name to a factory of fresh, unfitted methods. Each fits on a view of
     the other folds' rows (`OOFView`, no copy) and is scored on the held-out rows from the
     per-row facts; facts: `RowFacts(probs, targets)` if the caller has them already.
-    pool: run the folds on this executor's threads (numpy on large arrays releases the GIL);
-    each fold writes only its own rows and the scores are gathered in fold order, so the
-    result is the same as without one.
+    pool: run the (fold, method) fits on this executor's threads (numpy on large arrays
+    releases the GIL); each writes only its own rows and the scores are gathered in fold
+    order, so the result is the same as without one.
     """
     n = probs.shape[1]
     fold_ids = [int(k) for k in np.unique(folds)]
@@ -66,24 +71,35 @@ def honest_estimate(
     p_true = {name: np.empty(n) for name in methods}
     right = {name: np.empty(n, dtype=bool) for name in methods}
 
-    def one_fold(k: int) -> dict[str, tuple[float, float, np.ndarray]]:
-        train = np.flatnonzero(folds != k)
-        held = np.flatnonzero(folds == k)
-        fit_rows = OOFView(probs, targets, train, facts=facts)
-        held_rows = OOFView(probs, targets, held, facts=facts)
-        scores = {}
-        for name, make in methods.items():
-            method = fit_view(make(), fit_rows)
-            pt, ok = method.score_view(held_rows)
-            p_true[name][held], right[name][held] = pt, ok  # this fold's rows only
-            scores[name] = (float(-np.log(np.clip(pt, EPS, None)).mean()), float(ok.mean()),
-                            np.asarray(method.weights_, dtype=np.float64).copy())
-        _log.info("honest estimate: fold %d done (%d fit rows, %d held out)", k, len(train),
-                  len(held))
-        return scores
+    views = {k: (OOFView(probs, targets, np.flatnonzero(folds != k), facts=facts),
+                 OOFView(probs, targets, np.flatnonzero(folds == k), facts=facts))
+             for k in fold_ids}
 
-    per_fold = [one_fold(k) for k in fold_ids] if pool is None else \
-        list(pool.map(one_fold, fold_ids))
+    def one_job(k: int, name: str) -> tuple[float, float, np.ndarray]:
+        fit_rows, held_rows = views[k]
+        method = fit_view(methods[name](), fit_rows)
+        pt, ok = method.score_view(held_rows)
+        held = held_rows.rows
+        p_true[name][held], right[name][held] = pt, ok  # this fold's rows only
+        return (float(-np.log(np.clip(pt, EPS, None)).mean()), float(ok.mean()),
+                np.asarray(method.weights_, dtype=np.float64).copy())
+
+    # One job per (fold, method), not per fold: on a pool, small jobs leave no thread idle
+    # while another finishes a whole fold at the end. Each writes only its fold's rows of its
+    # method's arrays, and the scores are gathered in fold order, so the result is the same.
+    # Costliest methods first (`EnsembleMethod.cost`; a longest-first order leaves the short
+    # fits to fill the threads at the end).
+    order = sorted(methods, key=lambda name: -_cost(name))
+    jobs = [(k, name) for name in order for k in fold_ids]
+    done = [one_job(k, name) for k, name in jobs] if pool is None else \
+        [f.result() for f in [pool.submit(one_job, k, name) for k, name in jobs]]
+    per_fold: list[dict[str, tuple[float, float, np.ndarray]]] = [{} for _ in fold_ids]
+    for (k, name), score in zip(jobs, done, strict=True):
+        per_fold[fold_ids.index(k)][name] = score
+    per_fold = [{name: scores[name] for name in methods} for scores in per_fold]  # as given
+    for k in fold_ids:
+        _log.info("honest estimate: fold %d done (%d fit rows, %d held out)", k,
+                  views[k][0].n, views[k][1].n)
     out = {name: HonestScore(0.0, 0.0, folds=fold_ids) for name in methods}
     for scores in per_fold:  # in fold order, whatever order the threads finished in
         for name, (loss, acc, weights) in scores.items():

@@ -239,6 +239,14 @@ def test_weighted_probs_in_row_blocks_is_the_plain_sum_bit_for_bit(with_temps):
         assert np.array_equal(weighted_probs(probs, w, rows, temps), want)
 
 
+def test_compare_methods_correlation_is_prob_correlation_of_all_rows():
+    # compare_methods sums the Gram matrices of two row halves on two threads.
+    rng = np.random.default_rng(20)
+    probs, y = make_probs(rng, [1.0, 0.5, 1.5], 101, 6)
+    res = compare_methods(_oof_set(probs, y, np.arange(101) % 3), EnsembleConfig())
+    assert np.allclose(res.correlation, prob_correlation(probs), atol=1e-12)
+
+
 def test_spread_view_takes_every_kth_row_of_the_view():
     rng = np.random.default_rng(17)
     probs, y = make_probs(rng, [1.0, 0.5], 50, 3)
