@@ -25,10 +25,10 @@ from .correlation import corr_from_gram, error_correlation, error_overlap, fold_
 from .estimate import SubmissionEstimate
 from .load import OOFSet
 from .methods import (
-    METHODS,
     EnsembleMethod,
     auto_methods,
     build_method,
+    by_cost,
     fit_view,
     reported_methods,
 )
@@ -140,7 +140,7 @@ def _compare_methods(oof: OOFSet, cfg: EnsembleConfig) -> Comparison:
         every_row = OOFView(probs, y, facts=facts)
         # costliest first (EnsembleMethod.cost): nothing long is left for the end
         full_jobs = {name: pool.submit(fit_all, name)
-                     for name in sorted(names, key=lambda n: -METHODS[n].cost)}
+                     for name in by_cost(names)}
         honest = honest_estimate(probs, y, oof.folds, factories, facts, pool=pool)
         grams = [job.result() for job in corr_jobs]
         corr = corr_from_gram(sum(g[0][0] for g in grams), sum(g[1][0] for g in grams),

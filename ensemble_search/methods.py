@@ -46,6 +46,7 @@ __all__ = [
     "apply_temperature",
     "auto_methods",
     "build_method",
+    "by_cost",
     "fit_temperature",
     "fit_view",
     "reported_methods",
@@ -487,6 +488,12 @@ def unregister(name: str) -> None:
 def auto_methods() -> list[str]:
     """The methods `auto` chooses among, in tie-break order (registration: simpler first)."""
     return [name for name, cls in METHODS.items() if cls.in_auto]
+
+
+def by_cost(names: list[str]) -> list[str]:
+    """`names` with the costliest registered methods first (`EnsembleMethod.cost`; an
+    unregistered name counts as 1): the order in which to start their fits on threads."""
+    return sorted(names, key=lambda n: -getattr(METHODS.get(n), "cost", 1.0))
 
 
 def reported_methods() -> list[str]:

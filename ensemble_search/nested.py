@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .methods import METHODS, EnsembleMethod, fit_view
+from .methods import EnsembleMethod, by_cost, fit_view
 from .metrics import EPS
 from .oofview import OOFView, RowFacts
 
@@ -35,11 +35,6 @@ class HonestScore:
     fold_log_loss: list[float] = field(default_factory=list)
     fold_acc: list[float] = field(default_factory=list)
     fold_weights: list[np.ndarray] = field(default_factory=list)  # (M,) each
-
-
-def _cost(name: str) -> float:
-    cls = METHODS.get(name)
-    return float(getattr(cls, "cost", 1.0)) if cls is not None else 1.0
 
 
 def honest_estimate(
@@ -89,8 +84,7 @@ def honest_estimate(
     # method's arrays, and the scores are gathered in fold order, so the result is the same.
     # Costliest methods first (`EnsembleMethod.cost`; a longest-first order leaves the short
     # fits to fill the threads at the end).
-    order = sorted(methods, key=lambda name: -_cost(name))
-    jobs = [(k, name) for name in order for k in fold_ids]
+    jobs = [(k, name) for name in by_cost(list(methods)) for k in fold_ids]
     done = [one_job(k, name) for k, name in jobs] if pool is None else \
         [f.result() for f in [pool.submit(one_job, k, name) for k, name in jobs]]
     per_fold: list[dict[str, tuple[float, float, np.ndarray]]] = [{} for _ in fold_ids]
