@@ -7,7 +7,7 @@ generator as loader_speed.py) under benchmarks/_work/ (git-ignored), then times,
 files in the OS cache, best of --repeats passes over all images:
 
 * before: PIL header (size check) + cv2.imread, the read_image this change replaced;
-* now: sketchtune.data.read_image (read the bytes once, PIL header, the JPEG marker walk
+* now: sketchtune.tables.read_image (read the bytes once, PIL header, the JPEG marker walk
   that finds truncation, cv2.imdecode) and, separately, the marker walk alone;
 * PIL load: before + a full PIL decode with ImageFile.LOAD_TRUNCATED_IMAGES=False, the other
   way to detect truncation (it decodes every image twice).
@@ -32,7 +32,7 @@ from PIL import Image, ImageFile
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.loader_speed import make_images  # noqa: E402
-from sketchtune.data import _jpeg_complete, read_image  # noqa: E402
+from sketchtune.images import _jpeg_complete, read_image  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work" / "decode_check"
 

@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         a.m, a.n, a.c = 8, 2000, 100
     sys.path.insert(0, str(ROOT))
     from ensemble_search.comparison import compare_methods
+    from ensemble_search.config import EnsembleConfig
     from ensemble_search.load import OOFSet
     from ensemble_search.methods import GreedyEnsemble
-    from sketchtune.config import EnsembleConfig
 
     print(f"machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}; shape "
           f"M={a.m} N={a.n} C={a.c}; numpy {np.__version__}")

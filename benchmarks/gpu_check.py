@@ -140,8 +140,8 @@ def step_bound(args: argparse.Namespace) -> dict[str, Any]:
 def step_predict(args: argparse.Namespace) -> dict[str, Any]:
     from torch.utils.data import DataLoader
 
-    from sketchtune.data import SketchDataset
     from sketchtune.engine import predict
+    from sketchtune.images import SketchDataset
     from sketchtune.prepare import prepare_data
     from sketchtune.transforms import build_eval_transform
 

@@ -9,7 +9,7 @@ benchmarks/_work/ (git-ignored), then times the same training augmentation at im
 * reference: every epoch, each item is read with cv2.imread, converted to RGB and
   augmented at full size, then resized (the reference pipeline's way);
 * cache: the images are decoded and resized once into a memory-mapped .npy
-  (sketchtune.data.load_images; its build time is reported separately as the first
+  (sketchtune.tables.load_images; its build time is reported separately as the first
   epoch's extra cost), and every epoch augments the cached 224 px arrays.
 
 Both read files that the OS has cached after the first pass, so the difference is
@@ -33,8 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from sketchtune.cache import load_images  # noqa: E402
 from sketchtune.config import AugConfig  # noqa: E402
-from sketchtune.data import SketchDataset, load_images  # noqa: E402
+from sketchtune.images import SketchDataset
 from sketchtune.transforms import build_train_transform  # noqa: E402
 
 WORK = Path(__file__).resolve().parent / "_work" / "loader"

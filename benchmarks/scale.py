@@ -151,8 +151,8 @@ def trial_worker(spec: dict[str, Any]) -> None:
 
     from sketchtune.allocator import tune_malloc
     from sketchtune.config import load_config
-    from sketchtune.data import SketchDataset
     from sketchtune.engine import FitState, build_optimizer, predict, train_one_epoch
+    from sketchtune.images import SketchDataset
     from sketchtune.losses import build_loss
     from sketchtune.model import build_model
     from sketchtune.prepare import prepare_data
@@ -227,9 +227,9 @@ def trial_worker(spec: dict[str, Any]) -> None:
 
 
 def measure_cache(cfg: Any, decode_images: int) -> dict[str, Any]:
-    from sketchtune.cache import find_caches, match_config
-    from sketchtune.data import load_images, read_train_csv
+    from sketchtune.cache import find_caches, load_images, match_config
     from sketchtune.prepare import prepare_data
+    from sketchtune.tables import read_train_csv
 
     d, size = cfg.data, cfg.train.img_size
     train = read_train_csv(d.train_csv, d.image_root, check_images=False)
@@ -321,7 +321,7 @@ def reference_estimates(cfg: Any, classes: int = 500, batch: int = 32) -> list[d
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from sketchtune.plan import _search_backbones
+    from sketchtune.dryrun import _search_backbones
 
     size = cfg.train.img_size
     out = []

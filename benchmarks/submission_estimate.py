@@ -31,10 +31,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ensemble_search.estimate import _Pools, estimate_submission  # noqa: E402
-from ensemble_search.synthetic import make_synthetic  # noqa: E402
 from sketchtune.store import PredictionStore  # noqa: E402
+from tests.synthetic_probs import make_fold_probs  # noqa: E402
 
-# name -> make_synthetic arguments; sizes are the competition's (15,021 train rows,
+# name -> make_fold_probs arguments; sizes are the competition's (15,021 train rows,
 # 10,014 test rows, 500 classes) in the "real" rows and smaller elsewhere.
 REGIMES: dict[str, dict] = {
     "C20 M2 base": dict(classes=20, signal=4.0),
@@ -101,7 +101,7 @@ def synthetic_rows(seeds: int, smoke: bool) -> list[dict]:
         if smoke:
             args.update(n=min(args["n"], 1500), n_test=min(args["n_test"], 1000))
         for seed in range(100 * r, 100 * r + seeds):  # every row its own random stream
-            s = make_synthetic(seed=seed, **args)
+            s = make_fold_probs(seed=seed, **args)
             w = np.ones(s.oof_probs.shape[0])
             true, expected = s.submission_acc(w)
             out.append(_row(f"{name} (seed {seed})", true, s.oof_probs, s.targets, s.folds,
@@ -117,7 +117,7 @@ def sides_check(seed: int = 1) -> list[str]:
     for name, kw in REGIMES.items():
         if "real size" in name:
             continue
-        s = make_synthetic(seed=seed, **{**SMALL, **kw})
+        s = make_fold_probs(seed=seed, **{**SMALL, **kw})
         w = np.ones(s.oof_probs.shape[0]) / s.oof_probs.shape[0]
         pools = _Pools(np.einsum("m,mknc->knc", w.astype(np.float32), s.fold_test_probs))
         rows = np.arange(len(pools.sub_pred))

@@ -472,7 +472,8 @@ def run_search_once(cfg) -> dict[str, Any]:
     import ray
     from ray.tune import Callback
 
-    from sketchtune.planner import job_of, max_epochs
+    from sketchtune.config import max_epochs
+    from sketchtune.job import job_of
     from sketchtune.preflight import check_sweep
     from sketchtune.prepare import prepare_data
     from sketchtune.stages import run_search

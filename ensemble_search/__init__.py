@@ -5,9 +5,11 @@
 `.predict`. A new ensemble method is one `EnsembleMethod` subclass that sets `name`.
 """
 
+from sketchtune.errors import EnsembleError
+
 from .comparison import Comparison, compare_methods, ensemble_summary, flat_metrics
-from .correlation import error_overlap, prob_correlation
-from .load import EnsembleError, OOFSet, load_oof, load_test_probs, read_train_rows
+from .correlation import error_overlap
+from .load import OOFSet, load_oof, load_test_probs, read_train_rows
 from .methods import (
     METHODS,
     BestSingle,
@@ -17,7 +19,6 @@ from .methods import (
     OptimizedEnsemble,
     PrunedEnsemble,
     build_method,
-    unregister,
 )
 from .nested import HonestScore, honest_estimate
 
@@ -41,7 +42,5 @@ __all__ = [
     "honest_estimate",
     "load_oof",
     "load_test_probs",
-    "prob_correlation",
     "read_train_rows",
-    "unregister",
 ]

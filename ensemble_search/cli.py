@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable
 
 from sketchtune.cli import add_debug_argument, location_arg, run_cli, setup_logging
 from sketchtune.cli import base_parser as shared_parser
 from sketchtune.cli import load_sweep_config as shared_load
-from sketchtune.config import ConfigError, SweepConfig
-from sketchtune.storage import URI, Location
-from sketchtune.store import StoreError
+from sketchtune.config import SweepConfig
+from sketchtune.errors import EnsembleError
+from sketchtune.fs import URI, Location
 
-from .load import EnsembleError
 from .output import write_file_set, write_object_set
 
-__all__ = ["USER_ERRORS", "base_parser", "load_sweep_config", "run_main", "write_files"]
-
-# The errors a user can cause; each becomes one line on stderr and exit status 2. (Also
-# sketchtune.data.DataError and sketchtune.model.ModelError, from `predict --images`: they
-# live in modules that import torch, which the CLIs load only for --images; see _user_error.)
-USER_ERRORS = (ConfigError, StoreError, EnsembleError)
-_LAZY_USER_ERRORS = (("sketchtune.data", "DataError"), ("sketchtune.model", "ModelError"))
-
+__all__ = ["base_parser", "load_sweep_config", "run_main", "write_files"]
 
 def base_parser(prog: str, description: str) -> argparse.ArgumentParser:
     """The options every sketchtune CLI takes, plus --out and --debug."""
@@ -53,17 +44,6 @@ def write_files(folder: Location, files: dict[str, bytes]) -> list[Location]:
     return write_file_set(folder, files)
 
 
-def _user_error(err: Exception) -> EnsembleError | None:
-    """`err` as a one-line user error, or None when it is not one (a bug: the last resort)."""
-    if isinstance(err, OSError):  # a folder given as a file, a permission: the OS names it
-        return EnsembleError(f"{err.filename or ''}: {err.strerror or err}".lstrip(": "))
-    for module, name in _LAZY_USER_ERRORS:
-        cls = getattr(sys.modules.get(module), name, None)  # loaded only if it could be raised
-        if cls is not None and isinstance(err, cls):
-            return EnsembleError(str(err))
-    return None
-
-
 def run_main(prog: str, body: Callable[[argparse.Namespace], int],
              args: argparse.Namespace) -> int:
     """Run a CLI body under `sketchtune.cli.run_cli`: a user error (bad input, an unwritable
@@ -74,12 +54,8 @@ def run_main(prog: str, body: Callable[[argparse.Namespace], int],
     def guarded(a: argparse.Namespace) -> int:
         try:
             return body(a)
-        except USER_ERRORS:
-            raise
-        except Exception as err:
-            user = _user_error(err)
-            if user is None:
-                raise
-            raise user from None
+        except OSError as err:  # a folder given as a file, a permission: the OS names it
+            raise EnsembleError(f"{err.filename or ''}: {err.strerror or err}".lstrip(": ")) \
+                from None
 
-    return run_cli(prog, guarded, args, USER_ERRORS)
+    return run_cli(prog, guarded, args)

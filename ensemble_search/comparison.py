@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from threadpoolctl import threadpool_limits
 
-from sketchtune.config import EnsembleConfig
+from ensemble_search.config import EnsembleConfig
 
 from .correlation import corr_from_gram, error_correlation, error_overlap, fold_gram
 from .estimate import SubmissionEstimate

@@ -1,8 +1,8 @@
 """How alike two candidates are: correlation of OOF probabilities, and shared errors.
 
-* `prob_correlation`: Pearson correlation between two candidates' OOF probability
-  vectors, each flattened over every (row, class) pair: N * C values per candidate.
-  1 = the same probabilities up to scale and shift.
+* `fold_gram` + `corr_from_gram`: Pearson correlation between two candidates' OOF
+  probability vectors, each flattened over every (row, class) pair: N * C values per
+  candidate, per set of folds. 1 = the same probabilities up to scale and shift.
 * `error_overlap`: the fraction of train images that both candidates get wrong (argmax
   != target); the diagonal is each candidate's own error rate.
 * `error_correlation`: Pearson (phi) correlation of the two candidates' error indicators:
@@ -17,8 +17,7 @@ from __future__ import annotations
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-__all__ = ["corr_from_gram", "error_correlation", "error_overlap", "fold_gram",
-           "prob_correlation"]
+__all__ = ["corr_from_gram", "error_correlation", "error_overlap", "fold_gram"]
 
 # Rows per block of the Gram matrix: M * rows * C float32 values at a time (~2.5 MB at M=40,
 # C=500): the copy, the product and the sums of a block then run in cache (2.2x faster than
@@ -27,16 +26,6 @@ _ROWS = 32
 # Products of tiny softmax outputs underflow to subnormal floats, which slow float32 BLAS
 # ~15x. Values are raised to at least this before the product: it moves no correlation.
 _FLOOR = 1e-15
-
-
-def prob_correlation(probs: np.ndarray, rows: int = _ROWS) -> np.ndarray:
-    """probs: (M, N, C) -> (M, M) float64 Pearson correlation of the flattened probabilities.
-
-    One pass of blocked float32 matrix products summed in float64: no centred copy of the
-    (M, N, C) tensor is made. A constant candidate has correlation 0 with every other one.
-    """
-    gram, sums = fold_gram(probs, np.zeros(probs.shape[1], dtype=np.int64), rows)
-    return corr_from_gram(gram[0], sums[0], probs.shape[1] * probs.shape[2])
 
 
 def fold_gram(probs: np.ndarray, folds: np.ndarray,

@@ -11,7 +11,6 @@ predict needs) or fold by fold (`load_fold_test_probs`, for the submission estim
 
 from __future__ import annotations
 
-import io
 import logging
 import posixpath
 import zipfile
@@ -21,41 +20,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sketchtune import storage
+from sketchtune import fs
 from sketchtune.config import DataConfig
-from sketchtune.errors import first_line
-from sketchtune.storage import Location
+from sketchtune.errors import EnsembleError, show
+from sketchtune.folds import read_folds
 from sketchtune.store import PredictionStore
+from sketchtune.tables import read_csv, read_test_csv, read_train_csv
 
-__all__ = [
-    "EnsembleError",
-    "OOFSet",
-    "TrainRows",
-    "check_probs",
-    "display_name",
-    "load_fold_test_probs",
-    "load_oof",
-    "load_test_probs",
-    "read_test_keys",
-    "read_train_rows",
-    "show",
-]
+__all__ = ["OOFSet", "TrainRows", "check_probs", "display_name", "load_fold_test_probs",
+           "load_oof", "load_test_probs", "read_test_keys", "read_train_rows"]
 
 _log = logging.getLogger(__name__)
 
 # Stored probabilities are float32 softmax outputs: rows sum to 1 within ~1e-6.
 ROW_SUM_TOL = 1e-3
-
-
-class EnsembleError(ValueError):
-    """Bad input to the ensemble search; the message is one line naming the file."""
-
-
-def show(x: object) -> str:
-    """One value for a message: an int plainly (not np.int64(0)), text quoted (not np.str_)."""
-    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
-        return str(int(x))
-    return repr(str(x))
 
 
 def _shown(items: list | np.ndarray, n: int = 3) -> str:
@@ -94,66 +72,33 @@ class OOFSet:
         return int(self.probs.shape[2])
 
 
-def _read_csv(path: Location, need: tuple[str, ...]) -> pd.DataFrame:
-    try:
-        # utf-8-sig: a spreadsheet's byte-order mark. Read through storage: a path or a URI.
-        df = pd.read_csv(io.BytesIO(storage.read_bytes(path)), encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise EnsembleError(f"{path}: file not found") from None
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise EnsembleError(f"{path}: not a readable CSV ({first_line(err)})") from None
-    missing = [c for c in need if c not in df.columns]
-    if missing:
-        raise EnsembleError(f"{path}: missing column(s) {missing} (has {list(df.columns)})")
-    return df
-
-
-def _int_column(df: pd.DataFrame, col: str, path: Path) -> np.ndarray:
-    values = pd.to_numeric(df[col], errors="coerce")
-    bad = values.isna() | (values != values.round())
-    if bad.any():
-        raise EnsembleError(f"{path}: {col} must be an integer; {show(df[col][bad].iloc[0])} "
-                            f"in row {int(np.flatnonzero(bad)[0]) + 2}")
-    return values.to_numpy(np.int64)
-
-
-def _unique_keys(df: pd.DataFrame, path: Path) -> np.ndarray:
-    keys = df["image_path"].astype(str).to_numpy()
-    dup = pd.Index([image_key(k) for k in keys]).duplicated()
-    if dup.any():
-        raise EnsembleError(f"{path}: image_path {show(keys[dup][0])} appears more than once")
-    return keys
-
-
 def read_train_rows(data: DataConfig) -> TrainRows:
     """The train rows: the folds file's if it exists, else train.csv's; labels from train.csv.
 
-    train.csv is the truth the ensemble is scored against: a folds file whose rows or
-    labels differ from it (train.csv edited after the sweep) is refused, naming the first
-    differing image and both labels.
+    Both are read as the sweep reads them (`sketchtune.tables`, `sketchtune.folds`), so rows
+    are keyed by the same image_path spelling as the store. train.csv is the truth the
+    ensemble is scored against: a folds file whose rows or labels differ from it (train.csv
+    edited after the sweep) is refused, naming the first differing image and both labels.
     """
     train_csv = Path(data.train_csv)
-    train = _read_csv(train_csv, ("image_path", "target"))
-    train_keys = _unique_keys(train, train_csv)
-    train_targets = _int_column(train, "target", train_csv)
-    if data.folds_csv is None or not storage.is_file(data.folds_csv):
+    train = read_train_csv(train_csv, data.image_root, check_images=False)
+    train_keys, train_targets = train["image_path"].to_numpy(str), train["target"].to_numpy()
+    if data.folds_csv is None or not fs.is_file(data.folds_csv):
         return TrainRows(train_keys, train_targets, None, train_csv, train_csv)
     path = data.folds_csv
-    df = _read_csv(path, ("image_path", "target", "fold"))
-    keys = _unique_keys(df, path)
-    folds = _int_column(df, "fold", path)
-    labels = pd.Series(train_targets, index=[image_key(k) for k in train_keys])
-    norm = [image_key(k) for k in keys]
-    lost = sorted(set(labels.index) - set(norm))
-    extra = [k for k, n in zip(keys, norm, strict=True) if n not in labels.index]
+    df = read_folds(path)
+    keys, folds = df["image_path"].to_numpy(str), df["fold"].to_numpy(np.int64)
+    labels = pd.Series(train_targets, index=train_keys)
+    lost = sorted(set(labels.index) - set(keys))
+    extra = [k for k in keys if k not in labels.index]
     if lost or extra:
         first = (f"{show(lost[0])} is in {train_csv} but not in it" if lost
                  else f"{show(extra[0])} is in it but not in {train_csv}")
         raise EnsembleError(f"{path}: the folds file's rows are not train.csv's ({first}); "
                             "train.csv changed after the sweep: restore it, or run the sweep "
                             "again with a new data.folds_csv")
-    targets = labels.loc[norm].to_numpy(np.int64)
-    stored = _int_column(df, "target", path)
+    targets = labels.loc[keys].to_numpy(np.int64)
+    stored = df["target"].to_numpy(np.int64)
     if (bad := np.flatnonzero(stored != targets)).size:
         i = bad[0]
         raise EnsembleError(f"{train_csv}: image {show(keys[i])} has target {show(targets[i])} "
@@ -163,20 +108,14 @@ def read_train_rows(data: DataConfig) -> TrainRows:
     return TrainRows(keys, targets, folds, path, train_csv)
 
 
-def read_test_keys(test_csv: Path) -> np.ndarray:
-    """test.csv's image_path column, (n_test,) str, in file order; no image twice."""
-    keys = _read_csv(Path(test_csv), ("image_path",))["image_path"].astype(str).to_numpy()
-    if not len(keys):  # a header only: a submission of no rows is no submission (the sweep
-        # refuses it too, data.read_test_csv)
-        raise EnsembleError(f"{test_csv}: no rows, only a header; list the test images, one "
-                            "image_path a row")
-    # The sweep refuses a test image listed twice (data.read_test_csv); so does predict, not
-    # a submission with one image in two rows. Spellings are compared normalised (./a = a).
-    norm = pd.Series([posixpath.normpath(k) for k in keys])
-    if (dup := np.flatnonzero(norm.duplicated().to_numpy())).size:
-        raise EnsembleError(f"{test_csv}: duplicate image_path {keys[dup[0]]!r} (row "
-                            f"{dup[0] + 2}); list each test image once")
-    return keys
+def read_test_keys(test_csv: Path, image_root: Path | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """test.csv's image_path column as written and as keyed (`sketchtune.tables`, relative to
+    `image_root`, default its folder): two (n_test,) str arrays in file order; no image twice
+    and no header-only file (the sweep refuses both too)."""
+    raw = read_csv(test_csv, ["image_path"])["image_path"].to_numpy(str)
+    keys = read_test_csv(test_csv, image_root or Path(test_csv).parent, check_images=False)
+    return raw, keys["image_path"].to_numpy(str)
 
 
 def check_probs(p: np.ndarray, what: str) -> None:
@@ -227,8 +166,16 @@ def _complete_ids(store: PredictionStore, keys: np.ndarray,
             else ""
         raise EnsembleError(f"{store.candidates_dir}: no complete candidate{detail}; run the "
                             "sweep again to finish their folds (it resumes)")
-    for why in skipped.values():  # only now: with nothing complete, the error says it once
-        _log.warning("skipped: %s", why)
+    # Only now: with nothing complete, the error says it once. A search trial that cv did not
+    # pick has its search fold only, by design: one line for all of them, not a warning each.
+    searched = [c for c in skipped if len(folds := store.folds(c)) == 1
+                and store.read_manifest(c, folds[0]).get("stage") == "search"]
+    if searched:
+        _log.info("%d search trial(s) not sent to cv (one fold each): not ensemble candidates",
+                  len(searched))
+    for cid, why in skipped.items():
+        if cid not in searched:
+            _log.warning("skipped: %s", why)
     return complete, skipped
 
 

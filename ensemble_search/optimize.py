@@ -27,8 +27,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sketchtune import storage
-from sketchtune.store import PredictionStore, StoreError
+from sketchtune import fs
+from sketchtune.errors import DataError, EnsembleError, StoreError
+from sketchtune.store import PredictionStore
 
 from .cli import base_parser, load_sweep_config, out_dir, run_main, write_files
 from .comparison import (
@@ -38,15 +39,9 @@ from .comparison import (
     estimate_section,
     flat_metrics,
 )
+from .config import ensemble_config
 from .estimate import SubmissionEstimate, estimate_submission
-from .load import (
-    EnsembleError,
-    OOFSet,
-    load_fold_test_probs,
-    load_oof,
-    read_test_keys,
-    read_train_rows,
-)
+from .load import OOFSet, load_fold_test_probs, load_oof, read_test_keys, read_train_rows
 from .methods import METHODS, BestSingle, auto_methods
 from .metrics import calibrate
 from .plots import accuracy_bars_png, heatmap_png
@@ -78,7 +73,8 @@ def methods_table(res: Comparison) -> pd.DataFrame:
 
 
 def submission_estimate(store: PredictionStore, oof: OOFSet, res: Comparison,
-                        test_csv: Path, level: float = LEVEL) -> SubmissionEstimate:
+                        test_csv: Path, level: float = LEVEL,
+                        test_root: Path | None = None) -> SubmissionEstimate:
     """The chosen method's submission estimate; EnsembleError (or StoreError, OSError,
     MemoryError) when the fold models' test predictions for `test_csv` cannot be loaded.
 
@@ -89,7 +85,7 @@ def submission_estimate(store: PredictionStore, oof: OOFSet, res: Comparison,
     r = res.chosen
     fold_w = np.stack(r.honest.fold_weights)  # (K, M), fold order r.honest.folds = 0..K-1
     keep = np.flatnonzero((r.weights > 0) | (fold_w > 0).any(axis=0))
-    keys = read_test_keys(test_csv)
+    _, keys = read_test_keys(test_csv, test_root)
     fold_test = load_fold_test_probs(store, [oof.candidate_ids[j] for j in keep], keys,
                                      source=test_csv, n_folds=len(r.honest.folds))
     oof_probs = oof.probs[keep]
@@ -106,12 +102,12 @@ def submission_estimate(store: PredictionStore, oof: OOFSet, res: Comparison,
                                r.weights[keep], fold_weights=fold_w[:, keep], level=level)
 
 
-def _estimate_or_why(store: PredictionStore, oof: OOFSet, res: Comparison,
-                     test_csv: Path) -> tuple[SubmissionEstimate | None, dict]:
+def _estimate_or_why(store: PredictionStore, oof: OOFSet, res: Comparison, test_csv: Path,
+                     test_root: Path | None) -> tuple[SubmissionEstimate | None, dict]:
     """(estimate, its ensemble.json section); (None, section saying why) on a load failure."""
     try:
-        est = submission_estimate(store, oof, res, test_csv)
-    except (EnsembleError, StoreError, OSError, MemoryError) as err:
+        est = submission_estimate(store, oof, res, test_csv, test_root=test_root)
+    except (EnsembleError, DataError, StoreError, OSError, MemoryError) as err:
         why = str(err) if not isinstance(err, MemoryError) else \
             "not enough memory for every fold model's test probabilities"
         _log.warning("no submission estimate (ensemble.json gets nulls; the weights are "
@@ -166,8 +162,9 @@ def render_outputs(res: Comparison, summary: dict, names: list[str],
 
 def _body(args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args)
+    e = ensemble_config(cfg, str(args.config) + (" (with --set overrides)" if args.set else ""))
     store = PredictionStore(cfg.sweep_dir)
-    if not storage.is_dir(store.candidates_dir):
+    if not fs.is_dir(store.candidates_dir):
         raise EnsembleError(f"{store.candidates_dir}: no prediction store (has the sweep run?)")
     rows = read_train_rows(cfg.data)
     wanted = [c.strip() for c in args.candidates.split(",") if c.strip()] \
@@ -180,9 +177,10 @@ def _body(args: argparse.Namespace) -> int:
         twice = next(c for c in wanted if wanted.count(c) > 1)
         raise EnsembleError(f"{store.candidates_dir}: --candidates lists {twice} twice")
     oof = load_oof(store, rows, wanted)
-    res = compare_methods(oof, cfg.ensemble)
-    est, est_info = _estimate_or_why(store, oof, res, Path(cfg.data.test_csv))
-    summary = ensemble_summary(res, oof, cfg.ensemble, est, est_info)
+    res = compare_methods(oof, e)
+    est, est_info = _estimate_or_why(store, oof, res, Path(cfg.data.test_csv),
+                                     cfg.data.test_image_root)
+    summary = ensemble_summary(res, oof, e, est, est_info)
     summary.update(sweep=cfg.name, sweep_dir=str(cfg.sweep_dir), rows_from=str(rows.source))
     files = render_outputs(res, summary, oof.names, est)
     folder = out_dir(args, cfg)
@@ -190,7 +188,6 @@ def _body(args: argparse.Namespace) -> int:
 
     from .tracking import log_run  # MLflow is imported by the CLIs only
 
-    e = cfg.ensemble
     params = {"method": res.method, "requested_method": e.method, "metric": e.metric,
               "greedy_iterations": e.greedy_iterations, "greedy_sorted_init": e.greedy_sorted_init,
               "greedy_bagging": e.greedy_bagging, "temperature": e.temperature,

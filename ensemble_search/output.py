@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import secrets
 import shutil
@@ -27,28 +28,16 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-from sketchtune import storage
-from sketchtune.storage import URI
-from sketchtune.store import StoreError, open_new_file
+from sketchtune import fs
+from sketchtune.errors import StoreError
+from sketchtune.fs import URI
 
 __all__ = ["write_file_set", "write_object_set"]
 
+_log = logging.getLogger(__name__)
+
 # The file of each set that readers look for: written last.
 MARKERS = ("ensemble.json", "submission.csv")
-
-
-def _write_file(folder: Path, name: str, data: bytes) -> None:
-    """`folder/name` := data, fsynced, with the umask's mode (the stage is new: no rename)."""
-    fd, tmp = open_new_file(folder, f".{name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, folder / name)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:
@@ -125,7 +114,7 @@ def write_file_set(target: Path, files: dict[str, bytes]) -> list[Path]:
             for entry in keep:
                 _link_or_copy(entry, stage / entry.name)
             for name, data in files.items():
-                _write_file(stage, name, data)
+                fs.replace_file(stage / name, data)  # fsynced, the umask's mode
             _swap(stage, target)
             stage = None
     except OSError as err:
@@ -156,6 +145,9 @@ def _swap(stage: Path, target: Path) -> None:
         os.rename(old, target)  # put the previous set back
         raise
     shutil.rmtree(old, ignore_errors=True)
+    if old.exists():  # a file in it the user cannot delete: say so, do not leave it hidden
+        _log.warning("%s: the previous output set could not be removed; delete it by hand",
+                     old)
 
 
 def write_object_set(target: URI, files: dict[str, bytes]) -> list[URI]:
@@ -163,5 +155,5 @@ def write_object_set(target: URI, files: dict[str, bytes]) -> list[URI]:
     marker (`MARKERS`) last. StoreError naming the object that could not be written."""
     order = sorted(files, key=lambda name: name in MARKERS)  # stable: markers at the end
     for name in order:
-        storage.write_bytes(target / name, files[name])
+        fs.write_bytes(target / name, files[name])
     return [target / name for name in files]

@@ -22,10 +22,11 @@ import pandas as pd
 
 from sketchtune.cli import location_arg, resolve_arg
 from sketchtune.config import SweepConfig
+from sketchtune.errors import EnsembleError
 from sketchtune.store import PredictionStore
 
 from .cli import base_parser, load_sweep_config, out_dir, run_main, write_files
-from .load import EnsembleError, check_probs, load_test_probs, read_test_keys
+from .load import check_probs, load_test_probs, read_test_keys
 from .methods import apply_temperature
 from .metrics import weighted_probs
 from .spec import EnsembleSpec, read_ensemble
@@ -76,7 +77,7 @@ def _body(args: argparse.Namespace) -> int:
     if args.images:
         csv = resolve_arg(args.images, "--images")
         root = resolve_arg(args.image_root, "--image-root") if args.image_root else csv.parent
-        keys = read_test_keys(csv)
+        raw, _ = read_test_keys(csv, root)
         probs = _images_probs(cfg, ids, csv, root)
         stem = f"predictions_{csv.stem}"
     else:
@@ -85,20 +86,20 @@ def _body(args: argparse.Namespace) -> int:
                                 "predictions need no images)")
         csv = (resolve_arg(args.test_csv, "--test-csv") if args.test_csv
                else Path(cfg.data.test_csv))
-        keys = read_test_keys(csv)
+        raw, keys = read_test_keys(csv, cfg.data.test_image_root)
         # Matched by image_path: a reordered or edited test.csv gets each image's own row.
         probs = load_test_probs(store, ids, keys, source=csv)
         n_stored = store.read_manifest(ids[0], store.folds(ids[0])[0]).get("n_test")
-        if isinstance(n_stored, int) and len(keys) < n_stored:
+        if isinstance(n_stored, int) and len(raw) < n_stored:
             _log.warning("%s has %d rows, the sweep predicted %d test images: the submission "
-                         "has %s's rows only", csv, len(keys), n_stored, csv.name)
+                         "has %s's rows only", csv, len(raw), n_stored, csv.name)
         stem = "submission"
     c = spec.num_classes
     if c is not None and probs.shape[2] != c:
         raise EnsembleError(f"{path}: num_classes: {c}, but the stored predictions have "
                             f"{probs.shape[2]} classes")
     ens = ensemble_predict(probs, spec)
-    sub = pd.DataFrame({"ID": np.arange(len(keys)), "image_path": keys,
+    sub = pd.DataFrame({"ID": np.arange(len(raw)), "image_path": raw,
                         "target": ens.argmax(axis=1)})
     npy = io.BytesIO()
     np.save(npy, ens)

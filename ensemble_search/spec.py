@@ -10,10 +10,9 @@ import numpy as np
 import pydantic
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictStr
 
-from sketchtune import storage
-from sketchtune.storage import Location
-
-from .load import EnsembleError
+from sketchtune import fs
+from sketchtune.errors import EnsembleError
+from sketchtune.fs import Location
 
 __all__ = ["FORMAT", "CandidateWeight", "EnsembleSpec", "read_ensemble"]
 
@@ -128,9 +127,9 @@ def _where(loc: tuple[Any, ...]) -> str:
 
 def read_ensemble(path: Location | str) -> EnsembleSpec:
     """ensemble.json, validated; EnsembleError naming the file and the first bad field."""
-    path = storage.location(path)
+    path = fs.location(path)
     try:
-        raw = json.loads(storage.read_bytes(path).decode("utf-8"))
+        raw = json.loads(fs.read_bytes(path).decode("utf-8"))
     except FileNotFoundError:
         raise EnsembleError(f"{path}: ensemble file not found (run ensemble_search.optimize)") \
             from None

@@ -11,9 +11,9 @@ import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
-from sketchtune import storage
+from sketchtune import fs
 from sketchtune.errors import first_line
-from sketchtune.storage import URI
+from sketchtune.fs import URI
 from sketchtune.tracking import Tracker, check_tracking
 
 __all__ = ["log_run"]
@@ -42,7 +42,7 @@ def log_run(
         for path in artifacts:
             if isinstance(path, URI):  # MLflow logs local files: a cloud one is fetched first
                 local = Path(tmp) / path.name
-                local.write_bytes(storage.read_bytes(path))
+                local.write_bytes(fs.read_bytes(path))
                 path = local
             tracker.log_artifact(run_id, Path(path))
     ok = not tracker.failures

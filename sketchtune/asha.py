@@ -19,7 +19,7 @@ from typing import Any
 
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 
-from .trainable import LAST_EPOCH
+from .job import LAST_EPOCH
 
 __all__ = ["FinishingASHA"]
 

@@ -1,20 +1,156 @@
-"""Decoded-image caches on disk: `python -m sketchtune.cache list|remove [CONFIG]`."""
+"""The decoded-image cache: one memory-mapped file per image list and size, shared by every
+trial and epoch; and `python -m sketchtune.cache list|remove [CONFIG]`, which manages them."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import hashlib
+import json
+import logging
 import os
 import re
 import sys
 import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from .cli import OneLineParser, add_debug_argument, run_cli
-from .config import ConfigError, SweepConfig, load_config
-from .data import DataError, _cache_key, read_cache_info, read_test_csv, read_train_csv
+import cv2
+import numpy as np
+from tqdm.auto import tqdm
 
-__all__ = ["CacheFile", "find_caches", "main", "mapped_by", "match_config", "parse_age"]
+from .cli import OneLineParser, add_debug_argument, run_cli, size_text
+from .config import SweepConfig, load_config
+from .errors import ConfigError, DataError
+from .images import open_cache, opencv_quiet, read_image, resize_square
+from .tables import first_of, read_test_csv, read_train_csv
+
+__all__ = ["CacheFile", "cache_key", "find_caches", "load_images", "main", "mapped_by",
+           "match_config", "parse_age", "read_cache_info"]
+
+_log = logging.getLogger(__name__)
+
+# Bump when decoding or resizing changes, so old caches are not reused.
+# 2: truncated JPEGs are refused (a version-1 cache may hold their grey rows) and JPEG is
+#    recognised by content, not by the file's suffix.
+_CACHE_VERSION = 2
+
+
+def cache_key(paths: list[Path], img_size: int) -> str:
+    """The cache's name: a hash of the version, the size, and each image's path, size, mtime."""
+    h = hashlib.sha1(json.dumps({"v": _CACHE_VERSION, "size": img_size}).encode())
+    missing = []
+    for p in paths:
+        try:
+            st = p.stat()
+            h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        except OSError:
+            missing.append(p)
+    if missing:
+        raise DataError(f"images not found: {first_of(missing)}")
+    return h.hexdigest()[:16]
+
+
+CACHE_INFO_XATTR = "user.sketchtune.cache"  # what a cache holds, read by `sketchtune.cache list`
+
+
+def read_cache_info(cache: Path) -> dict[str, Any] | None:
+    """What a cache was made from (img_size, n_images, image_folder, built); None if unknown."""
+    try:
+        info = json.loads(os.getxattr(cache, CACHE_INFO_XATTR))
+    except (OSError, ValueError, AttributeError):  # no xattr support, none set, not JSON
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def _write_cache_info(path: Path, paths: list[Path], img_size: int) -> None:
+    # A file attribute, not a second file: the cache stays one file that appears whole
+    # (it is set on the temporary file before the rename). Informative only: a file system
+    # without user xattrs loses nothing but `sketchtune.cache list`'s folder column.
+    info = {"img_size": img_size, "n_images": len(paths), "built": time.strftime("%FT%T%z"),
+            "image_folder": os.path.commonpath([str(p.parent) for p in paths])}
+    with contextlib.suppress(OSError, AttributeError):
+        os.setxattr(path, CACHE_INFO_XATTR, json.dumps(info).encode())
+
+
+def _mark_used(final: Path) -> None:
+    # The access time says when a cache was last used (`sketchtune.cache remove --older-than`);
+    # relatime mounts update it at most daily, so set it on each hit. mtime stays the build's.
+    with contextlib.suppress(OSError):  # a read-only cache folder is fine
+        os.utime(final, ns=(time.time_ns(), final.stat().st_mtime_ns))  # mtime exact
+
+
+def load_images(
+    paths: list[Path], img_size: int, cache_dir: Path, *, progress: bool = True,
+    workers: int | None = None,
+) -> np.ndarray:
+    """Decoded, square-resized images -> (N, img_size, img_size, 3) uint8 RGB, memory-mapped.
+
+    The cache file under `cache_dir` is keyed by the resolved paths, their sizes and
+    mtimes, and img_size: every epoch and every trial on the machine reuses it, and a
+    changed image makes a new one. It is written to a per-process temporary name and
+    renamed, so concurrent builders never see each other's half-written file. A file that
+    cannot be decoded raises DataError listing the first few and the count.
+    """
+    if not paths:
+        return np.zeros((0, img_size, img_size, 3), np.uint8)
+    paths = [Path(p).resolve() for p in paths]
+    cache_dir = Path(cache_dir)
+    final = cache_dir / f"images_{len(paths)}x{img_size}_{cache_key(paths, img_size)}.npy"
+    if final.is_file():
+        try:
+            arr = open_cache(final)
+            if arr.shape == (len(paths), img_size, img_size, 3) and arr.dtype == np.uint8:
+                _log.debug("image cache hit: %s", final)
+                _mark_used(final)
+                return arr
+        except (OSError, ValueError):
+            pass
+        _log.warning("image cache %s is unreadable; rebuilding it", final)
+    made_dir = not cache_dir.is_dir()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".{final.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    bad: list[str] = []
+    try:
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8,
+                                        shape=(len(paths), img_size, img_size, 3))
+
+        def work(i: int) -> None:
+            try:
+                out[i] = resize_square(read_image(paths[i]), img_size)
+            except DataError as err:
+                bad.append(f"{paths[i]} ({str(err).removeprefix(f'{paths[i]}: ')})")
+            except cv2.error:
+                bad.append(f"{paths[i]} (cannot be decoded as an image)")
+
+        # cv2 releases the GIL while decoding and resizing, so threads scale across cores:
+        # one per core this process may use (a 16-core GPU box decodes on 16, not 8).
+        n = workers or len(os.sched_getaffinity(0)) or 1
+        with opencv_quiet(), ThreadPoolExecutor(n) as pool:
+            it = pool.map(work, range(len(paths)))
+            for _ in tqdm(it, total=len(paths), desc=f"decoding {img_size}px", unit="img",
+                          disable=not progress, leave=False):
+                pass
+        if bad:
+            raise DataError(f"images that cannot be used: {first_of(sorted(bad))}; replace or "
+                            "drop them")
+        out.flush()
+        _write_cache_info(tmp, paths, img_size)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+        if made_dir and not final.is_file():
+            with contextlib.suppress(OSError):  # a failed first build leaves no empty folder
+                cache_dir.rmdir()  # (only if empty: a concurrent builder may be using it)
+    _log.info("image cache built: %s (%.1f MB)", final, final.stat().st_size / 1e6)
+    return open_cache(final)
+
+
+# ---------------------------------------------------------------- the cache files, found
+
 
 # The names load_images gives its files: images_<N>x<S>_<key>.npy, and while it builds one,
 # .images_<N>x<S>_<key>.npy.<pid>.<random>.tmp (renamed to the final name when complete).
@@ -47,40 +183,25 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's process: alive
-        return True
-    return True
+    return True  # PermissionError included: another user's process is alive
 
 
 def find_caches(cache_dir: Path) -> list[CacheFile]:
     """The cache files in `cache_dir` (none when it does not exist), by image size then name."""
     out: list[CacheFile] = []
-    if not Path(cache_dir).is_dir():
-        return out
-    for p in sorted(Path(cache_dir).iterdir()):
+    for p in sorted(Path(cache_dir).iterdir()) if Path(cache_dir).is_dir() else []:
         m, t = _FINAL.fullmatch(p.name), _TMP.fullmatch(p.name)
-        if not (m or t) or not p.is_file():
-            continue
-        try:
-            st = p.stat()
-        except OSError:  # removed while we looked
-            continue
-        if t:
-            m, pid = _FINAL.fullmatch(t.group(1)), int(t.group(2))
-        else:
-            pid = None
-        assert m is not None
-        out.append(CacheFile(p.resolve(), int(m.group(1)), int(m.group(2)), st.st_size,
-                             max(st.st_mtime, st.st_atime), partial_pid=pid,
-                             dataset="" if t else _built_from(p)))
+        with contextlib.suppress(OSError):  # removed while we looked
+            if (m or t) and p.is_file():
+                st, info = p.stat(), {} if t else read_cache_info(p) or {}
+                m = m or _FINAL.fullmatch(t.group(1))
+                out.append(CacheFile(
+                    p.resolve(), int(m.group(1)), int(m.group(2)), st.st_size,
+                    max(st.st_mtime, st.st_atime), partial_pid=int(t.group(2)) if t else None,
+                    dataset=f"images in {info['image_folder']}" if info.get("image_folder")
+                    else ""))
     out.sort(key=lambda c: (c.img_size, c.path.name))
     return out
-
-
-def _built_from(cache: Path) -> str:
-    """'images in FOLDER' from the cache's info attribute; '' when it has none."""
-    info = read_cache_info(cache)
-    return f"images in {info['image_folder']}" if info and info.get("image_folder") else ""
 
 
 def mapped_by(paths: list[Path]) -> dict[Path, list[int]]:
@@ -89,21 +210,13 @@ def mapped_by(paths: list[Path]) -> dict[Path, list[int]]:
     A trial maps its caches for its whole life, so this finds the running sweeps and trials
     of this machine. Processes of other users (unreadable maps) and of other nodes are not seen.
     """
-    want = {str(p): p for p in paths}
     found: dict[Path, list[int]] = {p: [] for p in paths}
-    proc = Path("/proc")
-    if not want or not proc.is_dir():
-        return found
-    for d in proc.iterdir():
-        if not d.name.isdigit() or int(d.name) == os.getpid():
-            continue
-        try:
-            text = (d / "maps").read_text()
-        except OSError:  # gone, or another user's
-            continue
-        for name, p in want.items():
-            if name in text:
-                found[p].append(int(d.name))
+    for d in Path("/proc").glob("[0-9]*") if paths else []:
+        with contextlib.suppress(OSError):  # gone, or another user's
+            text = (d / "maps").read_text() if int(d.name) != os.getpid() else ""
+            for p in paths:
+                if str(p) in text:
+                    found[p].append(int(d.name))
     return found
 
 
@@ -114,31 +227,25 @@ def match_config(cfg: SweepConfig, caches: list[CacheFile]) -> list[str]:
     was made from other data, or from these images before one changed: no sweep of this
     config reads it again.
     """
-    d = cfg.data
-    lists: list[tuple[str, list[Path]]] = []
-    notes = []
+    d, lists, notes = cfg.data, [], []
     try:
-        train = read_train_csv(d.train_csv, d.image_root, check_images=False)
-        lists.append((f"train ({d.train_csv})", [Path(d.image_root) / p
-                                                 for p in train["image_path"]]))
-        test = read_test_csv(d.test_csv, d.test_image_root, check_images=False)
-        lists.append((f"test ({d.test_csv})", [Path(d.test_image_root) / p
-                                               for p in test["image_path"]]))
+        for kind, csv, root, read in (("train", d.train_csv, d.image_root, read_train_csv),
+                                      ("test", d.test_csv, d.test_image_root, read_test_csv)):
+            rows = read(csv, root, check_images=False)
+            lists.append((f"{kind} ({csv})", [(Path(root) / p).resolve()
+                                              for p in rows["image_path"]]))
     except DataError as err:
         notes.append(f"cannot match caches to the data: {err}")
     for label, paths in lists:
-        resolved = [p.resolve() for p in paths]
         keys: dict[int, str] = {}
-        for c in caches:
-            if c.n_images != len(paths):
-                continue
+        for c in (c for c in caches if c.n_images == len(paths)):
             if c.img_size not in keys:
                 try:
-                    keys[c.img_size] = _cache_key(resolved, c.img_size)
+                    keys[c.img_size] = cache_key(paths, c.img_size)
                 except DataError:  # an image is gone: no cache of this list can be current
                     keys[c.img_size] = ""
-            if keys[c.img_size] and c.path.name.removeprefix(".").startswith(
-                    f"images_{c.n_images}x{c.img_size}_{keys[c.img_size]}"):
+            name = f"images_{c.n_images}x{c.img_size}_{keys[c.img_size]}"
+            if keys[c.img_size] and c.path.name.lstrip(".").startswith(name):
                 c.dataset = label
     for c in caches:
         if not c.dataset.startswith(("train (", "test (")) and not c.partial:
@@ -155,36 +262,19 @@ def parse_age(text: str) -> float:
     return float(m.group(1)) * _UNIT_S[m.group(2)]
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1000:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    return f"{n:.1f} TB"
-
-
-def _ago(t: float, now: float) -> str:
-    s = max(0.0, now - t)
-    if s < 3600:
-        return f"{s / 60:.0f} min ago"
-    if s < 86400 * 2:
-        return f"{s / 3600:.0f} h ago"
-    return f"{s / 86400:.0f} d ago"
+def _ago(t: float) -> str:
+    s = max(0.0, time.time() - t)
+    return (f"{s / 60:.0f} min ago" if s < 3600 else f"{s / 3600:.0f} h ago" if s < 172800
+            else f"{s / 86400:.0f} d ago")
 
 
 # ---------------------------------------------------------------- CLI
-
-
 _HELP = """\
-Image caches: load_images decodes and resizes every image once per img_size into a
-memory-mapped .npy file that every trial and epoch reads: N x S x S x 3 bytes (the
-competition's 15,021 + 10,014 images: 3.77 GB at 224 px, 6.6 GB + 4.4 GB at 384 px).
-They live in data.cache_dir, by default <train_csv folder>/.cache; nothing removes them.
-
-A cache that a process on this machine has mapped (a running sweep, trial or predict) is
-never removed. Processes on other nodes of a Ray cluster that share the folder are not
-seen: stop sweeps there first. Removing a cache a later sweep needs only costs its rebuild
-(about a minute per 10,000 images per core).
+Image caches: every image decoded once per img_size into a memory-mapped .npy file that
+every trial reads, N x S x S x 3 bytes (the competition's 25,035 images: 3.77 GB at 224 px),
+in data.cache_dir (default <train_csv folder>/.cache); nothing removes them but this command.
+A cache that a process on this machine maps is never removed; processes on other nodes of a
+Ray cluster are not seen: stop sweeps there first. A removed cache costs only its rebuild.
 """
 
 
@@ -219,7 +309,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run_cli("sketchtune.cache", _main, args, (ConfigError, DataError))
+    return run_cli("sketchtune.cache", _main, args)
 
 
 def _main(args: argparse.Namespace) -> int:
@@ -243,7 +333,6 @@ def _main(args: argparse.Namespace) -> int:
 
 
 def _list(dirs: list[Path], caches: list[CacheFile], notes: list[str]) -> int:
-    now = time.time()
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     print(f"cache folder(s): {', '.join(map(str, dirs))}")
@@ -252,16 +341,16 @@ def _list(dirs: list[Path], caches: list[CacheFile], notes: list[str]) -> int:
         return 0
     rows = [("img_size", "images", "disk", "last used", "data set", "in use", "file")]
     for c in caches:
-        use = (f"pid {', '.join(map(str, c.users))}" if c.users else "no")
+        use = f"pid {', '.join(map(str, c.users))}" if c.users else "no"
         if c.partial:
             use = f"building (pid {c.partial_pid})" if _pid_alive(c.partial_pid or 0) else \
                 "partial: its builder died"
-        rows.append((str(c.img_size), f"{c.n_images:,}", _size(c.bytes), _ago(c.last_used, now),
+        rows.append((str(c.img_size), f"{c.n_images:,}", size_text(c.bytes), _ago(c.last_used),
                      c.dataset or "unknown (give CONFIG)", use, str(c.path)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(v.ljust(w) for v, w in zip(r[:-1], widths, strict=True)) + "  " + r[-1])
-    print(f"total: {len(caches)} file(s), {_size(sum(c.bytes for c in caches))}")
+    print(f"total: {len(caches)} file(s), {size_text(sum(c.bytes for c in caches))}")
     return 0
 
 
@@ -291,7 +380,7 @@ def _remove(args: argparse.Namespace, cfg: SweepConfig | None, caches: list[Cach
             who = c.users or [c.partial_pid]
             kept.append(f"{c.path} (in use by pid {', '.join(map(str, who))})")
             continue
-        print(f"{'would remove' if args.dry_run else 'removed'} {c.path} ({_size(c.bytes)})")
+        print(f"{'would remove' if args.dry_run else 'removed'} {c.path} ({size_text(c.bytes)})")
         if not args.dry_run:
             try:
                 c.path.unlink()
@@ -301,7 +390,7 @@ def _remove(args: argparse.Namespace, cfg: SweepConfig | None, caches: list[Cach
                 raise ConfigError(f"{c.path}: cannot be removed ({err.strerror or err})") from None
         freed += c.bytes
     verb = "would free" if args.dry_run else "freed"
-    print(f"{verb} {_size(freed)}; {len(chosen) - len(kept)} of {len(caches)} cache file(s)")
+    print(f"{verb} {size_text(freed)}; {len(chosen) - len(kept)} of {len(caches)} cache file(s)")
     for k in kept:
         print(f"kept {k}: stop that process first", file=sys.stderr)
     return 0 if not kept else 1

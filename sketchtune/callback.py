@@ -13,7 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import release_checkpoints
+from .resume import release_checkpoints
 from .store import PredictionStore
 from .tracking import METRIC_KEYS, Tracker, flatten
 

@@ -11,13 +11,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
-from . import storage
-from .config import ConfigError, SweepConfig, load_config
-from .errors import first_line
-from .storage import is_uri, location
+from . import fs
+from .config import SweepConfig, load_config
+from .errors import USER_ERRORS, ConfigError, first_line
+from .fs import is_uri, location
 
-__all__ = ["EPILOG", "OneLineParser", "add_debug_argument", "base_parser", "fail", "first_line",
-           "load_sweep_config", "location_arg", "resolve_arg", "run_cli", "setup_logging"]
+__all__ = ["EPILOG", "OneLineParser", "add_debug_argument", "base_parser", "fail",
+           "load_sweep_config", "location_arg", "resolve_arg", "run_cli", "setup_logging",
+           "size_text"]
 
 DEBUG_ENV = "SKETCHTUNE_DEBUG"  # =1 shows the traceback of an unexpected error, like --debug
 
@@ -64,7 +65,7 @@ def load_sweep_config(args: argparse.Namespace, *, must_exist: bool = False) -> 
     cfg = load_config(args.config, args.set or None)
     if args.sweep:
         d = location_arg(args.sweep, "--sweep")
-        if must_exist and not storage.is_dir(d):
+        if must_exist and not fs.is_dir(d):
             raise ConfigError(f"{d}: --sweep folder not found; run the sweep first")
         cfg = cfg.model_copy(update={"storage_path": d.parent, "name": d.name})
     return cfg
@@ -80,7 +81,7 @@ def resolve_arg(path: str | Path, option: str) -> Path:
             from None
 
 
-def location_arg(value: str, option: str) -> storage.Location:
+def location_arg(value: str, option: str) -> fs.Location:
     """A command-line folder or file that may be a storage URI: a URI as it is, a local path
     made absolute. A ConfigError naming `option` for one that is neither (`s3://` without a
     bucket, `gs:/x`, `file://relative/x`, an `ftp://` URI), which would otherwise be a
@@ -90,6 +91,17 @@ def location_arg(value: str, option: str) -> storage.Location:
     except ValueError as err:
         raise ConfigError(f"{value}: {option}: {err}") from None
     return loc if is_uri(loc) else resolve_arg(loc, option)
+
+
+def size_text(n: float | None) -> str:
+    """Bytes for a person: '512 B', '3.8 GB'; 'unknown' for None."""
+    if n is None:
+        return "unknown"
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} TB"
 
 
 def setup_logging(quiet: bool, prog: str) -> None:
@@ -113,18 +125,17 @@ def add_debug_argument(p: argparse.ArgumentParser) -> None:
                    help=f"show the full traceback of an unexpected error (or {DEBUG_ENV}=1)")
 
 
-def run_cli(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace,
-            user_errors: tuple[type[BaseException], ...] = ()) -> int:
+def run_cli(prog: str, body: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     """`body(args)` with the CLI contract around it; returns the exit status.
 
-    A user error (an instance of `user_errors`) is one line on stderr, status 2. Ctrl-C is one
+    A user error (`errors.USER_ERRORS`) is one line on stderr, status 2. Ctrl-C is one
     line, status 130. Anything else is a bug or an environment problem: one line naming its
     type and its file when the error carries one, status 1; the traceback goes before it with
     `args.debug` (see `add_debug_argument`) or SKETCHTUNE_DEBUG=1.
     """
     try:
         return body(args)
-    except user_errors as err:
+    except USER_ERRORS as err:
         return fail(prog, err)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

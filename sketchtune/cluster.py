@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from .allocator import MALLOC_ENV, MALLOC_SWITCH
-from .config import ConfigError, SweepConfig, address_problem
-from .errors import first_line
-from .storage import CLOUD_ENV
+from .config import SweepConfig, address_problem
+from .errors import ConfigError, first_line
+from .fs import CLOUD_ENV
 
 __all__ = ["check_address", "check_resources", "pythonpath", "start_ray", "worker_env"]
 
@@ -83,7 +83,7 @@ def pythonpath() -> str:
 def worker_env() -> dict[str, str]:
     """The environment every Ray worker of this job starts with (Ray's runtime_env).
 
-    PYTHONPATH, the cloud storage's credentials and endpoint (`storage.CLOUD_ENV`), and the
+    PYTHONPATH, the cloud storage's credentials and endpoint (`fs.CLOUD_ENV`), and the
     driver's own malloc choices (MALLOC_*_ or SKETCHTUNE_MALLOC=default), which glibc and the
     trainer read in the worker: on a cluster, workers are children of `ray start`, not of the
     driver, and would not inherit them.

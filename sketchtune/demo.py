@@ -34,12 +34,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from .cli import OneLineParser, add_debug_argument, first_line, run_cli
+from .cli import OneLineParser, add_debug_argument, run_cli
+from .errors import DemoError, first_line
+from .synthetic import FULL_CLASSES, build_synthetic, write_jpeg, write_tables
+from .synthetic import VERSION as SYNTHETIC_VERSION
 
 __all__ = ["MIN_PER_CLASS", "PRESETS", "DemoError", "main", "make_demo", "pick_digits"]
 
 _VERSION = 1  # bump when the rendering changes, so an old folder is not taken as current
-_JPEG_QUALITY = 90
 PRESETS = ("digits", "imagenet-sketch")
 # 100 test images per class, 1,000 in all: the demo's test accuracy then has a sampling
 # standard deviation of about 1.4 pp (at 0.75), against 3 pp with 200 images, small enough
@@ -50,9 +52,6 @@ _DIGITS = {"classes": 10, "per_class": 60, "test_per_class": 100, "size": 64}
 # class, so fewer than 5 train images of a class cannot be trained on with them.
 MIN_PER_CLASS = 5
 
-
-class DemoError(ValueError):
-    """A user error (bad argument, a folder in the way); one line."""
 
 
 def _render(digit: np.ndarray, size: int, rng: np.random.Generator, colour: bool) -> np.ndarray:
@@ -73,12 +72,6 @@ def _render(digit: np.ndarray, size: int, rng: np.random.Generator, colour: bool
     pen = np.array([150.0, 40.0, 20.0])  # BGR dark blue
     img = paper * (1.0 - ink[..., None]) + pen * ink[..., None]
     return np.rint(img).astype(np.uint8)
-
-
-def _write_jpeg(path: Path, img: np.ndarray) -> None:
-    ok, buf = cv2.imencode(".JPEG", img, [cv2.IMWRITE_JPEG_QUALITY, _JPEG_QUALITY])
-    assert ok, f"JPEG encoding failed for {path}"
-    path.write_bytes(buf.tobytes())
 
 
 def pick_digits(targets: np.ndarray, target: int, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -106,7 +99,7 @@ def _build(folder: Path, stamp: dict) -> tuple[int, int]:
     count = 0
     for name, target, digit, j in train_rows:
         rel = f"train/{name}/img_{j:04d}.JPEG"
-        _write_jpeg(folder / rel, _render(digit, size, rng, colour=count % 3 == 2))
+        write_jpeg(folder / rel, _render(digit, size, rng, colour=count % 3 == 2))
         train_rows[count] = (name, rel, target)
         count += 1
     # Test files are shuffled so their names say nothing about the class.
@@ -115,13 +108,10 @@ def _build(folder: Path, stamp: dict) -> tuple[int, int]:
     for i, t in enumerate(perm):
         name, target, digit, _ = test_rows[t]
         rel = f"test/{i:04d}.JPEG"
-        _write_jpeg(folder / rel, _render(digit, size, rng, colour=i % 3 == 2))
+        write_jpeg(folder / rel, _render(digit, size, rng, colour=i % 3 == 2))
         test_out.append((rel, target))
-    pd.DataFrame(train_rows, columns=["class_name", "image_path", "target"]).to_csv(
-        folder / "train.csv", index=False)
-    test_df = pd.DataFrame(test_out, columns=["image_path", "target"])
-    test_df[["image_path"]].to_csv(folder / "test.csv", index=False)
-    test_df.to_csv(folder / "test_labels.csv", index=False)
+    write_tables(folder, pd.DataFrame(train_rows, columns=["class_name", "image_path", "target"]),
+                 pd.DataFrame(test_out, columns=["image_path", "target"]))
     (folder / "demo.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
     return len(train_rows), len(test_out)
 
@@ -239,7 +229,6 @@ def make_demo(out: Path, *, preset: str = "digits", seed: int = 0, classes: int 
     if workers is not None and workers < 1:
         raise DemoError(f"--workers must be at least 1 but got {workers}")
     if classes is None:
-        from .synthetic import FULL_CLASSES
         classes = FULL_CLASSES
     _check_counts(preset, classes, per_class, test_per_class, size)
     if preset == "digits":
@@ -247,13 +236,11 @@ def make_demo(out: Path, *, preset: str = "digits", seed: int = 0, classes: int 
                  "test_per_class": test_per_class, "size": size}
         return _publish(out, stamp, lambda folder: _build(folder, stamp))
 
-    from . import synthetic
-
-    stamp = {"preset": preset, "version": synthetic.VERSION, "seed": seed, "classes": classes,
+    stamp = {"preset": preset, "version": SYNTHETIC_VERSION, "seed": seed, "classes": classes,
              "per_class": per_class, "test_per_class": test_per_class}
 
     def build(folder: Path) -> None:
-        synthetic.build_synthetic(folder, stamp, workers=workers, progress=progress)
+        build_synthetic(folder, stamp, workers=workers, progress=progress)
         (folder / "demo.json").write_text(json.dumps(stamp, indent=2, sort_keys=True) + "\n")
 
     return _publish(out, stamp, build)
@@ -298,7 +285,6 @@ def _body(args: argparse.Namespace) -> int:
     elif args.scale is not None:
         if classes is not None:
             raise DemoError("give --scale or --classes, not both")
-        from .synthetic import FULL_CLASSES
         if not 0 < args.scale <= 1:
             raise DemoError(f"--scale must be in (0, 1] but got {args.scale}")
         classes = max(2, round(FULL_CLASSES * args.scale))
@@ -322,7 +308,7 @@ def _body(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    return run_cli("sketchtune.demo", _body, args, user_errors=(DemoError,))
+    return run_cli("sketchtune.demo", _body, args)
 
 
 if __name__ == "__main__":

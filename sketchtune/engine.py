@@ -20,7 +20,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import ConfigError, OptimConfig, SchedConfig
+from .config import OptimConfig, SchedConfig
+from .errors import ConfigError
 
 __all__ = [
     "FitState",

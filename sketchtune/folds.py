@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import storage
-from .data import DataError, check_class_sizes, normalise_image_path
-from .storage import Location
+from . import fs
+from .errors import DataError
+from .fs import Location
+from .tables import check_class_sizes, normalise_image_path
 
-__all__ = ["load_or_make_folds", "make_folds", "write_folds"]
+__all__ = ["load_or_make_folds", "make_folds", "read_folds", "write_folds"]
 
 _log = logging.getLogger(__name__)
 
@@ -67,10 +68,12 @@ def make_folds(df: pd.DataFrame, n_splits: int = 5, seed: int = 42, *,
     return out
 
 
-def _read_folds(folds_csv: Location) -> pd.DataFrame:
+def read_folds(folds_csv: Location) -> pd.DataFrame:
+    """A folds file -> (N rows) image_path (normalised), target, fold int64, in file order;
+    DataError naming the file when it is not one."""
     hint = "delete it to re-split"
     try:
-        got = pd.read_csv(io.BytesIO(storage.read_bytes(folds_csv)), dtype={"image_path": str})
+        got = pd.read_csv(io.BytesIO(fs.read_bytes(folds_csv)), dtype={"image_path": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError):
         raise DataError(f"{folds_csv}: not a readable folds CSV; {hint}") from None
     missing = [c for c in COLUMNS if c not in got.columns]
@@ -80,13 +83,14 @@ def _read_folds(folds_csv: Location) -> pd.DataFrame:
     for col in ("target", "fold"):
         if not pd.api.types.is_integer_dtype(got[col]):
             raise DataError(f"{folds_csv}: column {col!r} is not all integers; {hint}")
-    return got[COLUMNS].copy()
+    got = got[COLUMNS].copy()
+    got["image_path"] = _keys(got["image_path"], str(folds_csv), f"; {hint}").to_numpy()
+    return got
 
 
 def write_folds(folds: pd.DataFrame, folds_csv: Location) -> None:
     """Write `make_folds`' output to `folds_csv` (a path or a URI) whole or not at all."""
-    storage.write_bytes(storage.location(folds_csv),
-                        folds[COLUMNS].to_csv(index=False).encode())
+    fs.write_bytes(fs.location(folds_csv), folds[COLUMNS].to_csv(index=False).encode())
     _log.info("wrote %d-fold split to %s", folds["fold"].max() + 1, folds_csv)
 
 
@@ -103,15 +107,14 @@ def load_or_make_folds(
     `write=False` a new split is only returned: the caller writes it (`write_folds`) once the
     rest of its input has been checked. `source` names the train CSV in messages.
     """
-    folds_csv = storage.location(folds_csv)
+    folds_csv = fs.location(folds_csv)
     hint = "delete it to re-split"
-    if not storage.is_file(folds_csv):
+    if not fs.is_file(folds_csv):
         folds = make_folds(df, n_splits, seed, source=source)
         if write:
             write_folds(folds, folds_csv)
         return folds
-    got = _read_folds(folds_csv)
-    got["image_path"] = _keys(got["image_path"], str(folds_csv), f"; {hint}").to_numpy()
+    got = read_folds(folds_csv)
     want = df[["image_path", "target"]].astype({"target": np.int64})
     want["image_path"] = _keys(want["image_path"], str(source)).to_numpy()
     merged = want.merge(got, on="image_path", how="outer", suffixes=("", "_file"),

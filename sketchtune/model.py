@@ -9,15 +9,12 @@ import timm
 from torch import nn
 
 from .config import ModelConfig
-from .errors import first_line
+from .errors import ModelError, first_line
 
 __all__ = ["ModelError", "build_model", "check_model_name", "create_on_meta"]
 
 _log = logging.getLogger(__name__)
 
-
-class ModelError(ValueError):
-    """A model cannot be built as configured; one-line message."""
 
 
 def check_model_name(name: str, source: str | None = None) -> None:

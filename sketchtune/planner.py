@@ -1,8 +1,6 @@
 """The stage planner: candidates, the search space as Ray domains, cv selection, cv jobs.
 
-One trial config shape for both stages: `{"job": {"params": {dotted key: value}, "fold": k}}`.
-The search stage samples `params` (Optuna); the cv stage grids over whole jobs, because the
-pending (candidate, fold) pairs are a list, not a product of two axes.
+Trial configs have the shape `sketchtune.job` defines, shared with the trial.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import json
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any
 
 import numpy as np
 
@@ -21,27 +19,18 @@ from .config import (
     SweepConfig,
     TrainConfig,
     candidate_id,
-    search_max_epochs,
     with_train_overrides,
 )
+from .job import JOB, Job, job_of, trial_config
 from .selection import greedy_members
 from .store import PredictionStore
 
-__all__ = ["FOLD_COLUMN", "JOB", "Candidate", "Job", "config_digest", "cv_candidates",
-           "cv_experiment_name", "cv_param_space", "describe_trial", "job_of", "max_epochs",
-           "plan_cv_jobs", "probe_values", "rank_search", "search_experiment_name",
-           "search_param_space", "search_space", "select_candidates", "select_ensemble",
-           "select_top", "trial_config"]
-
-JOB = "job"  # the trial config's one key
-FOLD_COLUMN = f"{JOB}/fold"  # the fold's path in a trial config, as Tune's reporter spells it
+__all__ = ["Candidate", "config_digest", "cv_candidates", "cv_experiment_name", "cv_param_space",
+           "describe_trial", "plan_cv_jobs", "probe_values", "rank_search",
+           "search_experiment_name", "search_param_space", "search_space", "select_candidates",
+           "select_ensemble", "select_top"]
 
 _log = logging.getLogger(__name__)
-
-
-class Job(TypedDict):
-    params: dict[str, Any]  # dotted overrides of the base TrainConfig
-    fold: int
 
 
 @dataclass(frozen=True)
@@ -62,11 +51,6 @@ class Candidate:
 # ---------------------------------------------------------------- the trial config shape
 
 
-def trial_config(params: dict[str, Any], fold: Any) -> dict[str, Any]:
-    """A trial config (or a Tune param space, when `params` holds domains)."""
-    return {JOB: {"params": params, "fold": fold}}
-
-
 def search_param_space(cfg: SweepConfig) -> dict[str, Any]:
     """The search stage's param space: the sampled params on `search.fold`."""
     return trial_config(search_space(cfg.search.space), cfg.search.fold)
@@ -77,11 +61,6 @@ def cv_param_space(jobs: list[Job]) -> dict[str, Any]:
     from ray import tune
 
     return {JOB: tune.grid_search(jobs)}
-
-
-def job_of(config: dict[str, Any]) -> Job:
-    """The (params, fold) job of a trial config made by `trial_config` or the cv grid."""
-    return config[JOB]
 
 
 def describe_trial(cfg: SweepConfig, config: dict[str, Any]) -> dict[str, Any]:
@@ -119,11 +98,6 @@ def search_space(space: dict[str, ParamSpec]) -> dict[str, Any]:
         else:  # int: both ends included
             out[key] = tune.randint(int(s.low), int(s.high) + 1)
     return out
-
-
-def max_epochs(cfg: SweepConfig) -> int:
-    """The most epochs a search trial can run (the base's, or the space's largest)."""
-    return search_max_epochs(cfg)
 
 
 def rank_search(cfg: SweepConfig, results: Iterable[Any]) -> list[Candidate]:

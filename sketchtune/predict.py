@@ -14,14 +14,15 @@ from safetensors.torch import load as st_load
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
-from . import storage
+from . import fs
+from .cache import load_images
 from .config import SweepConfig, TrainConfig
-from .data import DataError, SketchDataset, load_images
 from .engine import predict, select_device
-from .errors import first_line
+from .errors import DataError, StoreError, first_line
+from .fs import Location
+from .images import SketchDataset
 from .model import build_model
-from .storage import Location
-from .store import PredictionStore, StoreError
+from .store import PredictionStore
 from .transforms import build_eval_transform
 
 __all__ = ["predict_csv", "read_image_list"]
@@ -89,7 +90,7 @@ def _load_weights(path: Location) -> dict[str, torch.Tensor]:
     bytes."""
     if isinstance(path, Path):
         return load_file(path)
-    return st_load(storage.read_bytes(path))
+    return st_load(fs.read_bytes(path))
 
 
 def _check_weights_file(path: Location, want: dict[str, tuple[int, ...]]) -> None:
@@ -102,7 +103,7 @@ def _check_weights_file(path: Location, want: dict[str, tuple[int, ...]]) -> Non
                 have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
         else:
             try:
-                have = _header_shapes(storage.read_bytes(path))
+                have = _header_shapes(fs.read_bytes(path))
             except (ValueError, KeyError, TypeError, AttributeError) as err:
                 raise SafetensorError(str(err)) from None
     except FileNotFoundError:

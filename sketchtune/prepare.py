@@ -8,42 +8,62 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from . import storage
+from . import fs
+from .cache import load_images
 from .config import SweepConfig
-from .data import load_images, read_test_csv, read_train_csv
 from .folds import load_or_make_folds, write_folds
+from .tables import read_test_csv, read_train_csv
 
-__all__ = ["PreparedData", "prepare_data"]
+__all__ = ["PreparedData", "Tables", "prepare_data", "read_tables"]
+
+
+@dataclass(frozen=True)
+class Tables:
+    """The validated CSVs and the folds: what every trial of a sweep shares, read once."""
+
+    train: pd.DataFrame  # class_name, image_path, target, fold (train.csv order)
+    test: pd.DataFrame  # image_path (test.csv order)
+    folds: pd.DataFrame  # image_path, target, fold: the split, written once images decode
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.train["target"].max()) + 1
 
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Validated CSVs, the folds every trial reads, and decoded image caches."""
+    """The tables and the decoded image caches of one image size."""
 
-    train: pd.DataFrame  # class_name, image_path, target, fold (train.csv order)
-    test: pd.DataFrame  # image_path (test.csv order)
+    train: pd.DataFrame
+    test: pd.DataFrame
     num_classes: int
     train_images: np.ndarray  # (N, S, S, 3) uint8, memory-mapped
     test_images: np.ndarray  # (N_test, S, S, 3) uint8, memory-mapped
 
 
-def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False) -> PreparedData:
-    """Read and validate the CSVs, make or read the folds, and build the image caches."""
+def read_tables(cfg: SweepConfig) -> Tables:
+    """Read and validate the CSVs (every image path checked) and read or make the folds."""
     d = cfg.data
     # min_per_class: a class with fewer rows than folds is named here, with the CSV's path.
     train = read_train_csv(d.train_csv, d.image_root, min_per_class=d.n_folds)
     test = read_test_csv(d.test_csv, d.test_image_root)
-    # A new split is written only after every image has decoded: bad input leaves nothing.
     folds = load_or_make_folds(train, d.folds_csv, d.n_folds, d.fold_seed, write=False,
                                source=d.train_csv)
     train = train.merge(folds[["image_path", "fold"]], on="image_path", how="left", validate="1:1")
-    num_classes = int(train["target"].max()) + 1
-    root = Path(d.image_root)
-    train_images = load_images([root / p for p in train["image_path"]], img_size, d.cache_dir,
-                               progress=progress)
-    test_root = Path(d.test_image_root)
-    test_images = load_images([test_root / p for p in test["image_path"]], img_size, d.cache_dir,
-                              progress=progress)
-    if not storage.is_file(d.folds_csv):
-        write_folds(folds, d.folds_csv)
-    return PreparedData(train, test, num_classes, train_images, test_images)
+    return Tables(train, test, folds)
+
+
+def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False,
+                 tables: Tables | None = None) -> PreparedData:
+    """The tables (read here unless given: a sweep reads them once, in pre-flight, and hands
+    them to every trial) and the image caches at `img_size`; a new split is written only
+    once every image has decoded, so bad input leaves nothing."""
+    d = cfg.data
+    t = tables or read_tables(cfg)
+    train_images = load_images([Path(d.image_root) / p for p in t.train["image_path"]],
+                               img_size, d.cache_dir, progress=progress)
+    test_images = load_images([Path(d.test_image_root) / p for p in t.test["image_path"]],
+                              img_size, d.cache_dir, progress=progress)
+    if not fs.is_file(d.folds_csv):
+        write_folds(t.folds, d.folds_csv)
+    return PreparedData(t.train, t.test, t.num_classes, train_images, test_images)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .planner import FOLD_COLUMN
+from .job import FOLD_COLUMN
 
 __all__ = ["alive_nodes", "build_reporter"]
 

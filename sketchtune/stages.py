@@ -9,21 +9,20 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from . import storage
-from .checkpoint import can_restore, restore_tuner
-from .config import SweepConfig
-from .errors import first_line, root_cause
+from .config import SweepConfig, search_max_epochs
+from .errors import USER_ERRORS, first_line, root_cause
 from .planner import (
     Candidate,
     cv_experiment_name,
     cv_param_space,
-    max_epochs,
     plan_cv_jobs,
     search_experiment_name,
     search_param_space,
     select_candidates,
 )
+from .prepare import Tables
 from .progress import alive_nodes, build_reporter
+from .resume import can_restore, restore_tuner
 from .store import PredictionStore
 from .trainable import trial
 
@@ -50,8 +49,6 @@ class StageOutcome:
 def describe_error(err: BaseException | str) -> str:
     """One line for a trial's error: the trial's own exception, not Ray's wrapper of it. A
     user error (a config, data or weights problem) is its message; anything else its type too."""
-    from .train import USER_ERRORS
-
     if not isinstance(err, BaseException):  # a restored experiment may hold the error as text
         return first_line(str(err), 300)
     root = root_cause(err)
@@ -105,37 +102,22 @@ def _trial_errors_once() -> Iterator[None]:
             lg.removeFilter(f)
 
 
-def _stale_experiments(cfg: SweepConfig, stage: str, name: str) -> list[str]:
-    """This stage's other experiments in the sweep folder that could be resumed."""
-    root = cfg.sweep_dir / "ray"
-    return sorted(str(root / d) for d, size in storage.list_dir(root).items()
-                  if size is None and d.startswith(stage) and d != name
-                  and can_restore(str(root / d)))
-
-
 def _trial_name(trial) -> str:
     return f"trial_{trial.trial_id}"
 
 
 def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
-           tune_config, callbacks: list, quiet: bool):
+           tune_config, callbacks: list, quiet: bool, tables: Tables | None):
     """The stage's Tuner: restored when its experiment folder exists, else a new one."""
     from ray import tune
 
     trainable = tune.with_resources(
-        tune.with_parameters(trial, sweep_cfg=cfg, stage=stage),
+        tune.with_parameters(trial, sweep_cfg=cfg, stage=stage, tables=tables),
         {"cpu": cfg.resources.cpu, "gpu": cfg.resources.gpu},
     )
-    path = str(cfg.sweep_dir / "ray" / name)
-    restored = restore_tuner(stage, path, trainable, param_space)
+    restored = restore_tuner(stage, cfg.sweep_dir / "ray", name, trainable, param_space)
     if restored is not None:
         return restored
-    stale = _stale_experiments(cfg, stage, name) if stage == "search" else []
-    if stale:
-        # Resuming it would rerun trials of the old config (and fail again if that was why
-        # it stopped); finished folds are in the prediction store either way.
-        _log.warning("%s: the config differs from the one of %s; starting a fresh experiment "
-                     "%s (delete the old one to free its disk)", stage, stale[-1], name)
     reporter = None if quiet else build_reporter(nodes=alive_nodes())
     tune_config.trial_name_creator = _trial_name
     tune_config.trial_dirname_creator = _trial_name
@@ -154,7 +136,8 @@ def _tuner(cfg: SweepConfig, stage: str, name: str, param_space: dict[str, Any],
 
 
 def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
-               outcomes: dict[str, StageOutcome] | None = None) -> list[Candidate]:
+               outcomes: dict[str, StageOutcome] | None = None,
+               tables: Tables | None = None) -> list[Candidate]:
     """Stage 1: Optuna + ASHA on one fold; returns the configs for cv (`search.select`).
 
     `outcomes["search"]` gets how its trials ended (failed ones: after every retry).
@@ -169,7 +152,7 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
     if s.asha:
         # stop_last_trials=False: a trial reaching max_t must still write its predictions;
         # FinishingASHA: nor may a rung that sits on a trial's last epoch stop it there.
-        scheduler = FinishingASHA(time_attr="training_iteration", max_t=max_epochs(cfg),
+        scheduler = FinishingASHA(time_attr="training_iteration", max_t=search_max_epochs(cfg),
                                   grace_period=s.grace_period, reduction_factor=s.reduction_factor,
                                   stop_last_trials=False)
     mode = "max" if s.metric == "val_acc" else "min"
@@ -181,7 +164,7 @@ def run_search(cfg: SweepConfig, callbacks: list, quiet: bool,
         reuse_actors=cfg.ray.reuse_actors,
     )
     tuner = _tuner(cfg, "search", search_experiment_name(cfg), search_param_space(cfg),
-                   tune_config, callbacks, quiet)
+                   tune_config, callbacks, quiet, tables)
     results = _fit(tuner)
     if outcomes is not None:
         outcomes["search"] = _outcome(results)
@@ -203,7 +186,7 @@ def _fit(tuner):
 
 
 def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet: bool,
-           outcomes: dict[str, StageOutcome] | None = None) -> None:
+           outcomes: dict[str, StageOutcome] | None = None, tables: Tables | None = None) -> None:
     """Stage 2: every chosen candidate on every fold, to the end (outcomes as in run_search)."""
     from ray import tune
 
@@ -215,7 +198,8 @@ def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet
     tune_config = tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials,
                                   reuse_actors=cfg.ray.reuse_actors)
     # One grid point per pending (candidate, fold): Ray's grid search over whole jobs.
-    tuner = _tuner(cfg, "cv", name, cv_param_space(jobs), tune_config, callbacks, quiet)
+    tuner = _tuner(cfg, "cv", name, cv_param_space(jobs), tune_config, callbacks, quiet,
+                   tables)
     results = _fit(tuner)
     if outcomes is not None:
         outcomes["cv"] = _outcome(results)

@@ -19,7 +19,7 @@ hex id; several nodes can share one machine and IP) and `node_ip`, those of the 
 wrote it. Folds written before they were recorded, or by `sketchtune.train` outside Ray, have
 neither; read them with `manifest.get`.
 
-The sweep folder is a local path or a cloud URI (`sketchtune.storage`). Locally every file is
+The sweep folder is a local path or a cloud URI (`sketchtune.fs`). Locally every file is
 written to a temporary name in the same folder and renamed into place; on an object store (no
 rename) each object is written whole to its final key. Either way the manifest is the marker:
 a rewrite deletes it first and writes it last, and it records each file's size and sha256
@@ -42,13 +42,11 @@ from typing import Any
 
 import numpy as np
 
-from . import storage
+from . import fs
+from .errors import StoreError
+from .fs import Location, location
 
-# StoreError, atomic_write_bytes and open_new_file began here: re-exported (see __all__).
-from .storage import Location, StoreError, atomic_write_bytes, location, open_new_file
-
-__all__ = ["FoldPrediction", "PredictionStore", "StoreError", "atomic_write_bytes", "keys_digest",
-           "open_new_file"]
+__all__ = ["FoldPrediction", "PredictionStore", "keys_digest"]
 
 _FOLD_PREFIX = "fold"
 
@@ -71,7 +69,7 @@ def keys_digest(keys: Sequence[str] | np.ndarray) -> str:
 
 def atomic_write_json(path: Location, obj: Any) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    storage.write_bytes(path, text.encode())
+    fs.write_bytes(path, text.encode())
 
 
 def file_record(data: bytes) -> dict[str, Any]:
@@ -82,7 +80,7 @@ def file_record(data: bytes) -> dict[str, Any]:
 class PredictionStore:
     """Reads and writes one sweep's predictions. `root` is the sweep folder (path or URI)."""
 
-    def __init__(self, root: str | Path | storage.URI) -> None:
+    def __init__(self, root: str | Path | fs.URI) -> None:
         self.root: Location = location(root)
 
     # ------------------------------------------------------------------ paths
@@ -129,7 +127,7 @@ class PredictionStore:
         # Un-commit a fold being rewritten (a retried trial) before touching its files: a
         # writer that dies half way then leaves a fold without manifest, which no reader
         # trusts, never the old manifest vouching for new arrays.
-        storage.delete(js)
+        fs.delete(js)
         buf = io.BytesIO()
         np.savez(
             buf, val_keys=val_keys, val_targets=val_targets, val_probs=val_probs,
@@ -137,7 +135,7 @@ class PredictionStore:
         )
         records = {}
         for name, data in {**(files or {}), npz.name: buf.getvalue()}.items():
-            storage.write_bytes(self.candidate_dir(candidate_id) / name, data)
+            fs.write_bytes(self.candidate_dir(candidate_id) / name, data)
             records[name] = file_record(data)
         full = {
             **manifest,
@@ -155,14 +153,14 @@ class PredictionStore:
     # ------------------------------------------------------------------ read
     def candidates(self) -> list[str]:
         """Candidate ids that have at least one finished fold, sorted."""
-        entries = storage.list_dir(self.candidates_dir)
+        entries = fs.list_dir(self.candidates_dir)
         return sorted(name for name, size in entries.items()
                       if size is None and self.folds(name))
 
     def folds(self, candidate_id: str) -> list[int]:
         """Finished folds of a candidate: those whose manifest (the marker, written last)
         exists beside their array file. One listing, also on an object store."""
-        entries = storage.list_dir(self.candidate_dir(candidate_id))
+        entries = fs.list_dir(self.candidate_dir(candidate_id))
         out = []
         for name in entries:
             k = name[len(_FOLD_PREFIX):-len(".json")]
@@ -173,12 +171,12 @@ class PredictionStore:
 
     def has_fold(self, candidate_id: str, fold: int) -> bool:
         npz, js = self._paths(candidate_id, fold)
-        return storage.is_file(npz) and storage.is_file(js)
+        return fs.is_file(npz) and fs.is_file(js)
 
     def read_manifest(self, candidate_id: str, fold: int) -> dict[str, Any]:
         _, js = self._paths(candidate_id, fold)
         try:
-            manifest = json.loads(storage.read_bytes(js).decode("utf-8"))
+            manifest = json.loads(fs.read_bytes(js).decode("utf-8"))
         except FileNotFoundError:
             raise StoreError(f"{js}: candidate {candidate_id} has no fold {fold}") from None
         except (json.JSONDecodeError, UnicodeDecodeError):
@@ -216,9 +214,9 @@ class PredictionStore:
         npz, _ = self._paths(candidate_id, fold)
         try:
             if isinstance(npz, Path) or not record:
-                src: Any = storage.open_input(npz)
+                src: Any = fs.open_input(npz)
             else:
-                data = storage.read_bytes(npz)
+                data = fs.read_bytes(npz)
                 if file_record(data) != {k: record.get(k) for k in ("bytes", "sha256")}:
                     self._mismatch(npz, "size or sha256")
                 src = io.BytesIO(data)

@@ -18,6 +18,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 from pathlib import Path
 
 from .cli import add_debug_argument, base_parser, fail, load_sweep_config, run_cli, setup_logging
@@ -27,7 +28,6 @@ from .preflight import preflight
 from .stages import StageOutcome, ray_storage, run_cv, run_search
 from .store import PredictionStore
 from .summary import CandidateSummary, format_table, log_summaries, summarise
-from .train import USER_ERRORS
 
 __all__ = ["CONFIG_TAG", "SweepError", "main", "run_sweep"]
 
@@ -78,7 +78,7 @@ def run_sweep(
         searched: list[Candidate] | None = None
         if cfg.search.enabled and cfg.search.space:
             cb = MlflowSweepCallback(tracker, parent, "search", store, describe)
-            searched = run_search(cfg, [cb], quiet, outcomes)
+            searched = run_search(cfg, [cb], quiet, outcomes, pre.tables)
             o = outcomes["search"]
             if not searched:  # every trial failed: nothing to rank, cv would train nothing
                 raise SweepError(
@@ -86,7 +86,7 @@ def run_sweep(
                     f"{retries}); the first one's error: {o.first_error}", [])
         chosen = cv_candidates(cfg, searched, pre.fixed)
         cb = MlflowSweepCallback(tracker, parent, "cv", store, describe)
-        run_cv(cfg, chosen, [cb], quiet, outcomes)
+        run_cv(cfg, chosen, [cb], quiet, outcomes, pre.tables)
         summaries = summarise(cfg, chosen)
         log_summaries(tracker, parent, summaries)
         cv = outcomes.get("cv")
@@ -109,10 +109,21 @@ def run_sweep(
         # counts the failures (bounded: a server that stopped answering is given up on).
         tracker.close()
         tracker.end(parent, status)
+        if pre.started_ray:
+            _disconnect()
         if tracker.failures:
             _log.warning("MLflow: %d tracking call(s) failed (%s); the prediction store is "
                          "complete regardless", len(tracker.failures),
                          ", ".join(sorted(set(tracker.failures))))
+
+
+def _disconnect() -> None:
+    """Leave Ray (a local one stops) once the trials' last log lines are printed, so that
+    they come before the sweep's summary, not after it: Ray forwards them in batches."""
+    import ray
+
+    time.sleep(0.5)  # what ray.shutdown waits for the same reason when Python exits
+    ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -128,15 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # "a new study created", per stage
-    from .tracking import TrackingError
-
-    return run_cli(prog, functools.partial(_main, prog), args, (*USER_ERRORS, TrackingError))
+    return run_cli(prog, functools.partial(_main, prog), args)
 
 
 def _main(prog: str, args: argparse.Namespace) -> int:
     cfg = load_sweep_config(args)
     if args.dry_run:
-        from .plan import describe_plan
+        from .dryrun import describe_plan
 
         print(describe_plan(cfg, str(args.config)))
         return 0

@@ -24,8 +24,8 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-__all__ = ["FULL_CLASSES", "FULL_TEST", "FULL_TRAIN", "Job", "class_counts", "make_synthetic",
-           "render"]
+__all__ = ["FULL_CLASSES", "FULL_TEST", "FULL_TRAIN", "Job", "build_synthetic", "class_counts",
+           "encode_jpeg", "render", "write_jpeg", "write_tables"]
 
 FULL_CLASSES, FULL_TRAIN, FULL_TEST = 500, 15_021, 10_014  # the competition's split
 VERSION = 1  # bump when the rendering changes, so an old folder is not taken as current
@@ -173,17 +173,24 @@ def encode_jpeg(img: np.ndarray) -> bytes:
     return buf.tobytes()
 
 
-def write_file(path: Path, data: bytes) -> None:
-    """The one place images are written (tests make it fail to simulate a full disk)."""
-    path.write_bytes(data)
+def write_jpeg(path: Path, img: np.ndarray) -> None:
+    """The one place demo images are written (tests make it fail to simulate a full disk)."""
+    path.write_bytes(encode_jpeg(img))
+
+
+def write_tables(folder: Path, train: pd.DataFrame, test: pd.DataFrame) -> None:
+    """train.csv (class_name,image_path,target), test.csv (image_path) and test_labels.csv
+    (image_path,target, so a demo's submission can be scored) in `folder`."""
+    train[["class_name", "image_path", "target"]].to_csv(folder / "train.csv", index=False)
+    test[["image_path"]].to_csv(folder / "test.csv", index=False)
+    test[["image_path", "target"]].to_csv(folder / "test_labels.csv", index=False)
 
 
 def _render_chunk(folder: str, seed: int, jobs: list[Job]) -> int:
     """Render and write `jobs` into `folder`; the number written. Runs in a worker process."""
     cv2.setNumThreads(1)  # the processes are the parallelism; threads would oversubscribe
     for job in jobs:
-        write_file(Path(folder) / job.rel, encode_jpeg(render(seed, job.target, job.kind,
-                                                              job.index)))
+        write_jpeg(Path(folder) / job.rel, render(seed, job.target, job.kind, job.index))
     return len(jobs)
 
 
@@ -248,28 +255,9 @@ def build_synthetic(folder: Path, stamp: dict, *, workers: int | None = None,
         (folder / "train" / name).mkdir(parents=True)
     (folder / "test").mkdir()
     _run(folder, seed, train + test, workers or os.cpu_count() or 1, progress)
-    pd.DataFrame({"class_name": [classes[j.target] for j in train],
-                  "image_path": [j.rel for j in train],
-                  "target": [j.target for j in train]}).to_csv(folder / "train.csv", index=False)
-    labels = pd.DataFrame({"image_path": [j.rel for j in test],
-                           "target": [j.target for j in test]})
-    labels[["image_path"]].to_csv(folder / "test.csv", index=False)
-    labels.to_csv(folder / "test_labels.csv", index=False)
+    write_tables(folder, pd.DataFrame({"class_name": [classes[j.target] for j in train],
+                                       "image_path": [j.rel for j in train],
+                                       "target": [j.target for j in train]}),
+                 pd.DataFrame({"image_path": [j.rel for j in test],
+                               "target": [j.target for j in test]}))
     return len(train), len(test)
-
-
-def make_synthetic(out: Path, *, seed: int = 0, classes: int = FULL_CLASSES,
-                   per_class: int | None = None, test_per_class: int | None = None,
-                   workers: int | None = None, progress: bool = True) -> bool:
-    """Write the synthetic data set to `out`; False if it is already there with the same stamp.
-
-    `per_class` / `test_per_class` None: the competition's counts scaled to `classes`.
-    A thin wrapper of `sketchtune.demo.make_demo(preset="imagenet-sketch")`. With
-    `workers` > 1 the workers are spawned, so a script that calls this must do so under
-    `if __name__ == "__main__":` (multiprocessing re-imports the main module).
-    """
-    from .demo import make_demo
-
-    return make_demo(out, preset="imagenet-sketch", seed=seed, classes=classes,
-                     per_class=per_class, test_per_class=test_per_class, workers=workers,
-                     progress=progress)

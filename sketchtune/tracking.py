@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 import weakref
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from typing import Any
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from .errors import first_line
+from .errors import TrackingError, first_line
 from .writer import BackgroundWriter
 
 __all__ = ["METRIC_KEYS", "TrackingError", "Tracker", "artifact_location", "check_tracking",
@@ -31,9 +32,6 @@ PARENT_TAG = "sketchtune.role"
 FAILURES_IN_A_ROW = 3
 PAUSE_S = 60.0
 
-
-class TrackingError(RuntimeError):
-    """The tracking server cannot be used; one-line message."""
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, str]:
@@ -56,17 +54,18 @@ def artifact_location(tracking_uri: str, experiment: str) -> str | None:
     return None
 
 
-def check_tracking(tracking_uri: str) -> None:
-    """Fail fast, before any trial, when the tracking store cannot be reached."""
+def check_tracking(tracking_uri: str, where: str = "config") -> None:
+    """Fail fast, before any trial, when the tracking store cannot be reached; the one-line
+    TrackingError names `where` (the config file) and the cause."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
         if not db.exists():
             # Connecting would create the database (and log about it) before the data is
             # validated, so a bad input would leave it behind; a writable folder is enough.
             if not db.parent.is_dir() or not os.access(db.parent, os.W_OK | os.X_OK):
-                raise TrackingError(f"tracking_uri {tracking_uri!r}: cannot create the database "
-                                    f"in {db.parent}; make that folder writable or set "
-                                    "tracking_uri elsewhere")
+                raise TrackingError(f"{where}: tracking_uri {tracking_uri!r}: cannot create the "
+                                    f"database in {db.parent}; make that folder writable or "
+                                    "set tracking_uri elsewhere")
             return
     if tracking_uri.startswith(("http://", "https://")):
         # One quick try instead of MLflow's minutes of retries.
@@ -79,9 +78,11 @@ def check_tracking(tracking_uri: str) -> None:
     try:
         MlflowClient(tracking_uri).search_experiments(max_results=1)
     except Exception as err:  # the client raises many types: connection, sqlalchemy, MLflow
-        first = first_line(err)
-        raise TrackingError(f"tracking_uri {tracking_uri!r}: MLflow is not reachable ({first})") \
-            from None
+        # An HTTP client's error buries its cause ("[Errno 111] Connection refused") at the end.
+        cause = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(err))
+        why = cause.group(1).strip() if cause else first_line(err)
+        raise TrackingError(f"{where}: tracking_uri {tracking_uri!r}: MLflow is not reachable "
+                            f"({why})") from None
 
 
 class Tracker:

@@ -16,51 +16,30 @@ import torch
 from torch.utils.data import DataLoader
 
 from .allocator import tune_malloc
+from .checks import check_trial
 from .cli import add_debug_argument, base_parser, load_sweep_config, run_cli, setup_logging
-from .config import ConfigError, SweepConfig, TrainConfig, candidate_id
-from .data import DataError, SketchDataset
+from .config import SweepConfig, TrainConfig, candidate_id
 from .engine import (
     FitState,
     build_optimizer,
     build_scheduler,
-    check_optimizer,
     fit,
     load_best,
     predict,
     select_device,
 )
+from .errors import ConfigError
 from .faults import maybe_fail
+from .images import SketchDataset
 from .losses import build_loss
-from .model import ModelError, build_model, check_model_name
-from .prepare import PreparedData, prepare_data
-from .store import PredictionStore, StoreError
+from .model import build_model
+from .prepare import PreparedData, Tables, prepare_data
+from .store import PredictionStore
 from .transforms import build_eval_transform, build_train_transform
 
-__all__ = ["USER_ERRORS", "TrialResult", "check_train", "check_trial", "main", "run_trial"]
+__all__ = ["TrialResult", "main", "run_trial"]
 
 _log = logging.getLogger(__name__)
-
-# Errors a user can fix; the CLIs print them as one line.
-USER_ERRORS = (ConfigError, DataError, ModelError, StoreError)
-
-
-def check_trial(cfg: SweepConfig, fold: int, source: str) -> None:
-    """What a trial can check without its data, before it writes anything; errors name `source`."""
-    if not 0 <= fold < cfg.data.n_folds:
-        raise ConfigError(f"{source}: --fold {fold}: must be in [0, {cfg.data.n_folds}) for "
-                          f"data.n_folds={cfg.data.n_folds}")
-    check_train(cfg.train, f"{source}: train")
-
-
-def check_train(train: TrainConfig, where: str) -> None:
-    """A candidate's backbone, optimizer and local weights file exist; errors name `where`."""
-    check_model_name(train.model.name, where)
-    check_optimizer(train.optim, where)
-    w = train.model.weights_file
-    if train.model.pretrained and w is not None and not Path(w).is_file():
-        raise ConfigError(f"{where}.model.weights_file: {str(w)!r} not found; download the "
-                          "weights there or set model.pretrained=false")
-
 
 @dataclass(frozen=True)
 class TrialResult:
@@ -116,14 +95,16 @@ def run_trial(
     device: torch.device | None = None,
     progress: bool = False,
     log_every_s: float | None = None,
+    tables: Tables | None = None,
 ) -> TrialResult:
     """Train `train_cfg` on every fold but `fold`, keep the best epoch, write its predictions.
 
     `report(metrics, state)` gets each epoch's metrics and the training state after that
     epoch, so a caller (Ray) can checkpoint the state beside the metrics; it may raise to stop
     training. `resume` is a `FitState.state_dict()` to continue from. `data` is the
-    prepared data (prepared here when not given). `progress` shows bars inside each epoch;
-    `log_every_s` logs batches, img/s and ETA every so many seconds instead (a Ray trial).
+    prepared data, prepared here when not given (from `tables` when given: a sweep's trials
+    get the tables pre-flight read). `progress` shows bars inside each epoch; `log_every_s`
+    logs batches, img/s and ETA every so many seconds instead (a Ray trial).
     """
     if not 0 <= fold < cfg.data.n_folds:
         raise ConfigError(f"--fold {fold}: must be in [0, {cfg.data.n_folds})")
@@ -132,11 +113,11 @@ def run_trial(
     tune_malloc()  # before the first batch: big buffers stay in the heap (allocator.py)
     timm.utils.random_seed(train_cfg.seed)
     if data is None:
-        # Seconds (tens at 15k + 10k images) before any bar: the CSVs are read and every image
-        # path checked, and each image's size and mtime are read to find its cache.
-        _log.info("%s fold %d: reading the CSVs, the folds and the %d px image caches under %s",
-                  cid, fold, train_cfg.img_size, cfg.data.cache_dir)
-        data = prepare_data(cfg, train_cfg.img_size, progress)
+        # Seconds before any bar at 15k + 10k images: each image's size and mtime are read to
+        # find its cache (and, without `tables`, the CSVs read and every image path checked).
+        _log.info("reading the %d px image caches under %s", train_cfg.img_size,
+                  cfg.data.cache_dir)
+        data = prepare_data(cfg, train_cfg.img_size, progress, tables)
     is_val = (data.train["fold"] == fold).to_numpy()
     tr_idx, va_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     targets = data.train["target"].to_numpy(np.int64)
@@ -250,11 +231,11 @@ def main(argv: list[str] | None = None) -> int:
     add_debug_argument(p)
     args = p.parse_args(argv)
     setup_logging(args.quiet, prog)
-    return run_cli(prog, _main, args, USER_ERRORS)
+    return run_cli(prog, _main, args)
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .preflight import check_environment  # preflight imports this module
+    from .checks import check_environment  # preflight imports this module
 
     cfg = load_sweep_config(args)
     check_trial(cfg, args.fold, str(args.config))

@@ -9,18 +9,14 @@ from collections.abc import Iterator
 from typing import Any
 
 from .allocator import release_memory
-from .checkpoint import report_with_state, restored_state
 from .config import SweepConfig, candidate_id, with_train_overrides
-from .planner import job_of
+from .job import LAST_EPOCH, job_of
+from .prepare import Tables
+from .resume import report_with_state, restored_state
 from .store import PredictionStore
 from .train import run_trial
 
-__all__ = ["LAST_EPOCH", "PROGRESS_EVERY_S", "node_of_this_worker", "trial"]
-
-# Result key: 1 on the report of a trial's last epoch, the planned last or the one early
-# stopping ends on (`asha.FinishingASHA` lets that trial finish). Not a metric: the MLflow
-# callback logs METRIC_KEYS only.
-LAST_EPOCH = "last_epoch"
+__all__ = ["PROGRESS_EVERY_S", "node_of_this_worker", "trial"]
 
 # How often a trial logs its batches, img/s and ETA. Tune's table shows reported metrics
 # only, and a report inside an epoch would count as an ASHA step (training_iteration), so
@@ -62,10 +58,12 @@ def node_of_this_worker() -> dict[str, str]:
             "node_ip": ray.util.get_node_ip_address()}
 
 
-def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
+def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str,
+          tables: Tables | None = None) -> None:
     """One Ray trial (`config` as `planner.trial_config` makes it), checkpointed each epoch.
 
     A (candidate, fold) already in the store is reported from its manifest and not trained.
+    `tables`: the CSVs and folds the driver read and checked (read here when not given).
     """
     from ray import tune
 
@@ -105,6 +103,6 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str) -> None:
             resume=restored_state(),
             extra_manifest={"stage": stage, "ray_trial_id": tune.get_context().get_trial_id(),
                             **where},
-            log_every_s=PROGRESS_EVERY_S,
+            log_every_s=PROGRESS_EVERY_S, tables=tables,
         )
     release_memory()

@@ -9,12 +9,7 @@ import numpy as np
 import pandas as pd
 
 from sketchtune.store import PredictionStore
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32)
+from tests.synthetic_probs import softmax
 
 
 def make_probs(rng: np.random.Generator, skills: list[float], n: int, c: int,
@@ -52,7 +47,8 @@ def make_sweep(tmp: Path, skills: tuple[float, ...] = (2.0, 1.0, 0.5), n: int = 
     keys = np.array([f"train/{i:04d}.png" for i in range(n)])
     y = np.arange(n) % c  # every class present
     folds = rng.permutation(np.arange(n) % n_folds)
-    pd.DataFrame({"image_path": keys, "target": y}).to_csv(data / "train.csv", index=False)
+    pd.DataFrame({"class_name": [f"c{t}" for t in y], "image_path": keys, "target": y}).to_csv(
+        data / "train.csv", index=False)
     pd.DataFrame({"image_path": keys, "target": y, "fold": folds}).to_csv(data / "folds.csv",
                                                                         index=False)
     test_keys = np.array([f"test/{i:04d}.png" for i in range(n_test)])
@@ -104,7 +100,7 @@ def write_candidate(sw: Sweep, j: int, folds: list[int] | None = None,
 
 
 def sweep_from_synthetic(tmp: Path, syn, ensemble: str = "") -> tuple[Sweep, np.ndarray]:
-    """A sweep whose store holds `ensemble_search.synthetic` predictions (known truth).
+    """A sweep whose store holds `tests.synthetic_probs` predictions (known truth).
 
     Returns the sweep and the test labels (n_test,), in test.csv order.
     """
@@ -113,8 +109,8 @@ def sweep_from_synthetic(tmp: Path, syn, ensemble: str = "") -> tuple[Sweep, np.
                     c=syn.oof_probs.shape[2], n_folds=k,
                     n_test=syn.fold_test_probs.shape[2], ensemble=ensemble, write=False)
     # The folds file and train.csv must carry the synthetic labels and folds.
-    pd.DataFrame({"image_path": sw.keys, "target": syn.targets}).to_csv(
-        sw.folds_csv.parent / "train.csv", index=False)
+    pd.DataFrame({"class_name": [f"c{t}" for t in syn.targets], "image_path": sw.keys,
+                  "target": syn.targets}).to_csv(sw.folds_csv.parent / "train.csv", index=False)
     pd.DataFrame({"image_path": sw.keys, "target": syn.targets, "fold": syn.folds}).to_csv(
         sw.folds_csv, index=False)
     sw.targets, sw.folds = syn.targets, syn.folds

@@ -10,7 +10,7 @@ pytest.importorskip("ray.tune")
 from ray.tune.schedulers import ASHAScheduler, TrialScheduler  # noqa: E402
 
 from sketchtune.asha import FinishingASHA  # noqa: E402
-from sketchtune.trainable import LAST_EPOCH  # noqa: E402
+from sketchtune.job import LAST_EPOCH  # noqa: E402
 
 
 def _decisions(cls, last: bool) -> list[str]:

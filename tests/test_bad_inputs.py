@@ -586,7 +586,7 @@ CASES = [
     Case("opt-folds-csv-no-fold-column", "optimize", _folds_csv(lambda d: d.drop(columns="fold")),
          ("missing column", "fold")),
     Case("opt-folds-csv-duplicate-row", "optimize",
-         _folds_csv(lambda d: pd.concat([d, d.iloc[[3]]])), ("more than once",)),
+         _folds_csv(lambda d: pd.concat([d, d.iloc[[3]]])), ("appears twice",)),
     Case("opt-no-store", "optimize", _opt_no_store, ("no prediction store",)),
     Case("opt-set-bad-method", "optimize", _sets("ensemble.method=magic"), ("ensemble.method",)),
     Case("opt-fold-files-swapped", "optimize", _opt_fold_files_swapped,

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from sketchtune.cache import find_caches, main, mapped_by, parse_age
+from sketchtune.cache import find_caches, main, mapped_by, parse_age, read_cache_info
 from sketchtune.config import load_config
-from sketchtune.data import read_cache_info
 from sketchtune.demo import make_demo
 from sketchtune.prepare import prepare_data
 from tests.conftest import tiny_config_dict, write_config

@@ -216,7 +216,8 @@ def test_sweep_ctrl_c_writes_what_the_callback_queued_and_marks_the_sweep_killed
 
     cfg, _ = tiny_cfg(**{"data.n_folds": 3})
     monkeypatch.setattr(sweep_mod, "preflight",
-                        lambda *a, **k: Preflight(fixed=[], image_sizes=[], slots=1))
+                        lambda *a, **k: Preflight(fixed=[], image_sizes=[], slots=1, tables=None,
+                                                        started_ray=False))
     real = MlflowClient.log_batch
 
     def slow(self, *args, **kwargs):
@@ -227,7 +228,7 @@ def test_sweep_ctrl_c_writes_what_the_callback_queued_and_marks_the_sweep_killed
     trials = [SimpleNamespace(trial_id=f"t{k}", config={"job": {"params": {}, "fold": k}},
                               path=None) for k in range(3)]
 
-    def interrupted_cv(cfg, chosen, callbacks, quiet, outcomes):
+    def interrupted_cv(cfg, chosen, callbacks, quiet, outcomes, tables=None):
         (cb,) = callbacks
         for t in trials:
             cb.on_trial_start(0, trials, t)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from sketchtune.checkpoint import RELEASED, load_state, recover_checkpoints, release_checkpoints
+from sketchtune.resume import RELEASED, load_state, recover_checkpoints, release_checkpoints
 
 
 def test_release_checkpoints_leaves_a_small_stub_that_loads_as_released(tmp_path):

@@ -6,7 +6,7 @@ import importlib
 
 import pytest
 
-CLIS = ["sketchtune.sweep", "sketchtune.train", "sketchtune.demo", "sketchtune.configdoc",
+CLIS = ["sketchtune.sweep", "sketchtune.train", "sketchtune.demo", "docs.configdoc",
         "ensemble_search.optimize", "ensemble_search.predict"]
 
 

@@ -24,7 +24,8 @@ from pydantic import BaseModel
 
 from ensemble_search import optimize
 from sketchtune import sweep
-from sketchtune.config import ConfigError, SweepConfig, load_config
+from sketchtune.config import SweepConfig, load_config
+from sketchtune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = yaml.safe_load((ROOT / "configs" / "sweep.yaml").read_text())

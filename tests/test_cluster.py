@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sketchtune.cluster import start_ray, worker_env
-from sketchtune.storage import CLOUD_ENV
+from sketchtune.fs import CLOUD_ENV
 
 pytestmark = pytest.mark.slow
 

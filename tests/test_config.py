@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from ensemble_search.config import ensemble_config
 from sketchtune.config import (
-    ConfigError,
     SweepConfig,
     TrainConfig,
     candidate_id,
@@ -18,8 +18,16 @@ from sketchtune.config import (
     read_yaml,
     with_train_overrides,
 )
+from sketchtune.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def load_with_ensemble(path: Path) -> SweepConfig:
+    """What optimize reads: the sweep's config, and its `ensemble:` section checked too."""
+    cfg = load_config(path)
+    ensemble_config(cfg, str(path))
+    return cfg
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -169,7 +177,7 @@ def test_load_config_int_fields_take_ints_only(tmp_path, value):
 ])
 def test_load_config_bools_and_floats_are_not_coerced(tmp_path, text, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
-        load_config(write(tmp_path, text))
+        load_with_ensemble(write(tmp_path, text))
 
 
 def test_load_config_float_fields_accept_yaml_1_1_exponents(tmp_path):
@@ -186,9 +194,9 @@ def test_load_config_float_fields_accept_yaml_1_1_exponents(tmp_path):
 def test_load_config_negative_seed_is_refused(tmp_path, key):
     section, name = key.split(".")
     with pytest.raises(ConfigError, match=re.escape(key) + r".*greater than or equal to 0"):
-        load_config(write(tmp_path, f"{section}: {{{name}: -1}}\n"))
+        load_with_ensemble(write(tmp_path, f"{section}: {{{name}: -1}}\n"))
     with pytest.raises(ConfigError, match=re.escape(key)):
-        load_config(write(tmp_path, f"{section}: {{{name}: {2**32}}}\n"))
+        load_with_ensemble(write(tmp_path, f"{section}: {{{name}: {2**32}}}\n"))
 
 
 @pytest.mark.parametrize("text", ["", "\n# only a comment\n", "{}\n"])

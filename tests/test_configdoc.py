@@ -11,15 +11,17 @@ import pytest
 from pydantic import BaseModel
 
 import sketchtune.config as config
-from sketchtune import configdoc
+from docs import configdoc
+from ensemble_search.config import EnsembleConfig
 from sketchtune.cli import base_parser
 
 
 def config_models() -> list[type[BaseModel]]:
-    """Every pydantic model defined in config.py."""
-    return [obj for obj in vars(config).values()
+    """Every pydantic model of the config package, and the ensemble search's `EnsembleConfig`."""
+    return [obj for obj in [*vars(config).values(), EnsembleConfig]
             if isinstance(obj, type) and issubclass(obj, BaseModel)
-            and obj.__module__ == config.__name__ and obj.model_fields]
+            and obj.__module__.startswith(config.__name__) and obj.model_fields
+            or obj is EnsembleConfig]
 
 
 def leaf_keys(d: dict[str, Any], prefix: str = "") -> list[str]:
@@ -88,7 +90,7 @@ def test_configdoc_check_and_write(tmp_path: Path, capsys):
 def test_configdoc_path_that_is_a_folder_is_one_line_exit_2(tmp_path: Path, capsys, flag):
     assert configdoc.main([flag, "--path", str(tmp_path)]) == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("sketchtune.configdoc: error:") and str(tmp_path) in line
+    assert line.startswith("docs/configdoc.py: error:") and str(tmp_path) in line
     assert "is a folder" in line
 
 

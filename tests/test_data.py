@@ -14,18 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-import sketchtune.data as data
-from sketchtune.data import (
-    CachedImages,
-    DataError,
-    SketchDataset,
-    load_images,
-    read_image,
-    read_test_csv,
-    read_train_csv,
-    resize_square,
-    resolve_image_path,
-)
+import sketchtune.images as images
+from sketchtune.cache import load_images
+from sketchtune.errors import DataError
+from sketchtune.images import CachedImages, SketchDataset, read_image, resize_square
+from sketchtune.tables import read_test_csv, read_train_csv, resolve_image_path
 from tests.data_fixtures import make_dataset, sketch, write_csv
 
 HEADER = "class_name,image_path,target\n"
@@ -281,7 +274,7 @@ def test_read_image_corrupt_file(tmp_path):
 
 def test_read_image_refuses_huge_image(tmp_path, monkeypatch):
     cv2.imwrite(str(tmp_path / "big.png"), np.zeros((20, 30), np.uint8))
-    monkeypatch.setattr(data, "MAX_PIXELS", 500)  # the header check, without a 50 MP file
+    monkeypatch.setattr(images, "MAX_PIXELS", 500)  # the header check, without a 50 MP file
     with pytest.raises(DataError, match=r"big.png: 30x20 image exceeds 500 pixels"):
         read_image(tmp_path / "big.png")
 

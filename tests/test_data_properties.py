@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from sketchtune.data import DataError, normalise_image_path, read_test_csv, read_train_csv
+from sketchtune.errors import DataError
+from sketchtune.tables import normalise_image_path, read_test_csv, read_train_csv
 from tests.data_fixtures import make_dataset
 
 # Fast enough for every run: each example reads one small CSV (and stats its 15 images).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import functools
 import json
 import os
 from pathlib import Path
@@ -14,9 +15,13 @@ import pandas as pd
 import pytest
 
 from sketchtune.cli import base_parser, run_cli
-from sketchtune.data import read_test_csv, read_train_csv
 from sketchtune.demo import main, make_demo, pick_digits
-from sketchtune.synthetic import FULL_CLASSES, class_counts, make_synthetic
+from sketchtune.errors import ConfigError
+from sketchtune.synthetic import FULL_CLASSES, class_counts
+from sketchtune.tables import read_test_csv, read_train_csv
+
+# The competition-shaped data set, as `python -m sketchtune.demo --preset imagenet-sketch`.
+make_synthetic = functools.partial(make_demo, preset="imagenet-sketch")
 
 SMALL = dict(seed=0, classes=3, per_class=6, test_per_class=2, size=32)
 
@@ -204,7 +209,7 @@ def _full_disk_after(n: int):
 def test_demo_main_disk_full_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     import sketchtune.demo as demo_mod
 
-    monkeypatch.setattr(demo_mod, "_write_jpeg", _full_disk_after(5))
+    monkeypatch.setattr(demo_mod, "write_jpeg", _full_disk_after(5))
     out = tmp_path / "new" / "deeper" / "demo"  # parents made by this run go as well
     assert main(["--out", str(out)]) == 2
     err = one_error_line(capsys)
@@ -215,7 +220,7 @@ def test_demo_main_disk_full_is_one_line_and_leaves_nothing(tmp_path, capsys, mo
 def test_synthetic_disk_full_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
     import sketchtune.synthetic as synthetic
 
-    monkeypatch.setattr(synthetic, "write_file", _full_disk_after(3))
+    monkeypatch.setattr(synthetic, "write_jpeg", _full_disk_after(3))
     out = tmp_path / "synth"
     argv = ["--out", str(out), "--preset", "imagenet-sketch", "--classes", "2",
             "--per-class", "5", "--test-per-class", "1", "--workers", "1"]
@@ -280,14 +285,17 @@ def test_run_cli_user_error_is_exit_2_and_bare_exceptions_exit_1(capsys):
     ns = argparse.Namespace()
 
     def user(_: argparse.Namespace) -> int:
+        raise ConfigError("bad value in x.yaml")
+
+    def bare(_: argparse.Namespace) -> int:
         raise ValueError("bad value in x.yaml")
 
     def oserror(_: argparse.Namespace) -> int:
         raise PermissionError(errno.EACCES, "Permission denied", "/some/file")
 
-    assert run_cli("prog", user, ns, user_errors=(ValueError,)) == 2
+    assert run_cli("prog", user, ns) == 2
     assert one_error_line(capsys) == "prog: error: bad value in x.yaml\n"
-    assert run_cli("prog", user, ns) == 1
+    assert run_cli("prog", bare, ns) == 1
     assert one_error_line(capsys).startswith("prog: unexpected ValueError: bad value")
     assert run_cli("prog", oserror, ns) == 1
     assert "unexpected PermissionError (/some/file)" in one_error_line(capsys)

@@ -17,8 +17,8 @@ import pytest
 from ensemble_search import optimize, predict
 from ensemble_search.comparison import ESTIMATE_SCORES
 from ensemble_search.methods import METHODS
-from ensemble_search.synthetic import make_synthetic
 from tests.ensemble_fixtures import make_sweep, sweep_from_synthetic, write_candidate
+from tests.synthetic_probs import make_fold_probs
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +83,7 @@ def test_optimize_and_predict_log_mlflow_runs(done):
 def synthetic(tmp_path_factory):
     """A store of synthetic predictions whose test labels are known, optimized and predicted:
     (sweep, test labels, optimize's stdout)."""
-    syn = make_synthetic(n=3000, n_test=2000, classes=20, candidates=3, seed=3)
+    syn = make_fold_probs(n=3000, n_test=2000, classes=20, candidates=3, seed=3)
     sw, test_y = sweep_from_synthetic(tmp_path_factory.mktemp("synthetic"), syn)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):

@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 
 from ensemble_search.load import (
-    EnsembleError,
     load_fold_test_probs,
     load_oof,
     load_test_probs,
@@ -15,6 +14,7 @@ from ensemble_search.load import (
     read_train_rows,
 )
 from sketchtune.config import load_config
+from sketchtune.errors import DataError, EnsembleError
 from tests.ensemble_fixtures import make_sweep, write_candidate
 
 
@@ -181,7 +181,8 @@ def test_load_fold_test_probs_refuses_fold_written_without_test_keys(tmp_path):
 def test_read_train_rows_refuses_train_csv_relabelled_after_the_sweep(tmp_path):
     sw = make_sweep(tmp_path)
     train = pd.read_csv(sw.folds_csv.parent / "train.csv")
-    train.loc[3, "target"] = (train.loc[3, "target"] + 1) % 4
+    train.loc[3, "target"] = (train.loc[3, "target"] + 1) % 4  # a consistent relabelling:
+    train.loc[3, "class_name"] = f"c{train.loc[3, 'target']}"  # another class, by both
     train.to_csv(sw.folds_csv.parent / "train.csv", index=False)
     want = (f"image 'train/0003.png' has target {(sw.targets[3] + 1) % 4} but "
             f".*folds.csv .* has {sw.targets[3]}; 1 row")
@@ -194,6 +195,7 @@ def test_load_oof_names_both_labels_when_stored_target_differs_from_train_csv(tm
     sw.folds_csv.unlink()
     train = pd.read_csv(sw.folds_csv.parent / "train.csv")
     train.loc[5, "target"] = (train.loc[5, "target"] + 2) % 4
+    train.loc[5, "class_name"] = f"c{train.loc[5, 'target']}"
     train.to_csv(sw.folds_csv.parent / "train.csv", index=False)
     want = (rf"image 'train/0005\.png' has target {sw.targets[5]} in fold {sw.folds[5]}'s "
             rf"predictions but {(sw.targets[5] + 2) % 4} in .*train\.csv")
@@ -215,5 +217,5 @@ def test_load_test_probs_refuses_a_fold_beyond_the_manifests_n_folds(tmp_path):
 def test_read_test_keys_refuses_a_header_only_test_csv(tmp_path):
     path = tmp_path / "test.csv"
     path.write_text("image_path\n")
-    with pytest.raises(EnsembleError, match=f"{path}: no rows, only a header"):
+    with pytest.raises(DataError, match=f"{path}: no rows"):
         read_test_keys(path)

@@ -10,11 +10,11 @@ from pydantic import ValidationError
 
 from ensemble_search.calibration import candidate_temperatures
 from ensemble_search.comparison import compare_methods, flat_metrics
+from ensemble_search.config import EnsembleConfig
 from ensemble_search.correlation import (
     corr_from_gram,
     error_correlation,
     fold_gram,
-    prob_correlation,
 )
 from ensemble_search.greedy import greedy_log_loss, greedy_reference, select_accuracy
 from ensemble_search.load import OOFSet
@@ -30,13 +30,18 @@ from ensemble_search.methods import (
     auto_methods,
     build_method,
     reported_methods,
-    unregister,
 )
 from ensemble_search.metrics import log_loss, true_class_probs
 from ensemble_search.nested import honest_estimate
 from ensemble_search.oofview import OOFView, RowFacts
-from sketchtune.config import EnsembleConfig
 from tests.ensemble_fixtures import make_probs, softmax
+
+
+def prob_correlation(probs: np.ndarray, rows: int = 32) -> np.ndarray:
+    """probs (M, N, C) -> (M, M) Pearson correlation of the flattened probabilities, all rows
+    as one fold: what compare_methods' correlation picture shows."""
+    gram, sums = fold_gram(probs, np.zeros(probs.shape[1], dtype=np.int64), rows)
+    return corr_from_gram(gram[0], sums[0], probs.shape[1] * probs.shape[2])
 
 
 @pytest.mark.parametrize("metric", ["log_loss", "acc"])
@@ -375,7 +380,7 @@ def test_new_method_class_is_usable_by_name_from_config_and_comparison():
         assert set(auto.results) == {"mean", "greedy", "optimized", "pruned", "best_single",
                                      "last_candidate"}
     finally:
-        unregister("last_candidate")
+        del METHODS["last_candidate"]
     assert "last_candidate" not in METHODS
     with pytest.raises(ValidationError, match="last_candidate"):
         EnsembleConfig(method="last_candidate")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from sketchtune.cli import first_line as cli_first_line
 from sketchtune.errors import first_line
 
 
@@ -16,10 +15,9 @@ def test_first_line_of_an_empty_error_is_its_type_name():
     assert first_line(RuntimeError("   \n")) == "RuntimeError"
 
 
-def test_first_line_cuts_to_the_limit():
-    assert first_line("x" * 500) == "x" * 160
-    assert first_line(OSError("y" * 500), 120) == "y" * 120
-
-
-def test_first_line_is_re_exported_by_the_cli_layer():
-    assert cli_first_line is first_line
+def test_first_line_cuts_to_the_limit_at_a_word_with_an_ellipsis():
+    assert first_line("x" * 500) == "x" * 157 + "..."
+    assert first_line(OSError("y" * 500), 120) == "y" * 117 + "..."
+    cut = first_line("Max retries exceeded with url: /api (x)", 30)
+    assert cut == "Max retries exceeded with..."
+    assert first_line("short enough", 12) == "short enough"

@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from ensemble_search.estimate import SubmissionEstimate, estimate_submission
-from ensemble_search.synthetic import make_synthetic
+from tests.synthetic_probs import make_fold_probs
 
 # Many OOF rows (cheap: one fold model each) keep the honest term's own noise near 0.25 pp,
 # so the tolerance below measures the method, not the sampling of the labels.
@@ -23,7 +23,7 @@ def _estimate(s, **kw) -> SubmissionEstimate:
 @pytest.mark.parametrize("regime", [dict(), dict(signal=6.0), dict(fold=1.6),
                                     dict(candidates=1), dict(under_confidence=0.7)])
 def test_estimate_submission_closes_the_gap_on_synthetic_truth(regime: dict) -> None:
-    s = make_synthetic(seed=1, **SIZES, **regime)
+    s = make_fold_probs(seed=1, **SIZES, **regime)
     e = _estimate(s)
     _, expected = s.submission_acc(np.ones(s.oof_probs.shape[0]))
     # The honest estimate scores one fold model: it is low by the averaging gain.
@@ -36,7 +36,7 @@ def test_estimate_submission_closes_the_gap_on_synthetic_truth(regime: dict) -> 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("regime", [dict(), dict(signal=3.0, candidates=3), dict(fold=0.4)])
 def test_estimate_submission_interval_covers_realised_accuracy(regime: dict, seed: int) -> None:
-    s = make_synthetic(seed=seed, **SIZES, **regime)
+    s = make_fold_probs(seed=seed, **SIZES, **regime)
     e = _estimate(s)
     realised, _ = s.submission_acc(np.ones(s.oof_probs.shape[0]))
     assert e.low <= realised <= e.high
@@ -46,7 +46,7 @@ def test_estimate_submission_interval_covers_realised_accuracy(regime: dict, see
 
 
 def test_estimate_submission_equals_honest_with_one_fold() -> None:
-    s = make_synthetic(seed=0, n=600, n_test=300, classes=10, n_folds=2)
+    s = make_fold_probs(seed=0, n=600, n_test=300, classes=10, n_folds=2)
     folds = np.zeros_like(s.folds)  # one fold model scores every row
     e = estimate_submission(s.oof_probs, s.targets, folds, s.fold_test_probs[:, :1],
                             np.ones(2))
@@ -57,14 +57,14 @@ def test_estimate_submission_equals_honest_with_one_fold() -> None:
 
 
 def test_estimate_submission_equals_honest_when_fold_models_agree() -> None:
-    s = make_synthetic(seed=0, n=1000, n_test=500, classes=10)
+    s = make_fold_probs(seed=0, n=1000, n_test=500, classes=10)
     same = np.repeat(s.fold_test_probs[:, :1], 5, axis=1)  # five identical fold models
     e = estimate_submission(s.oof_probs, s.targets, s.folds, same, np.ones(2))
     assert e.acc == e.honest and e.gain == 0.0 and e.disagreement == 0.0
 
 
 def test_estimate_submission_honest_uses_each_folds_weights() -> None:
-    s = make_synthetic(seed=0, n=1000, n_test=200, classes=10, candidates=2)
+    s = make_fold_probs(seed=0, n=1000, n_test=200, classes=10, candidates=2)
     # Fold k's nested weights put everything on candidate k % 2.
     fw = np.array([[1.0, 0.0] if k % 2 == 0 else [0.0, 1.0] for k in range(5)])
     e = estimate_submission(s.oof_probs, s.targets, s.folds, s.fold_test_probs,
@@ -75,14 +75,14 @@ def test_estimate_submission_honest_uses_each_folds_weights() -> None:
 
 
 def test_estimate_submission_as_dict_holds_every_field() -> None:
-    s = make_synthetic(seed=0, n=500, n_test=200, classes=5)
+    s = make_fold_probs(seed=0, n=500, n_test=200, classes=5)
     d = _estimate(s).as_dict()
     assert {"acc", "low", "high", "honest", "gain", "sd_test"} <= set(d)
     assert d["n_oof"] == 500 and d["n_test"] == 200 and d["n_folds"] == 5
 
 
 def _good() -> dict:
-    s = make_synthetic(seed=0, n=100, n_test=20, classes=4, n_folds=2)
+    s = make_fold_probs(seed=0, n=100, n_test=20, classes=4, n_folds=2)
     return dict(oof_probs=s.oof_probs, targets=s.targets, folds=s.folds,
                 fold_test_probs=s.fold_test_probs, weights=np.ones(2))
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import StratifiedKFold
 
-from sketchtune.data import DataError
+from sketchtune.errors import DataError
 from sketchtune.folds import load_or_make_folds, make_folds
 
 

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 
 from sketchtune.config import ModelConfig
-from sketchtune.model import ModelError, build_model, check_model_name
+from sketchtune.errors import ModelError
+from sketchtune.model import build_model, check_model_name
 
 
 @pytest.mark.parametrize("name", ["test_resnet", "test_convnext", "test_vit"])

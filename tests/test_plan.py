@@ -8,8 +8,8 @@ from pathlib import Path
 
 from sketchtune import sweep
 from sketchtune.config import ModelConfig
+from sketchtune.dryrun import data_shape, describe_plan, model_params
 from sketchtune.model import build_model
-from sketchtune.plan import data_shape, describe_plan, model_params
 
 # conftest's DEMO data: 5 classes x 40 train and x 6 test images.
 N_TRAIN, N_TEST, C = 200, 30, 5

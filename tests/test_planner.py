@@ -8,16 +8,15 @@ import numpy as np
 import pytest
 
 from sketchtune.config import candidate_id, with_train_overrides
+from sketchtune.job import job_of, trial_config
 from sketchtune.planner import (
     Candidate,
     cv_candidates,
     cv_experiment_name,
     describe_trial,
-    job_of,
     plan_cv_jobs,
     select_candidates,
     select_top,
-    trial_config,
 )
 from sketchtune.selection import greedy_members
 from sketchtune.store import PredictionStore

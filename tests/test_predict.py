@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from sketchtune.data import DataError
+from sketchtune.errors import DataError
 from sketchtune.predict import read_image_list
 
 
@@ -104,8 +104,8 @@ def _other_class_count(path):
 def test_predict_csv_refuses_damaged_weights_before_decoding_images(tmp_path, damage, want):
     """A fold's weights deleted, cut short or replaced: one StoreError naming the file, and the
     images are not decoded (no cache written) before it is found."""
+    from sketchtune.errors import StoreError
     from sketchtune.predict import predict_csv
-    from sketchtune.store import StoreError
 
     cfg, cid, csv = _candidate_with_weights(tmp_path)
     assert predict_csv(cfg, cid, csv).shape == (2, 3)  # the undamaged set predicts

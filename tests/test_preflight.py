@@ -97,7 +97,7 @@ def test_preflight_pretrained_without_weights_or_network(demo_dir, tmp_path, cap
                                                          monkeypatch):
     """No local weights and no hub: one line naming the key and the fix, at once, for both
     CLIs (the hub is made unreachable here, so the test does not depend on the network)."""
-    monkeypatch.setattr("sketchtune.preflight._hub_answers", lambda endpoint: "no route")
+    monkeypatch.setattr("sketchtune.checks._hub_answers", lambda endpoint: "no route")
     monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
     path, outputs = setup(demo_dir, tmp_path, **{"train.model.pretrained": True})
     for main in (sweep_main, train_main):

@@ -18,12 +18,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from sketchtune.checkpoint import load_state
-from sketchtune.config import ConfigError, candidate_id, load_config
+from sketchtune.config import candidate_id, load_config
+from sketchtune.errors import ConfigError, StoreError
 from sketchtune.faults import ENV
 from sketchtune.folds import make_folds
 from sketchtune.prepare import prepare_data
-from sketchtune.store import PredictionStore, StoreError
+from sketchtune.resume import load_state
+from sketchtune.store import PredictionStore
 from sketchtune.train import main as train_main
 from sketchtune.train import run_trial
 
@@ -145,7 +146,7 @@ def test_read_only_store_is_one_line_and_leaves_nothing(tiny_cfg, monkeypatch, c
     def read_only(src, dst):
         raise OSError(errno.EROFS, "Read-only file system")
 
-    monkeypatch.setattr("sketchtune.storage.os.replace", read_only)  # the store writes through it
+    monkeypatch.setattr("sketchtune.fs.os.replace", read_only)  # the store writes through it
     assert train_main([str(path), "--fold", "0", "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err, err

@@ -19,8 +19,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sketchtune import storage
-from sketchtune.storage import URI, StoreError, location
+from sketchtune import fs
+from sketchtune.errors import StoreError
+from sketchtune.fs import URI, location
 from sketchtune.store import PredictionStore
 from tests.conftest import tiny_config_dict, write_config
 
@@ -54,7 +55,7 @@ def bucket(s3_endpoint, monkeypatch) -> str:
                        "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
                        "AWS_EC2_METADATA_DISABLED": "true"}.items():
         monkeypatch.setenv(key, value)
-    storage._filesystem.cache_clear()  # a filesystem made under another test's environment
+    fs._filesystem.cache_clear()  # a filesystem made under another test's environment
     name = f"b-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
     return name
@@ -108,13 +109,13 @@ def test_storage_bad_uri_option_or_dead_endpoint_is_a_store_error_naming_the_uri
     bad = location("s3://bkt/x?no_such_option=1")
     with pytest.raises(StoreError, match=r"s3://bkt/x\?no_such_option=1: pyarrow.fs cannot "
                                          r"open it \(Unexpected query parameter"):
-        storage.is_dir(bad)
+        fs.is_dir(bad)
     # Nothing listens on port 9 here: refused at once, but the AWS SDK retries for ~6 s, so
     # one read stands for all (is_dir, is_file, list_dir and open_input share `_reading`).
     dead = location("s3://bkt/x?endpoint_override=127.0.0.1:9&scheme=http")
     with pytest.raises(StoreError, match=r"^s3://bkt/x\?endpoint_override=.*: cannot read "
                                          r"\(.*NETWORK_CONNECTION"):
-        storage.read_bytes(dead)
+        fs.read_bytes(dead)
 
 
 def test_storage_region_not_resolved_is_a_store_error_naming_the_uri(monkeypatch):
@@ -124,12 +125,12 @@ def test_storage_region_not_resolved_is_a_store_error_naming_the_uri(monkeypatch
         raise OSError(f"When resolving region for bucket '{netloc}': AWS Error "
                       "NETWORK_CONNECTION during HeadBucket operation")
 
-    monkeypatch.setattr(storage, "_filesystem", offline)
+    monkeypatch.setattr(fs, "_filesystem", offline)
     with pytest.raises(StoreError, match=r"^s3://bkt/sweeps/demo: pyarrow.fs cannot open it "
                                          r"\(When resolving region"):
-        storage.is_dir(location("s3://bkt/sweeps/demo"))
+        fs.is_dir(location("s3://bkt/sweeps/demo"))
     with pytest.raises(StoreError, match=r"^storage_path: s3://bkt/sweeps: pyarrow.fs cannot"):
-        storage.check_writable(location("s3://bkt/sweeps"), "storage_path")
+        fs.check_writable(location("s3://bkt/sweeps"), "storage_path")
 
 
 def test_storage_uri_joins_and_names_like_a_path_keeping_its_options():
@@ -148,7 +149,7 @@ def test_storage_uri_joins_and_names_like_a_path_keeping_its_options():
 
 def test_storage_pyarrow_honours_aws_endpoint_url(bucket, s3_endpoint):
     """pyarrow 25 reads AWS_ENDPOINT_URL (the standard variable): no option in the URI."""
-    storage.write_bytes(URI(f"s3://{bucket}/a/b.bin"), b"hello")
+    fs.write_bytes(URI(f"s3://{bucket}/a/b.bin"), b"hello")
     assert _keys(s3_endpoint, bucket) == {"a/b.bin": 5}
 
 
@@ -156,33 +157,33 @@ def test_storage_endpoint_override_in_the_uri(bucket, s3_endpoint, monkeypatch):
     monkeypatch.delenv("AWS_ENDPOINT_URL")
     host = s3_endpoint.removeprefix("http://")
     u = URI(f"s3://{bucket}/x?endpoint_override={host}&scheme=http")
-    storage.write_bytes(u / "f.txt", b"abc")
-    assert storage.read_bytes(u / "f.txt") == b"abc"
+    fs.write_bytes(u / "f.txt", b"abc")
+    assert fs.read_bytes(u / "f.txt") == b"abc"
 
 
 def test_storage_read_write_list_delete_on_s3(bucket):
     root = URI(f"s3://{bucket}/sweeps")
-    assert storage.list_dir(root) == {} and not storage.is_dir(root)
-    storage.write_bytes(root / "a.bin", b"12345")
-    storage.write_bytes(root / "sub" / "b.bin", b"xy")
-    assert storage.list_dir(root) == {"a.bin": 5, "sub": None}
-    assert storage.is_file(root / "a.bin") and storage.is_dir(root / "sub")
-    assert not storage.is_file(root / "sub") and not storage.is_file(root / "missing")
-    assert storage.read_bytes(root / "a.bin") == b"12345"
+    assert fs.list_dir(root) == {} and not fs.is_dir(root)
+    fs.write_bytes(root / "a.bin", b"12345")
+    fs.write_bytes(root / "sub" / "b.bin", b"xy")
+    assert fs.list_dir(root) == {"a.bin": 5, "sub": None}
+    assert fs.is_file(root / "a.bin") and fs.is_dir(root / "sub")
+    assert not fs.is_file(root / "sub") and not fs.is_file(root / "missing")
+    assert fs.read_bytes(root / "a.bin") == b"12345"
     with pytest.raises(FileNotFoundError):
-        storage.read_bytes(root / "missing")
-    storage.write_bytes(root / "a.bin", b"new")  # an overwrite is whole
-    assert storage.read_bytes(root / "a.bin") == b"new"
-    storage.delete(root / "a.bin")
-    storage.delete(root / "a.bin")  # gone already: nothing
-    assert storage.list_dir(root) == {"sub": None}
+        fs.read_bytes(root / "missing")
+    fs.write_bytes(root / "a.bin", b"new")  # an overwrite is whole
+    assert fs.read_bytes(root / "a.bin") == b"new"
+    fs.delete(root / "a.bin")
+    fs.delete(root / "a.bin")  # gone already: nothing
+    assert fs.list_dir(root) == {"sub": None}
 
 
 def test_store_on_s3_round_trip_with_marker_last(bucket, s3_endpoint, monkeypatch):
     store = PredictionStore(f"s3://{bucket}/sweeps/demo")
     order: list[str] = []
-    real = storage.write_bytes
-    monkeypatch.setattr(storage, "write_bytes", lambda loc, data: (order.append(loc.name),
+    real = fs.write_bytes
+    monkeypatch.setattr(fs, "write_bytes", lambda loc, data: (order.append(loc.name),
                                                                    real(loc, data)))
     arrays = _fold(store)
     assert order == ["fold0.safetensors", "fold0.npz", "fold0.json"]  # the marker last
@@ -202,8 +203,8 @@ def test_store_on_s3_ignores_folds_without_their_marker(bucket):
     """Arrays whose manifest never came (the writer died): no reader sees the fold."""
     store = PredictionStore(f"s3://{bucket}/sweeps/demo")
     _fold(store, fold=0)
-    storage.write_bytes(store.candidate_dir("c1") / "fold1.npz", b"arrays, no manifest")
-    storage.write_bytes(store.candidate_dir("c2") / "fold0.npz", b"arrays, no manifest")
+    fs.write_bytes(store.candidate_dir("c1") / "fold1.npz", b"arrays, no manifest")
+    fs.write_bytes(store.candidate_dir("c2") / "fold0.npz", b"arrays, no manifest")
     assert store.candidates() == ["c1"] and store.folds("c1") == [0]
     assert not store.has_fold("c1", 1)
     ok, why = store.completeness("c1", [f"v{k}_{i}" for k in (0, 1) for i in range(4)])
@@ -215,14 +216,14 @@ def test_store_on_s3_rewrite_that_dies_half_way_leaves_no_fold(bucket, monkeypat
     arrays leaves a fold no reader trusts, never the old manifest over new arrays."""
     store = PredictionStore(f"s3://{bucket}/sweeps/demo")
     _fold(store, seed=0)
-    real = storage.write_bytes
+    real = fs.write_bytes
 
     def dies_at_the_manifest(loc, data):
         if loc.name.endswith(".json"):
             raise StoreError(f"{loc}: cannot write (simulated)")
         real(loc, data)
 
-    monkeypatch.setattr(storage, "write_bytes", dies_at_the_manifest)
+    monkeypatch.setattr(fs, "write_bytes", dies_at_the_manifest)
     with pytest.raises(StoreError):
         _fold(store, seed=1)
     assert store.folds("c1") == [] and store.candidates() == []
@@ -232,9 +233,9 @@ def test_store_on_s3_refuses_arrays_that_do_not_match_their_manifest(bucket):
     store = PredictionStore(f"s3://{bucket}/sweeps/demo")
     _fold(store, seed=0)
     npz = store.candidate_dir("c1") / "fold0.npz"
-    good = storage.read_bytes(npz)
+    good = fs.read_bytes(npz)
     for bad in (good[:200], good[:-1] + bytes([good[-1] ^ 1])):  # cut short; one bit flipped
-        storage.write_bytes(npz, bad)
+        fs.write_bytes(npz, bad)
         with pytest.raises(StoreError, match="not what its manifest records") as e:
             store.read_fold("c1", 0)
         assert str(npz) in str(e.value) and "\n" not in str(e.value)
@@ -244,8 +245,8 @@ def test_ensemble_object_set_writes_its_marker_last(bucket, monkeypatch):
     from ensemble_search.cli import write_files
 
     order: list[str] = []
-    real = storage.write_bytes
-    monkeypatch.setattr(storage, "write_bytes", lambda loc, data: (order.append(loc.name),
+    real = fs.write_bytes
+    monkeypatch.setattr(fs, "write_bytes", lambda loc, data: (order.append(loc.name),
                                                                    real(loc, data)))
     target = URI(f"s3://{bucket}/sweeps/demo/ensemble")
     paths = write_files(target, {"ensemble.json": b"{}", "a.png": b"p", "b.csv": b"c"})
@@ -254,7 +255,7 @@ def test_ensemble_object_set_writes_its_marker_last(bucket, monkeypatch):
     order.clear()
     write_files(target, {"submission.csv": b"s", "test_probs.npy": b"n"})
     assert order == ["test_probs.npy", "submission.csv"]
-    assert set(storage.list_dir(target)) == {"ensemble.json", "a.png", "b.csv",
+    assert set(fs.list_dir(target)) == {"ensemble.json", "a.png", "b.csv",
                                              "submission.csv", "test_probs.npy"}
 
 
@@ -267,12 +268,12 @@ def test_predict_reads_safetensors_weights_from_the_bucket(bucket):
 
     sd = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.zeros(3)}
     uri = URI(f"s3://{bucket}/c1/fold0.safetensors")
-    storage.write_bytes(uri, save(sd))
+    fs.write_bytes(uri, save(sd))
     _check_weights_file(uri, {"w": (2, 3), "b": (3,)})
     assert torch.equal(_load_weights(uri)["w"], sd["w"])
     with pytest.raises(StoreError, match="do not fit"):
         _check_weights_file(uri, {"w": (3, 2), "b": (3,)})
-    storage.write_bytes(uri, save(sd)[:20])  # cut short
+    fs.write_bytes(uri, save(sd)[:20])  # cut short
     with pytest.raises(StoreError, match="unreadable weights file") as e:
         _check_weights_file(uri, {"w": (2, 3), "b": (3,)})
     assert str(uri) in str(e.value)
@@ -284,24 +285,24 @@ def test_folds_file_on_s3(bucket):
     df = pd.DataFrame({"image_path": [f"i{j}.png" for j in range(20)], "target": [0, 1] * 10})
     uri = URI(f"s3://{bucket}/data/folds.csv")
     made = load_or_make_folds(df, uri, 2, 0)
-    assert storage.is_file(uri)
+    assert fs.is_file(uri)
     again = load_or_make_folds(df, uri, 2, 0)
     pd.testing.assert_frame_equal(made, again)
-    assert pd.read_csv(io.BytesIO(storage.read_bytes(uri)))["fold"].tolist() == \
+    assert pd.read_csv(io.BytesIO(fs.read_bytes(uri)))["fold"].tolist() == \
         made["fold"].tolist()
 
 
 def test_storage_preflight_missing_bucket_and_unreachable_endpoint(bucket, monkeypatch):
     with pytest.raises(StoreError, match="does not exist") as e:
-        storage.check_writable(URI("s3://no-such-bucket-here/sweeps"), "storage_path")
+        fs.check_writable(URI("s3://no-such-bucket-here/sweeps"), "storage_path")
     assert "s3://no-such-bucket-here/sweeps" in str(e.value) and "\n" not in str(e.value)
-    storage.check_writable(URI(f"s3://{bucket}/sweeps"), "storage_path")
-    assert storage.list_dir(URI(f"s3://{bucket}/sweeps")) == {}  # the probe left nothing
+    fs.check_writable(URI(f"s3://{bucket}/sweeps"), "storage_path")
+    assert fs.list_dir(URI(f"s3://{bucket}/sweeps")) == {}  # the probe left nothing
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nobody there
-    storage._filesystem.cache_clear()
+    fs._filesystem.cache_clear()
     t0 = time.monotonic()
     with pytest.raises(StoreError) as e:
-        storage.check_writable(URI(f"s3://{bucket}/sweeps"), "storage_path")
+        fs.check_writable(URI(f"s3://{bucket}/sweeps"), "storage_path")
     assert f"s3://{bucket}/sweeps" in str(e.value) and "\n" not in str(e.value)
     assert time.monotonic() - t0 < 60
 
@@ -319,7 +320,7 @@ def test_sweep_missing_bucket_is_one_line_before_anything_is_written(demo_dir, t
 
 
 def _manifests(store: PredictionStore) -> dict[str, str]:
-    return {f"{cid}/fold{k}": storage.read_bytes(store.candidate_dir(cid) / f"fold{k}.json")
+    return {f"{cid}/fold{k}": fs.read_bytes(store.candidate_dir(cid) / f"fold{k}.json")
             .decode() for cid in store.candidates() for k in store.folds(cid)}
 
 
@@ -382,12 +383,12 @@ def test_sweep_on_s3_resumes_after_driver_sigkill_then_optimize_and_predict(
     for module in (optimize, predict):
         assert module.main([str(path), "--quiet"]) == 0, module.__name__
     ens = URI(f"{sweeps}/tiny/ensemble")
-    assert {"ensemble.json", "submission.csv", "test_probs.npy"} <= set(storage.list_dir(ens))
-    sub = pd.read_csv(io.BytesIO(storage.read_bytes(ens / "submission.csv")))
+    assert {"ensemble.json", "submission.csv", "test_probs.npy"} <= set(fs.list_dir(ens))
+    sub = pd.read_csv(io.BytesIO(fs.read_bytes(ens / "submission.csv")))
     test = pd.read_csv(demo_dir / "test.csv")
     assert list(sub.columns) == ["ID", "image_path", "target"]
     assert sub["ID"].tolist() == list(range(len(test)))
     assert sub["image_path"].tolist() == test["image_path"].tolist()
     assert sub["target"].between(0, 4).all()
-    spec = json.loads(storage.read_bytes(ens / "ensemble.json"))
+    spec = json.loads(fs.read_bytes(ens / "ensemble.json"))
     assert {c["candidate_id"] for c in spec["candidates"]} <= set(store.candidates())

@@ -8,7 +8,8 @@ import stat
 import numpy as np
 import pytest
 
-from sketchtune.store import PredictionStore, StoreError, keys_digest
+from sketchtune.errors import StoreError
+from sketchtune.store import PredictionStore, keys_digest
 
 KEYS = [f"train/c{i % 3}/img{i}.JPEG" for i in range(12)]
 FOLDS = np.arange(12) % 3  # 3 folds of 4 rows
@@ -77,7 +78,7 @@ def test_store_failed_write_leaves_no_file(tmp_path, monkeypatch):
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("sketchtune.storage.os.fsync", boom)  # the store writes through it
+    monkeypatch.setattr("sketchtune.fs.os.fsync", boom)  # the store writes through it
     with pytest.raises(StoreError, match="No space left"):
         write(store, "abc", 0)
     leftovers = list((tmp_path / "candidates").rglob("*"))

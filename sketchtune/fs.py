@@ -25,7 +25,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import urlsplit
 
-__all__ = ["CLOUD_ENV", "SCHEMES", "URI", "Location", "StoreError", "atomic_write_bytes",
+from .errors import StoreError
+
+__all__ = ["CLOUD_ENV", "SCHEMES", "URI", "Location", "atomic_write_bytes", "replace_file",
            "check_writable",
            "delete", "is_dir", "is_file", "is_uri", "list_dir", "location", "open_input",
            "open_new_file", "read_bytes", "write_bytes"]
@@ -48,9 +50,6 @@ SCHEMES = ("s3", "gs", "gcs", "hdfs", "viewfs", "abfs", "abfss")
 # `scheme:` at the start of a location: a URI, or a typo of one (`s3:/bucket`, `gs:bucket`).
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):")
 
-
-class StoreError(ValueError):
-    """The store is missing something or holds something inconsistent; one-line message."""
 
 
 class URI:
@@ -258,31 +257,30 @@ def open_new_file(folder: Path, prefix: str) -> tuple[int, Path]:
             continue
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to local `path` through a temporary file and a rename (POSIX-atomic).
-
-    A full disk or a read-only folder is a StoreError naming the path; the temporary file
-    is removed, so no half-written file is ever left where a later run would trust it.
-    """
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = open_new_file(path.parent, f".{path.name}.")
-    except OSError as err:
-        raise StoreError(f"{path}: cannot write ({err.strerror or err}); make the folder "
-                         "writable or point storage_path elsewhere") from None
+def replace_file(path: Path, data: bytes) -> None:
+    """`path` := data through a temporary file beside it, fsynced, and a rename (POSIX-atomic),
+    with the umask's mode. OSError as the OS raised it; the temporary file never stays."""
+    fd, tmp = open_new_file(path.parent, f".{path.name}.")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """`replace_file`, its folder made first; a full disk or a read-only folder is a StoreError
+    naming the path, and no half-written file is left where a later run would trust it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        replace_file(path, data)
     except OSError as err:
-        Path(tmp).unlink(missing_ok=True)
         raise StoreError(f"{path}: cannot write ({err.strerror or err}); free some space or "
                          "make it writable, then run again: nothing was half-written") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_bytes(loc: Location, data: bytes) -> None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["SyntheticFolds", "make_synthetic", "softmax"]
+__all__ = ["SyntheticFolds", "make_fold_probs", "softmax"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -64,7 +64,7 @@ def _draw(rng: np.random.Generator, posterior: np.ndarray) -> np.ndarray:
     return np.minimum((cdf < u).sum(axis=1), posterior.shape[1] - 1).astype(np.int64)
 
 
-def make_synthetic(
+def make_fold_probs(
     *,
     n: int = 3000,
     n_test: int = 2000,

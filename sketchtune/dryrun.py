@@ -7,9 +7,10 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import SweepConfig
+from .cli import size_text
+from .config import SweepConfig, search_max_epochs
 from .errors import first_line
-from .planner import Candidate, cv_candidates, max_epochs, probe_values
+from .planner import Candidate, cv_candidates, probe_values
 from .preflight import check_sweep, image_sizes
 from .store import PredictionStore
 
@@ -76,16 +77,6 @@ def model_params(name: str, num_classes: int | None, img_size: int) -> int | Non
     return sum(p.numel() for p in model.parameters())
 
 
-def _size(n: float | None) -> str:
-    if n is None:
-        return "unknown"
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if n < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError("unreachable")
-
-
 def _folds_in_store(store: PredictionStore, cid: str, n_folds: int) -> int:
     """Folds of `cid` in the store, as `plan_cv_jobs` counts them, from the files there (so a
     huge n_folds costs nothing)."""
@@ -138,7 +129,7 @@ def describe_plan(cfg: SweepConfig, where: str = "config") -> str:
         asha = (f"ASHA may stop a trial from epoch {s.grace_period}, keeping the top "
                 f"1/{s.reduction_factor:g} at each rung" if s.asha else "no early stopping")
         lines.append(f"stage search: {n_search} trial(s) on fold {s.fold}, up to "
-                     f"{max_epochs(cfg)} epoch(s) each; {asha}; dimensions: "
+                     f"{search_max_epochs(cfg)} epoch(s) each; {asha}; dimensions: "
                      f"{', '.join(s.space)}")
 
     if searching:
@@ -160,7 +151,7 @@ def describe_plan(cfg: SweepConfig, where: str = "config") -> str:
         lines.append(f"stage cv: {n_cv} trial(s): {len(cands)} candidate(s) x {k} folds"
                      + (f", {have} fold(s) already in the store" if have else "")
                      + " (no search: search.enabled is off or search.space is empty)")
-    epochs = max([max_epochs(cfg), *(c.train.epochs for c in cands)])
+    epochs = max([search_max_epochs(cfg), *(c.train.epochs for c in cands)])
     lines.append(f"epochs per trial: at most {epochs}; all trials: {n_search + n_cv}")
 
     r = cfg.resources
@@ -188,29 +179,30 @@ def _disk_lines(cfg: SweepConfig, data: DataShape, fixed: list[Candidate],
     head = "" if data.classes else " (timm's default head: classes unknown)"
     out = ["disk (estimated):"]
     for n, p in params.items():
-        out.append(f"  model {n}: " + (f"{p / 1e6:.1f} M parameters, {_size(4 * p)} float32"
+        out.append(f"  model {n}: " + (f"{p / 1e6:.1f} M parameters, {size_text(4 * p)} float32"
                                        if p else "size unknown (timm cannot build it here)")
                    + head)
     known = [p for p in params.values() if p]
     big = 4 * max(known) if known else None
     ckpt = CHECKPOINT_FACTOR * big if big else None
     out.append(f"  Ray checkpoints: ~{CHECKPOINT_FACTOR}x the model per trial, "
-               f"{_size(ckpt)} each for the largest; up to "
-               f"{_size(ckpt * trials if ckpt else None)} for {trials} trial(s)")
+               f"{size_text(ckpt)} each for the largest; up to "
+               f"{size_text(ckpt * trials if ckpt else None)} for {trials} trial(s)")
     k = cfg.data.n_folds
     if data.n_train is not None and data.n_test is not None and data.classes:
         probs = (data.n_train / k + data.n_test) * data.classes * 4
         per_fold = probs + (big if cfg.save_weights and big else 0)
-        weights = (f" + weights {_size(big)}" if cfg.save_weights else
+        weights = (f" + weights {size_text(big)}" if cfg.save_weights else
                    " (save_weights off)")
         out.append(f"  prediction store per fold: probabilities (n_val + n_test) x C x 4 B = "
-                   f"{_size(probs)}{weights}; per candidate ({k} folds): {_size(per_fold * k)}")
+                   f"{size_text(probs)}{weights}; per candidate ({k} folds): "
+                   f"{size_text(per_fold * k)}")
     else:
         out.append("  prediction store per fold: unknown (row or class counts unknown)")
     for s in sizes:
         n = None if data.n_train is None or data.n_test is None else data.n_train + data.n_test
         b = None if n is None else n * s * s * 3
-        out.append(f"  image cache at {s} px: (train + test) x {s} x {s} x 3 B = {_size(b)} "
+        out.append(f"  image cache at {s} px: (train + test) x {s} x {s} x 3 B = {size_text(b)} "
                    f"under {_cache_dir(cfg)}")
     spec = cfg.search.space.get("img_size")
     if spec is not None and spec.type != "choice":

@@ -1,4 +1,8 @@
-"""The config reference, docs/config.md, generated from the pydantic models in config.py."""
+"""docs/config.md, generated from the config models: `python docs/configdoc.py --write`.
+
+The sweep's models (`sketchtune/config/`) and the ensemble search's (`ensemble_search/config.py`),
+which documents the `ensemble:` section that `SweepConfig` keeps as a plain mapping.
+"""
 
 from __future__ import annotations
 
@@ -14,13 +18,18 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from .cli import OneLineParser
-from .config import SweepConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, from anywhere
+
+from ensemble_search.config import EnsembleConfig  # noqa: E402
+from sketchtune.cli import OneLineParser  # noqa: E402
+from sketchtune.config import SweepConfig  # noqa: E402
 
 __all__ = ["COMMAND", "DOC", "main", "render", "sections"]
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "config.md"
-COMMAND = "python -m sketchtune.configdoc --write"
+DOC = Path(__file__).resolve().parent / "config.md"
+COMMAND = "python docs/configdoc.py --write"
+# Sections that a model keeps as a plain mapping and another package validates.
+_VALIDATED_ELSEWHERE: dict[str, type[BaseModel]] = {"ensemble": EnsembleConfig}
 
 _HEADER = f"""\
 # Config reference
@@ -33,7 +42,7 @@ is a key given twice;
 `--set KEY=VALUE` overrides any key by its dotted name (`--set train.optim.lr=3e-4`), and
 relative paths are relative to the directory the command runs from.
 
-Generated from the models in `sketchtune/config.py` by
+Generated from the models in `sketchtune/config/` and `ensemble_search/config.py` by
 `{COMMAND}`: edit the descriptions there, not this file
 (`tests/test_configdoc.py` fails when it is stale).
 """
@@ -48,6 +57,8 @@ def sections(model: type[BaseModel] = SweepConfig,
     out = [(prefix, model)]
     for name, field in model.model_fields.items():
         sub = _section_of(field.annotation)
+        if not prefix and name in _VALIDATED_ELSEWHERE:
+            sub = _VALIDATED_ELSEWHERE[name], ""
         if sub is not None:
             key = f"{prefix}.{name}" if prefix else name
             out += sections(sub[0], key + sub[1])
@@ -167,7 +178,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m sketchtune.configdoc",
+    p = OneLineParser(prog="docs/configdoc.py",
                                 description="Print, write or check docs/config.md, generated "
                                             "from sketchtune/config.py.")
     what = p.add_mutually_exclusive_group()
@@ -176,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
                       help="exit 1 if the file differs from what would be generated")
     p.add_argument("--path", type=Path, default=DOC, help="the file (default: docs/config.md)")
     args = p.parse_args(argv)
-    prog = p.prog.removeprefix("python -m ")  # the prefix every CLI's one-line error has
+    prog = p.prog
     if args.path.is_dir():
         print(f"{prog}: error: {args.path}: is a folder, not a file; pass --path FILE",
               file=sys.stderr)
@@ -192,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         return 0
     if args.write:
-        from .store import StoreError, atomic_write_bytes  # temp + rename: never half-written
+        from sketchtune.errors import StoreError
+        from sketchtune.fs import atomic_write_bytes  # temp + rename: never half-written
 
         try:
             atomic_write_bytes(args.path, text.encode("utf-8"))

@@ -1,9 +1,13 @@
-"""Trial checkpoints and resume: the only place that decides what a restarted sweep continues.
+"""Resume: what a restarted sweep continues, at its three levels.
 
-A trial checkpoints its `FitState` each epoch beside its metrics (`report_with_state`); a
-retried or restored trial continues from it (`restored_state`); a finished trial's state is
-replaced by a few-byte stub (`release_checkpoints`); a stage whose experiment folder exists
-is restored rather than started again (`restore_tuner`).
+- A (candidate, fold) whose predictions are in the store is never trained again: the cv
+  stage plans only the others (`planner.plan_cv_jobs`), and a trial that finds its fold
+  there reports it and returns (`trainable.trial`); both ask `PredictionStore.has_fold`.
+- A stage whose experiment folder exists is restored rather than started again
+  (`restore_tuner`); one of an older config is left alone, with a warning.
+- A trial checkpoints its `FitState` each epoch beside its metrics (`report_with_state`); a
+  retried or restored trial continues from it (`restored_state`); a finished trial's state
+  is replaced by a few-byte stub (`release_checkpoints`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .errors import first_line
-from .store import StoreError
+from . import fs
+from .errors import StoreError, first_line
 
 __all__ = ["RELEASED", "can_restore", "load_state", "recover_checkpoints", "release_checkpoints",
            "report_with_state", "restore_tuner", "restored_state"]
@@ -126,15 +130,26 @@ def can_restore(path: str) -> bool:
     return tune.Tuner.can_restore(path)
 
 
-def restore_tuner(stage: str, path: str, trainable: Any,
+def restore_tuner(stage: str, root: fs.Location, name: str, trainable: Any,
                   param_space: dict[str, Any]) -> Any | None:
-    """The stage's Tuner restored from `path` (unfinished and errored trials resume), or None.
+    """The stage's Tuner restored from `root/name` (unfinished and errored trials resume), or
+    None: then a search stage warns about its experiments of older configs, which are not
+    resumed (their trials would run the old config, and fail again if that was why they
+    stopped; their finished folds are in the prediction store either way).
 
     `param_space` is passed again because Tune cannot re-read objects it could not save.
     """
     from ray import tune
 
+    path = str(root / name)
     if not tune.Tuner.can_restore(path):
+        stale = sorted(str(root / d) for d, size in fs.list_dir(root).items()
+                       if size is None and d.startswith(stage) and d != name
+                       and stage == "search" and can_restore(str(root / d)))
+        if stale:
+            _log.warning("%s: the config differs from the one of %s; starting a fresh "
+                         "experiment %s (delete the old one to free its disk)", stage,
+                         stale[-1], name)
         return None
     _log.info("resuming %s from %s", stage, path)
     tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True,
