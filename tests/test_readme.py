@@ -95,17 +95,26 @@ def test_readme_is_a_first_page():
     assert not timings, f"README.md: suite timings {timings}; link a RESULTS file instead"
 
 
+def anchors(md: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    text = re.sub(r"```.*?```", "", md.read_text(), flags=re.S)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+            for h in re.findall(r"^#+ (.+)$", text, re.M)}
+
+
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
 def test_docs_relative_links_point_at_files(doc):
     text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)  # links in code are not links
     missing = []
     for target in re.findall(r"\]\(([^)\s]+)\)", text):
-        if re.match(r"[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
-            continue  # a URL, or an anchor on the same page
-        path = target.split("#", 1)[0]
-        if not (doc.parent / path).exists():
+        if re.match(r"[a-z][a-z0-9+.-]*:", target):
+            continue  # a URL
+        path, _, anchor = target.partition("#")
+        dest = doc.parent / path if path else doc
+        if not dest.exists() or (anchor and dest.suffix == ".md"
+                                 and anchor not in anchors(dest)):
             missing.append(target)
-    assert not missing, f"{doc.relative_to(ROOT)}: links to missing files: {missing}"
+    assert not missing, f"{doc.relative_to(ROOT)}: links to missing files or headings: {missing}"
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
