@@ -40,17 +40,11 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sketchtune.config import apply_overrides  # noqa: E402
+
 WORK = ROOT / "benchmarks" / "_work" / "selection"
 SHIPPED = ROOT / "configs" / "sweep.yaml"
 RULES = ("top_k", "ensemble")
-
-
-def _set(raw: dict[str, Any], key: str, value: Any) -> None:
-    *path, last = key.split(".")
-    node = raw
-    for part in path:
-        node = node.setdefault(part, {})
-    node[last] = value
 
 
 def sweep_config_file(seed: int, rule: str, data: Path, smoke: bool,
@@ -69,8 +63,7 @@ def sweep_config_file(seed: int, rule: str, data: Path, smoke: bool,
         raw["train"].update(epochs=2, img_size=32)
         raw["train"]["sched"]["warmup_epochs"] = 0
         raw["search"].update(num_samples=4, grace_period=1, top_k_per_backbone=1)
-    for key, value in overrides.items():
-        _set(raw, key, value)
+    raw = apply_overrides(raw, overrides)
     path = folder / f"sweep-{rule}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))

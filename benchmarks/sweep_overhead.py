@@ -167,12 +167,9 @@ def search_config(asha: bool, sizes: Sizes, cpus: int, seed: int, smoke: bool,
         raw["train"].update(img_size=sizes.search_img_size, epochs=sizes.search_epochs)
         raw["train"]["sched"] = {**raw["train"].get("sched", {}), "warmup_epochs": 0}
         raw["search"].update(num_samples=sizes.num_samples, grace_period=1)
-    for key, value in overrides.items():
-        section, *path = key.split(".")
-        node = raw[section]
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-        node[path[-1]] = value
+    from sketchtune.config import apply_overrides
+
+    raw = apply_overrides(raw, overrides)
     return load_sweep_config(folder / "sweep.yaml", raw)
 
 
@@ -472,7 +469,7 @@ def run_search_once(cfg) -> dict[str, Any]:
     import ray
     from ray.tune import Callback
 
-    from sketchtune.config import max_epochs
+    from sketchtune.config import search_max_epochs as max_epochs
     from sketchtune.job import job_of
     from sketchtune.preflight import check_sweep
     from sketchtune.prepare import prepare_data

@@ -28,6 +28,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from sketchtune.config import apply_overrides
 from tests.data_fixtures import make_dataset, sketch
 from tests.ensemble_fixtures import make_sweep, softmax, write_candidate
 
@@ -63,12 +64,7 @@ class Setup:
         return self.data / "test.csv"
 
     def rewrite_config(self, **dotted) -> Path:
-        for key, value in dotted.items():
-            cur = self.raw
-            *parents, last = key.split(".")
-            for p in parents:
-                cur = cur.setdefault(p, {})
-            cur[last] = value
+        self.raw = apply_overrides(self.raw, dotted)
         self.config.write_text(yaml.safe_dump(self.raw, sort_keys=False))
         return self.config
 
