@@ -392,3 +392,47 @@ def test_sweep_on_s3_resumes_after_driver_sigkill_then_optimize_and_predict(
     assert sub["target"].between(0, 4).all()
     spec = json.loads(fs.read_bytes(ens / "ensemble.json"))
     assert {c["candidate_id"] for c in spec["candidates"]} <= set(store.candidates())
+
+
+@pytest.fixture(scope="module")
+def s3_auth_endpoint():
+    """A moto S3 server that checks every request's signature (IAM auth on), in a process of
+    its own: moto reads that setting once, at import."""
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], env={**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, "moto did not start"
+                time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_storage_without_any_credentials_says_none_were_found_and_where_they_are_read_from(
+        s3_auth_endpoint, tmp_path, monkeypatch):
+    """No AWS_ACCESS_KEY_ID, no profile, no instance role: pyarrow says only 'AWS Error UNKNOWN
+    (HTTP status 500)'; the line says that no credentials were found, and where they are read."""
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                "AWS_SHARED_CREDENTIALS_FILE", "AWS_CONFIG_FILE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.aws
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_auth_endpoint)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    fs._filesystem.cache_clear()
+    with pytest.raises(StoreError) as e:
+        fs.check_writable(URI("s3://some-bucket/sweeps"), "storage_path")
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("storage_path: s3://some-bucket/sweeps: ")
+    assert "no credentials" in line, line
+    for where in ("AWS_ACCESS_KEY_ID", "AWS_PROFILE", str(tmp_path / ".aws"), s3_auth_endpoint):
+        assert where in line, (where, line)
