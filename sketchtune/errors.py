@@ -46,27 +46,40 @@ USER_ERRORS = (ConfigError, DataError, ModelError, StoreError, TrackingError, En
 
 
 def first_line(err: BaseException | str, limit: int = 160) -> str:
-    """The first non-empty line of an error's text (its type name if it has none), cut to `limit`.
+    """The line of an error's text that carries its cause (its type name if it has no text),
+    cut to `limit` at a word.
 
-    Library errors (Ray's, MLflow's, YAML's) span many lines; a one-line message quotes this.
+    Library errors (Ray's, MLflow's, YAML's) span many lines, and some open with a header
+    ("Unable to set up cluster storage with the following settings:", a quoted "Traceback
+    (most recent call last):") whose cause follows it: headers (ending in ':'), indented lines
+    (a traceback's frames, a repr's fields) and lone brackets are skipped; the first line is
+    the answer when nothing else is left.
     """
-    text = str(err).strip()
-    line = text.splitlines()[0].strip() if text else type(err).__name__
+    lines = [line for line in str(err).strip().splitlines() if line.strip()]
+    causes = [line.strip() for line in lines if not (
+        line[0].isspace() or line.rstrip().endswith((":", "<", "(", "[", "{"))
+        or line.strip() in (">", ")", "]", "}"))]
+    line = (causes or lines or [type(err).__name__])[0].strip()
     if len(line) <= limit:
         return line
     return line[:limit - 3].rsplit(" ", 1)[0].rstrip(",;:(") + "..."  # never mid-word
 
 
 def root_cause(err: BaseException) -> BaseException:
-    """The error a wrapper carries: Ray's `RayTaskError.cause`, else `__cause__`, innermost first.
+    """The error a wrapper carries, innermost first: Ray's `RayTaskError.cause`, else
+    `__cause__`, else `__context__` unless suppressed (`raise ... from None`); a user error
+    ends the search, its message being the line a user acts on.
 
     A trial's own error reaches the driver wrapped in Ray's ("ray::ImplicitFunc.train() (pid=..,
-    ip=..)" and a remote traceback); the user acts on the error inside.
+    ip=..)" and a remote traceback), and Ray wraps its own ("Failed to connect to Ray cluster"
+    over the authentication error it met).
     """
     seen: set[int] = set()
-    while id(err) not in seen:
+    while id(err) not in seen and not isinstance(err, USER_ERRORS):
         seen.add(id(err))
-        inner = getattr(err, "cause", None) or getattr(err, "__cause__", None)
+        inner = getattr(err, "cause", None) or err.__cause__
+        if inner is None and not err.__suppress_context__:
+            inner = err.__context__
         if not isinstance(inner, BaseException):
             break
         err = inner

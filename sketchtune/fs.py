@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from .errors import StoreError
 
@@ -347,6 +347,31 @@ def check_writable(loc: Location, field: str) -> None:
     except StoreError:
         raise
     except (OSError, ValueError) as err:
+        if none := _no_credentials(loc):  # pyarrow then says only "AWS Error UNKNOWN"
+            raise StoreError(f"{field}: {loc}: cannot write there: {none} ({_why(err)})") from None
         raise StoreError(f"{field}: {loc}: cannot write there ({_why(err)}); check the bucket, "
                          "the credentials (AWS_ACCESS_KEY_ID, ...) and the endpoint "
                          "(AWS_ENDPOINT_URL)") from None
+
+
+def _no_credentials(loc: URI) -> str | None:
+    """For s3: where the AWS SDK reads credentials from, when none of those places has any.
+
+    The environment, then the shared credentials and config files (a profile); an instance role
+    cannot be seen from here, so it is not named.
+    """
+    env = os.environ
+    if loc.scheme != "s3" or "access_key=" in loc.query or any(env.get(k) for k in (
+            "AWS_ACCESS_KEY_ID", "AWS_PROFILE", "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI", "AWS_CONTAINER_CREDENTIALS_FULL_URI")):
+        return None
+    files = [Path(env.get(k) or default).expanduser() for k, default in (
+        ("AWS_SHARED_CREDENTIALS_FILE", "~/.aws/credentials"),
+        ("AWS_CONFIG_FILE", "~/.aws/config"))]
+    if any(f.is_file() for f in files):
+        return None
+    endpoint = (dict(parse_qsl(loc.query)).get("endpoint_override")
+                or env.get("AWS_ENDPOINT_URL_S3") or env.get("AWS_ENDPOINT_URL") or "AWS's own")
+    return (f"no credentials were found (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY are unset, "
+            f"no AWS_PROFILE, no {files[0]} or {files[1]}); set them for the endpoint "
+            f"{endpoint}")
