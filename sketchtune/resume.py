@@ -5,14 +5,18 @@
   there reports it and returns (`trainable.trial`); both ask `PredictionStore.has_fold`.
 - A stage whose experiment folder exists is restored rather than started again
   (`restore_tuner`); one of an older config is left alone, with a warning.
-- A trial checkpoints its `FitState` each epoch beside its metrics (`report_with_state`); a
-  retried or restored trial continues from it (`restored_state`); a finished trial's state
-  is replaced by a few-byte stub (`release_checkpoints`).
+- A trial checkpoints its `FitState` each epoch beside its metrics, with the state's size
+  and sha256 beside it, and checks that the storage holds it whole (`report_with_state`); a
+  retried or restored trial continues from it only if it is whole, else starts its fold
+  again (`restored_state`); a finished trial's state is replaced by a few-byte stub
+  (`release_checkpoints`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import logging
 import os
 import pickle
@@ -23,13 +27,45 @@ from typing import Any
 from . import fs
 from .errors import StoreError, first_line
 
-__all__ = ["RELEASED", "can_restore", "load_state", "recover_checkpoints", "release_checkpoints",
-           "report_with_state", "restore_tuner", "restored_state"]
+__all__ = ["RELEASED", "can_restore", "load_state", "not_whole", "recover_checkpoints",
+           "release_checkpoints", "report_with_state", "restore_tuner", "restored_state",
+           "save_state"]
 
 _log = logging.getLogger(__name__)
 
 RELEASED = "released"  # the key of the stub that replaces a finished trial's checkpoint
 _STATE = "state.pt"  # the file in each Ray checkpoint folder
+_RECORD = "state.json"  # beside it: the state's size and sha256, as the store's manifests do
+
+
+def _record(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    return {"bytes": path.stat().st_size, "sha256": digest}
+
+
+def not_whole(folder: Path) -> str | None:
+    """Why the checkpoint in `folder` cannot be continued from, or None when it is whole.
+
+    Its state must be there and match its record. A checkpoint saved before records were
+    written has none: torch.load still refuses one cut short.
+    """
+    state, record = folder / _STATE, folder / _RECORD
+    if not state.is_file():
+        return f"{_STATE} is missing"
+    if record.is_file() and _record(state) != json.loads(record.read_text()):
+        return f"{_STATE} is not what {_RECORD} records (size or sha256)"
+    return None
+
+
+def save_state(folder: Path, state: dict[str, Any]) -> dict[str, Any]:
+    """`state` (a `FitState.state_dict()`) into `folder` with its record beside it; the record."""
+    import torch
+
+    torch.save(state, folder / _STATE)
+    record = _record(folder / _STATE)
+    (folder / _RECORD).write_text(json.dumps(record))
+    return record
 
 
 def load_state(path: Path) -> dict[str, Any]:
@@ -48,20 +84,34 @@ def load_state(path: Path) -> dict[str, Any]:
 
 
 def report_with_state(result: dict[str, Any], state: Any) -> None:
-    """Inside a Ray trial: report `result` with `state` (a FitState) as the trial's checkpoint."""
-    import torch
+    """Inside a Ray trial: report `result` with `state` (a FitState) as the trial's checkpoint.
+
+    Ray uploads the checkpoint with `pyarrow.fs.copy_files`, which returns as if all went well
+    when the storage fails during an upload (pyarrow 25 prints only "Error ignored when
+    destroying file"), and Ray then records a checkpoint without its state. So the upload is
+    checked here: a state that did not arrive whole fails the trial, whose retry starts again.
+    """
     from ray import tune
 
     with tempfile.TemporaryDirectory() as d:
-        torch.save(state.state_dict(), Path(d) / _STATE)
+        record = save_state(Path(d), state.state_dict())
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(d))
+    storage = tune.get_context().get_storage()
+    where, path = storage.storage_filesystem, storage.checkpoint_fs_path  # the one just reported
+    saved = where.get_file_info([f"{path}/{_STATE}", f"{path}/{_RECORD}"])
+    if saved[0].size != record["bytes"] or saved[1].size is None:
+        where = path if where.type_name == "local" else f"{where.type_name}://{path}"
+        raise StoreError(f"{where}: the checkpoint was not saved whole (the storage failed "
+                         "during its upload)")
 
 
 def restored_state() -> dict[str, Any] | None:
     """Inside a Ray trial: the state to continue from, or None to start afresh.
 
-    None when the trial has no checkpoint (its first attempt) or when its checkpoint was
-    released (a trial the scheduler stopped, restored after a driver restart: it starts over).
+    None when the trial has no checkpoint (its first attempt), when its checkpoint was
+    released (a trial the scheduler stopped, restored after a driver restart: it starts over),
+    or when the checkpoint is not whole (its upload failed): the fold starts again from its
+    first epoch, with one warning, instead of failing the same way on every retry.
     """
     from ray import tune
 
@@ -69,7 +119,15 @@ def restored_state() -> dict[str, Any] | None:
     if ckpt is None:
         return None
     with ckpt.as_directory() as d:
-        state = load_state(Path(d) / _STATE)
+        why = not_whole(Path(d))
+        try:
+            state = load_state(Path(d) / _STATE) if why is None else {}
+        except (RuntimeError, EOFError, OSError) as err:  # cut short (no record to say so)
+            why = f"{_STATE} cannot be read ({first_line(err)})"
+    if why is not None:
+        _log.warning("%s: %s: this trial's fold starts again from its first epoch",
+                     ckpt.path, why)
+        return None
     return None if state.get(RELEASED) else state
 
 
@@ -94,6 +152,7 @@ def release_checkpoints(trial_path: str | None, filesystem: Any = None) -> None:
         return
     if os.path.isdir(trial_path):
         for state in Path(trial_path).glob(f"checkpoint_*/{_STATE}"):
+            state.with_name(_RECORD).unlink(missing_ok=True)  # first: a stub has no record
             stub = state.with_name(f".{_STATE}.tmp")
             torch.save({RELEASED: True}, stub)
             os.replace(stub, state)
@@ -117,6 +176,9 @@ def release_checkpoints(trial_path: str | None, filesystem: Any = None) -> None:
         try:
             if filesystem.get_file_info(state).type != pafs.FileType.File:
                 continue
+            record = f"{info.path}/{_RECORD}"
+            if filesystem.get_file_info(record).type == pafs.FileType.File:
+                filesystem.delete_file(record)  # first: a stub has no record
             with filesystem.open_output_stream(state) as out:
                 out.write(buf.getvalue())
         except OSError as err:

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from sketchtune.resume import RELEASED, load_state, recover_checkpoints, release_checkpoints
+from sketchtune.resume import (
+    RELEASED,
+    load_state,
+    not_whole,
+    recover_checkpoints,
+    release_checkpoints,
+    save_state,
+)
 
 
 def test_release_checkpoints_leaves_a_small_stub_that_loads_as_released(tmp_path):
@@ -15,6 +22,31 @@ def test_release_checkpoints_leaves_a_small_stub_that_loads_as_released(tmp_path
     assert (ckpt / "state.pt").stat().st_size < 2000
     assert load_state(ckpt / "state.pt") == {RELEASED: True}
     assert [p.name for p in ckpt.iterdir()] == ["state.pt"]  # no temporary file left
+
+
+def test_not_whole_names_a_missing_or_changed_state_and_passes_a_whole_one(tmp_path):
+    """What restored_state asks before continuing from a checkpoint: an upload that failed
+    leaves an empty folder (or a state cut short), never continued from."""
+    ckpt = tmp_path / "checkpoint_000000"
+    ckpt.mkdir()
+    assert not_whole(ckpt) == "state.pt is missing"  # the folder a failed upload leaves
+    save_state(ckpt, {"epoch": 1, "model": {"w": torch.zeros(1000)}})
+    assert not_whole(ckpt) is None
+    data = (ckpt / "state.pt").read_bytes()
+    for changed in (data[:-10], data[:-1] + bytes([data[-1] ^ 1])):  # cut short; one bit
+        (ckpt / "state.pt").write_bytes(changed)
+        assert not_whole(ckpt) == "state.pt is not what state.json records (size or sha256)"
+    (ckpt / "state.json").unlink()  # saved before records were written: torch.load decides
+    assert not_whole(ckpt) is None
+
+
+def test_release_checkpoints_drops_the_record_so_a_stub_is_whole(tmp_path):
+    ckpt = tmp_path / "checkpoint_000001"
+    ckpt.mkdir()
+    save_state(ckpt, {"epoch": 1, "model": {"w": torch.zeros(1000)}})
+    release_checkpoints(str(tmp_path))
+    assert not_whole(ckpt) is None and load_state(ckpt / "state.pt") == {RELEASED: True}
+    assert [p.name for p in ckpt.iterdir()] == ["state.pt"]
 
 
 def test_release_checkpoints_without_a_local_folder_does_nothing(tmp_path):
@@ -33,14 +65,14 @@ def test_release_checkpoints_in_cloud_storage_overwrites_each_state_through_its_
     trial = tmp_path / "sweeps" / "ray" / "cv" / "trial_1"
     for k in (1, 2):
         (trial / f"checkpoint_00000{k}").mkdir(parents=True)
-        torch.save({"model": {"w": torch.zeros(100_000)}},
-                   trial / f"checkpoint_00000{k}" / "state.pt")
+        save_state(trial / f"checkpoint_00000{k}", {"model": {"w": torch.zeros(100_000)}})
     (trial / "checkpoint_000003").mkdir()  # a checkpoint folder without a state: left alone
     (trial / "result.json").write_text("{}")
     release_checkpoints("sweeps/ray/cv/trial_1", bucket)
     for k in (1, 2):
         state = trial / f"checkpoint_00000{k}" / "state.pt"
         assert state.stat().st_size < 2000 and load_state(state) == {RELEASED: True}
+        assert not_whole(state.parent) is None  # its record went first
     assert not any((trial / "checkpoint_000003").iterdir())
     assert (trial / "result.json").read_text() == "{}"
     release_checkpoints("sweeps/ray/cv/no_such_trial", bucket)  # nothing there: no error
