@@ -176,17 +176,17 @@ def test_recipe_sweep_trains_folds_on_both_nodes(demo_dir, tmp_path, recipe):
 def test_sweep_without_the_token_is_one_line_naming_it_before_anything_is_written(
         demo_dir, tmp_path, recipe):
     """A driver that joins without RAY_AUTH_MODE=token: exit 2 with one line that names
-    RAY_AUTH_MODE and the token, at once, and no folds file, cache or MLflow store written."""
+    RAY_AUTH_MODE and the token, without Ray's retries, and no folds file or cache written."""
     path = _sweep_config(demo_dir, tmp_path, **{"data.cache_dir": str(tmp_path / "cache")})
     cmd = SWEEP.format(config=path, ip=recipe.ip, port=recipe.port).removeprefix(
         "RAY_AUTH_MODE=token ")
-    t0 = time.monotonic()
     done = recipe.run(f"{cmd} --quiet", cwd=tmp_path, timeout=200)
     assert done.returncode == 2, done.stderr[-3000:]
-    last = done.stderr.strip().splitlines()[-1]
+    # One line: not Ray's 20 lines of retries ("gcs_client.cc: ... InvalidAuthToken") first.
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr[-3000:]
+    last = done.stderr.strip()
     assert last.startswith("sketchtune.sweep: error: ") and "RAY_AUTH_MODE" in last, last
     assert "token" in last.removeprefix("sketchtune.sweep: error: ").lower(), last
     assert "ray start --head" not in last, last  # a head runs: starting one is no fix
-    assert time.monotonic() - t0 < 15, "Ray's own retries (20 s) were waited for"
     assert not (tmp_path / "folds.csv").exists() and not (tmp_path / "cache").exists()
     assert not (tmp_path / "sweeps").exists()
