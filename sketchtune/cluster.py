@@ -5,12 +5,14 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 from .allocator import MALLOC_ENV, MALLOC_SWITCH
 from .config import SweepConfig, address_problem
-from .errors import ConfigError, first_line
+from .errors import ConfigError, first_line, root_cause
 from .fs import CLOUD_ENV
 
 __all__ = ["check_address", "check_resources", "pythonpath", "start_ray", "worker_env"]
@@ -71,6 +73,37 @@ def check_address(cfg: SweepConfig) -> None:
         why = err.strerror or err
         raise ConfigError(f"ray.address={address!r}: nothing answers there ({why}); start "
                           "the head with `ray start --head --port=...`") from None
+    if _refuses_token(address):
+        mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+        raise ConfigError(
+            f"ray.address={cfg.ray.address!r}: the cluster at {address} uses token "
+            f"authentication and refused this driver (RAY_AUTH_MODE is {mode} here): run the "
+            "sweep with RAY_AUTH_MODE=token and the cluster's token in ~/.ray/auth_token or "
+            "RAY_AUTH_TOKEN, as on its nodes")
+
+
+# One request to the head's GCS, in a process of its own: Ray's C++ client prints a line per
+# try, and a port that is not a GCS keeps it waiting 40 s. Exit 3: the token was refused.
+_PROBE = """import sys
+from ray._raylet import GcsClient
+from ray.exceptions import AuthenticationError
+try:
+    GcsClient(address=sys.argv[1])
+except AuthenticationError:
+    sys.exit(3)
+"""
+
+
+def _refuses_token(address: str) -> bool:
+    """Whether the head refuses this process's token (`RAY_AUTH_MODE`, `RAY_AUTH_TOKEN`,
+    ~/.ray/auth_token), in about a second; `ray.init` retries for 20 s, printing a line each
+    time, and then names no cause."""
+    try:
+        probe = subprocess.run([sys.executable, "-c", _PROBE, address], capture_output=True,
+                               timeout=15)
+    except subprocess.TimeoutExpired:
+        return False  # not a token problem: ray.init says what it is
+    return probe.returncode == 3
 
 
 def pythonpath() -> str:
@@ -117,10 +150,9 @@ def start_ray(cfg: SweepConfig, quiet: bool) -> None:
                  # pip-installed (a worker's working directory is its trial's).
                  runtime_env={"env_vars": worker_env()}, **kwargs)
     except (ConnectionError, RuntimeError) as err:
-        hint = ("start one with `ray start --head`, or leave ray.address unset for a local Ray"
-                if cfg.ray.address else "see `ray status`")
+        # A head answered check_address: the cause is in Ray's chain, not a missing head.
         raise ConfigError(f"ray.address={cfg.ray.address!r}: cannot start or join Ray "
-                          f"({first_line(err)}); {hint}") from None
+                          f"({first_line(root_cause(err))}); see `ray status`") from None
 
 
 def check_resources(cfg: SweepConfig) -> int:

@@ -2,9 +2,10 @@
 
 `preflight` (the sweep) runs them cheapest first: the config against TrainConfig (search
 space and fixed candidates); the machine (`check_environment`: devices, writable folders,
-each backbone at its image size, pretrained weights); the tracking store; the Ray address;
-then the data (CSVs, folds, decoded-image caches, the first things written, only once all
-else passed); then Ray is started or joined and the trial's resources checked against it.
+each backbone at its image size, pretrained weights); the tracking store; the Ray address
+(a cluster's, with its token, is joined here); then the data (CSVs, folds, decoded-image
+caches, the first things written, only once all else passed); then a local Ray is started
+and the trial's resources are checked against the Ray the sweep runs on.
 `sketchtune.train` runs `checks.check_environment` too: both CLIs that train share one step.
 """
 
@@ -95,7 +96,8 @@ def _probe_trains(cfg: SweepConfig, fixed: list[Candidate]) -> list[TrainConfig]
 
 
 def preflight(cfg: SweepConfig, where: str = "config", *, quiet: bool = False) -> Preflight:
-    """Run every check (see the module's docstring); start or join Ray last.
+    """Run every check (see the module's docstring); join a cluster before the data is
+    written, start a local Ray after.
 
     Raises ConfigError, DataError, ModelError or TrackingError with one line naming `where`
     or the file at fault; a Ray already initialised in this process is used as it is.
@@ -110,12 +112,19 @@ def preflight(cfg: SweepConfig, where: str = "config", *, quiet: bool = False) -
     joining = not ray.is_initialized()
     if joining:
         check_address(cfg)
+        if cfg.ray.address:  # a cluster is joined before anything is written; a local Ray
+            start_ray(cfg, quiet)  # (it writes files of its own) once the data is good
     # Validate the CSVs, make the folds and decode the images once, here, before any trial:
     # every trial then reads the same folds file and memory-maps the same cache.
-    sizes = image_sizes(cfg, fixed)
-    tables = read_tables(cfg)
-    for size in sizes:
-        prepare_data(cfg, size, progress=not quiet, tables=tables)
-    if joining:
+    try:
+        sizes = image_sizes(cfg, fixed)
+        tables = read_tables(cfg)
+        for size in sizes:
+            prepare_data(cfg, size, progress=not quiet, tables=tables)
+    except BaseException:
+        if joining and cfg.ray.address:
+            ray.shutdown()  # leave the cluster as this call found it
+        raise
+    if joining and not cfg.ray.address:
         start_ray(cfg, quiet)
     return Preflight(fixed, sizes, check_resources(cfg), tables, joining)
