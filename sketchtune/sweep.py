@@ -56,6 +56,7 @@ def run_sweep(
     from .tracking import PARENT_TAG, Tracker, flatten
 
     pre = preflight(cfg, source, quiet=quiet)
+    nodes = _alive_nodes()
     # With a searcher, Tune keeps only one trial pending at a time, which on a small machine
     # leaves slots idle while the next trial's placement group is made; allow one per slot.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(pre.slots))
@@ -109,12 +110,35 @@ def run_sweep(
         # counts the failures (bounded: a server that stopped answering is given up on).
         tracker.close()
         tracker.end(parent, status)
+        _say_lost_nodes(nodes, cfg.ray.max_failures)
         if pre.started_ray:
             _disconnect()
         if tracker.failures:
             _log.warning("MLflow: %d tracking call(s) failed (%s); the prediction store is "
                          "complete regardless", len(tracker.failures),
                          ", ".join(sorted(set(tracker.failures))))
+
+
+def _alive_nodes() -> dict[str, str]:
+    """The Ray nodes alive now: node id -> IP."""
+    import ray
+
+    return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
+
+
+def _say_lost_nodes(before: dict[str, str], max_failures: int) -> None:
+    """One line on what Ray's crash output (a raylet's stack trace, "node died") was about:
+    the nodes that were alive when the sweep started and are gone now."""
+    try:
+        alive = _alive_nodes()
+    except Exception:  # noqa: BLE001 - a head that is gone: Ray's own error says it
+        return
+    lost = [f"{ip} ({node[:8]})" for node, ip in before.items() if node not in alive]
+    if lost:
+        _log.warning("Ray lost %d node(s) during the sweep: %s; the trials running there were "
+                     "retried from their last checkpoint (up to ray.max_failures=%d times; "
+                     "their lost attempts are FAILED runs in MLflow)", len(lost),
+                     ", ".join(lost), max_failures)
 
 
 def _disconnect() -> None:

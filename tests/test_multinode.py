@@ -266,6 +266,9 @@ def test_multinode_worker_node_lost_mid_sweep_trial_retried_from_checkpoint(demo
                 multinode.nodes[name] = multinode.cluster.add_node(
                     num_cpus=1, resources={f"node_{name}": 1})
     assert proc.returncode == 0, log.read_text()[-3000:]
+    # After Ray's own output about the dead node, the sweep says in one line what happened.
+    said = [line for line in log.read_text().splitlines() if "Ray lost 1 node(s)" in line]
+    assert len(said) == 1 and lost["node_id"][:8] in said[0], log.read_text()[-3000:]
 
     store = PredictionStore(cfg.sweep_dir)
     cid = candidate_id(cfg.train)
