@@ -113,8 +113,9 @@ def step_bound(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from sketchtune.engine import FitState, build_optimizer, train_one_epoch
+    from sketchtune.engine import FitState, train_one_epoch
     from sketchtune.losses import build_loss
+    from sketchtune.optim import build_optimizer
 
     cfg, model, device, classes = _model_and_batch(args)
     bs, s = cfg.train.batch_size, cfg.train.img_size

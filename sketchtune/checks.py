@@ -14,9 +14,10 @@ from pathlib import Path
 
 from . import fs
 from .config import ModelConfig, SweepConfig, TrainConfig
-from .engine import check_optimizer, select_device
+from .engine import select_device
 from .errors import ConfigError, ModelError, StoreError, first_line
 from .model import build_model, check_model_name, create_on_meta
+from .optim import check_optimizer
 
 __all__ = ["check_environment", "check_folder", "check_train", "check_trial", "check_weights"]
 

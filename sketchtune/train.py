@@ -19,20 +19,13 @@ from .allocator import tune_malloc
 from .checks import check_trial
 from .cli import add_debug_argument, base_parser, load_sweep_config, run_cli, setup_logging
 from .config import SweepConfig, TrainConfig, candidate_id
-from .engine import (
-    FitState,
-    build_optimizer,
-    build_scheduler,
-    fit,
-    load_best,
-    predict,
-    select_device,
-)
+from .engine import FitState, fit, load_best, predict, select_device
 from .errors import ConfigError
 from .faults import maybe_fail
 from .images import SketchDataset
-from .losses import build_loss
+from .losses import build_loss, build_mixup
 from .model import build_model
+from .optim import build_ema, build_optimizer, build_scheduler, updates_per_epoch
 from .prepare import PreparedData, Tables, prepare_data
 from .store import PredictionStore
 from .transforms import build_eval_transform, build_train_transform
@@ -134,11 +127,15 @@ def run_trial(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train_cfg.optim)
-    scheduler = build_scheduler(optimizer, train_cfg.sched, train_cfg.epochs, len(train_loader))
+    scheduler = build_scheduler(optimizer, train_cfg.sched, train_cfg.epochs,
+                                updates_per_epoch(len(train_loader), train_cfg.accum_steps))
     scaler = None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         scaler = torch.amp.GradScaler("cuda")  # fp16 needs loss scaling; bf16 does not
-    state = FitState(model, optimizer, scheduler, scaler)
+    ema = build_ema(train_cfg.ema, model)  # before compile, as timm's train.py
+    if train_cfg.compile:
+        model.compile()  # in place: the state_dict keeps its keys, checkpoints stay portable
+    state = FitState(model, optimizer, scheduler, scaler, ema=ema)
     if resume is not None:
         state.load_state_dict(resume)
         _log.info("resumed %s fold %d at epoch %d", cid, fold, state.epoch)
@@ -156,13 +153,15 @@ def run_trial(
         # resumed from a checkpoint trains exactly as an uninterrupted one (on CPU).
         s = train_cfg.seed * 10_007 + epoch
         torch.manual_seed(s)
+        np.random.seed(s % 2**32)  # timm's Mixup draws from numpy's global generator
         train_loader.generator.manual_seed(s)
         train_tf.set_random_seed(s)
 
     t0 = time.perf_counter()
     fit(state, train_loader, val_loader, targets[va_idx], build_loss(train_cfg.loss),
         epochs=train_cfg.epochs, patience=train_cfg.patience, device=device, report=_report,
-        tta_hflip=train_cfg.tta_hflip, progress=progress, log_every_s=log_every_s,
+        tta_hflip=train_cfg.tta_hflip, mixup=build_mixup(train_cfg.mixup, data.num_classes),
+        accum_steps=train_cfg.accum_steps, progress=progress, log_every_s=log_every_s,
         on_epoch_start=reseed)
     model = load_best(state)
 
