@@ -142,8 +142,8 @@ def test_run_trial_stores_every_view_and_the_ema_weights_from_the_fold_model(tin
     hflip_avg set is the mean of the plain and hflip sets, row for row. So a view adds no
     leak to the ensemble's honest estimate: its held-out rows come from the same fold model
     as the candidate's."""
-    cfg, _ = tiny_cfg(**{"train.views": ["hflip", "hflip_avg", "scale"],
-                         "train.ema": {"enabled": True, "decay": 0.9}})
+    cfg, cfg_path = tiny_cfg(**{"train.views": ["hflip", "hflip_avg", "scale"],
+                                "train.ema": {"enabled": True, "decay": 0.9}})
     res = run_trial(cfg, cfg.train, 2)
     store = PredictionStore(cfg.sweep_dir)
     sets = prediction_sets(cfg.train)
@@ -177,6 +177,20 @@ def test_run_trial_stores_every_view_and_the_ema_weights_from_the_fold_model(tin
             mean = 0.5 * (getattr(plain, what) + getattr(flip, what))
             assert np.abs(mean - getattr(avg, what)).max() < 1e-6
         assert not np.allclose(plain.val_probs, got[f"{pre}-scale"].val_probs)
+    # predict --images: a view candidate's saved weights in its view, through the CLI.
+    import json
+
+    from ensemble_search import predict as ensemble_predict
+
+    spec = tmp_path / "ensemble.json"
+    spec.write_text(json.dumps({"candidates": [{"candidate_id": f"{cid}-ema-hflip",
+                                                "weight": 1.0}]}))
+    out = tmp_path / "out"
+    assert ensemble_predict.main([str(cfg_path), "--images", str(val_csv), "--image-root",
+                                  str(cfg.data.image_root), "--ensemble", str(spec), "--out",
+                                  str(out), "--quiet"]) == 0
+    probs = np.load(out / f"predictions_{val_csv.stem}.npy")
+    assert np.abs(probs - got[f"{cid}-ema-hflip"].val_probs).max() < 1e-5
     # The EMA sets come from the EMA weights' own best epoch: other numbers than the raw's.
     ema = got[f"{cid}-ema"]
     assert ema.manifest["best_epoch"] in (1, 2) and ema.manifest["weights_file"]
