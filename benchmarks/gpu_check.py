@@ -1,4 +1,4 @@
-"""The GPU check's steps (a-e), each in a child process with its own time limit; see gpu_check.sh.
+"""The GPU check's steps (a-f), each in a child process with its own time limit; see gpu_check.sh.
 
     python benchmarks/gpu_check.py --data DIR [--device cuda] [--backbone caformer_b36.sail_in22k]
                                    [--small resnet50.a1_in1k] [--img-size 224] [--out DIR]
@@ -11,7 +11,9 @@ Random-init weights (no network). Steps:
   c) pair: `python -m sketchtune.sweep` with two trials (folds of one candidate, 2 folds),
      `resources.gpu: 0.5` each: do they overlap in time, and their combined img/s;
   d) predict: the test images through `predict` (TTA as configured): seconds;
-  e) small: step a with a smaller backbone, so one model family's failure hides nothing.
+  e) small: step a with a smaller backbone, so one model family's failure hides nothing;
+  f) compile: step e with `train.compile: true` (torch.compile): the epoch, compile included,
+     and its img/s beside e's.
 Writes OUT/gpu_check.json and OUT/gpu_check.md; exits 1 if any step failed or timed out.
 """
 
@@ -32,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "configs" / "imagenet_sketch.yaml"
 # Seconds per step: on one H100/H200 with the full synthetic data the whole check is meant to
-# end within 8 minutes (data and caches included), so no step may hang it.
-LIMITS = {"a": 150, "b": 60, "c": 200, "d": 60, "e": 100}
+# end within 10 minutes (data, caches and step f's compile included), so no step may hang it.
+LIMITS = {"a": 150, "b": 60, "c": 200, "d": 60, "e": 100, "f": 200}
 
 
 def overrides(args: argparse.Namespace, backbone: str, name: str) -> list[str]:
@@ -62,7 +64,8 @@ def _sync(device: Any) -> None:
         torch.cuda.synchronize(device)
 
 
-def step_trial(args: argparse.Namespace, backbone: str) -> dict[str, Any]:
+def step_trial(args: argparse.Namespace, backbone: str,
+               extra: tuple[str, ...] = ()) -> dict[str, Any]:
     import torch
 
     from sketchtune.config import load_config
@@ -72,7 +75,7 @@ def step_trial(args: argparse.Namespace, backbone: str) -> dict[str, Any]:
     from sketchtune.train import run_trial
 
     device = select_device(args.device)
-    cfg = load_config(CONFIG, overrides(args, backbone, f"gpu_check_{args.step}"))
+    cfg = load_config(CONFIG, [*overrides(args, backbone, f"gpu_check_{args.step}"), *extra])
     t0 = time.perf_counter()
     data = prepare_data(cfg, cfg.train.img_size)
     prep = time.perf_counter() - t0
@@ -89,7 +92,7 @@ def step_trial(args: argparse.Namespace, backbone: str) -> dict[str, Any]:
             "train_images": int((data.train["fold"] != 0).sum()),
             "peak_gpu_bytes": torch.cuda.max_memory_allocated(device)
             if device.type == "cuda" else None,
-            "val_acc": res.metrics["val_acc"]}
+            "val_acc": res.metrics["val_acc"], "compiled": cfg.train.compile}
 
 
 def _model_and_batch(args: argparse.Namespace) -> tuple[Any, Any, Any, Any]:
@@ -113,8 +116,9 @@ def step_bound(args: argparse.Namespace) -> dict[str, Any]:
 
     import torch
 
-    from sketchtune.engine import FitState, build_optimizer, train_one_epoch
+    from sketchtune.engine import FitState, train_one_epoch
     from sketchtune.losses import build_loss
+    from sketchtune.optim import build_optimizer
 
     cfg, model, device, classes = _model_and_batch(args)
     bs, s = cfg.train.batch_size, cfg.train.img_size
@@ -231,7 +235,7 @@ def markdown(res: dict[str, Any]) -> str:
              f"{res['small']}; {res['img_size']} px, batch {res['batch_size']}; data {res['data']}",
              "", "| step | ok | seconds | figures |", "|---|---|---|---|"]
     for k, name in (("a", "trial"), ("b", "bound"), ("c", "pair"), ("d", "predict"),
-                    ("e", "small")):
+                    ("e", "small"), ("f", "compile")):
         r = res["steps"][k]
         figs = r.get("error") or ", ".join(f"{x}={_fmt(v)}" for x, v in r.items()
                                            if x not in ("ok", "seconds"))
@@ -240,6 +244,10 @@ def markdown(res: dict[str, Any]) -> str:
     if res.get("trainer_over_bound") is not None:
         lines.append("")
         lines.append(f"trainer / model-bound: {res['trainer_over_bound']:.2f}")
+    if res.get("compiled_over_plain") is not None:
+        lines.append("")
+        lines.append(f"compiled / plain img/s (f / e, first epoch, compile included): "
+                     f"{res['compiled_over_plain']:.2f}")
     return "\n".join(lines) + "\n"
 
 
@@ -255,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bound-warmup", type=int, default=5)
     p.add_argument("--limit-scale", type=float, default=1.0,
                    help="multiply every step's time limit (a slow or loaded machine)")
-    p.add_argument("--steps", default="abcde")
+    p.add_argument("--steps", default="abcdef")
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "_work" / "gpu_check")
     p.add_argument("--step", help=argparse.SUPPRESS)
     p.add_argument("--result", type=Path, help=argparse.SUPPRESS)
@@ -264,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.step:  # a child: one step, its figures to --result
         fn = {"a": lambda: step_trial(args, args.backbone), "b": lambda: step_bound(args),
               "c": lambda: step_pair(args), "d": lambda: step_predict(args),
-              "e": lambda: step_trial(args, args.small)}[args.step]
+              "e": lambda: step_trial(args, args.small),
+              "f": lambda: step_trial(args, args.small, ("train.compile=true",))}[args.step]
         args.result.write_text(json.dumps(fn()))
         return 0
     import torch
@@ -279,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.platform()}, {os.cpu_count()} CPUs", "torch": torch.__version__,
         "backbone": args.backbone, "small": args.small, "img_size": args.img_size,
         "batch_size": args.batch_size, "data": str(args.data), "steps": {}}
-    for step in "abcde":
+    for step in "abcdef":
         if step in args.steps:
             res["steps"][step] = run_step(args, step)
             r = res["steps"][step]
@@ -290,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     a, b = res["steps"]["a"], res["steps"]["b"]
     res["trainer_over_bound"] = (a["img_per_s"] / b["img_per_s"]
                                  if a.get("img_per_s") and b.get("img_per_s") else None)
+    e, f = res["steps"]["e"], res["steps"]["f"]
+    res["compiled_over_plain"] = (f["img_per_s"] / e["img_per_s"]
+                                  if e.get("img_per_s") and f.get("img_per_s") else None)
     (args.out / "gpu_check.json").write_text(json.dumps(res, indent=1))
     (args.out / "gpu_check.md").write_text(markdown(res))
     print(markdown(res))

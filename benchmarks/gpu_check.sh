@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: synthetic data, then steps a-e of benchmarks/gpu_check.py, under 8 minutes on
+# The GPU check: synthetic data, then steps a-f of benchmarks/gpu_check.py, under 10 minutes on
 # one H100/H200. Results: benchmarks/_work/gpu_check/gpu_check.{json,md}; exit 1 on any failure.
 #
 #   benchmarks/gpu_check.sh                       # on the GPU machine: full-size data, caformer_b36

@@ -151,10 +151,11 @@ def trial_worker(spec: dict[str, Any]) -> None:
 
     from sketchtune.allocator import tune_malloc
     from sketchtune.config import load_config
-    from sketchtune.engine import FitState, build_optimizer, predict, train_one_epoch
+    from sketchtune.engine import FitState, predict, train_one_epoch
     from sketchtune.images import SketchDataset
     from sketchtune.losses import build_loss
     from sketchtune.model import build_model
+    from sketchtune.optim import build_optimizer
     from sketchtune.prepare import prepare_data
     from sketchtune.transforms import build_eval_transform, build_train_transform
 

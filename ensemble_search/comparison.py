@@ -77,14 +77,22 @@ class Comparison:
 
 def candidate_table(oof: OOFSet,
                     facts: RowFacts | None = None) -> tuple[pd.DataFrame, np.ndarray]:
-    """Per candidate: id, name, backbone, oof_acc, oof_log_loss, fold<k>_acc; and (M, N) correct."""
+    """Per candidate: id, name, backbone, base_candidate, view, weights, oof_acc, oof_log_loss,
+    fold<k>_acc; and (M, N) correct. The views and EMA weights of one training share its
+    base_candidate: correlated candidates, one fold model per row for all of them."""
     facts = RowFacts(oof.probs, oof.targets) if facts is None else facts
     correct, q = facts.correct, facts.q  # (M, N), (N, M)
+    mfs = oof.manifests or [{} for _ in oof.candidate_ids]
     df = pd.DataFrame({
         "candidate_id": oof.candidate_ids,
         "name": oof.names,
         "backbone": [str((mf.get("config") or {}).get("model", {}).get("name", ""))
-                     for mf in oof.manifests] if oof.manifests else "",
+                     for mf in mfs],
+        # Folds written before views existed name none: each is its own base, raw weights.
+        "base_candidate": [str(mf.get("base_candidate") or c)
+                           for mf, c in zip(mfs, oof.candidate_ids, strict=True)],
+        "view": [str(mf.get("view") or "") for mf in mfs],
+        "weights": [str(mf.get("weights") or "raw") for mf in mfs],
         "oof_acc": correct.mean(axis=1),
         "oof_log_loss": log_loss_from_true(q),
     })

@@ -132,11 +132,15 @@ def check_probs(p: np.ndarray, what: str) -> None:
                             f"(tolerance {ROW_SUM_TOL})")
 
 
-def display_name(manifest: dict, candidate_id: str) -> str:
-    """`<backbone>-<id>`: the backbone without its pretrained tag, the id's first 6 chars."""
+def display_name(manifest: dict, candidate_id: str, short: bool = True) -> str:
+    """`<backbone>-<id>`: the backbone without its pretrained tag, the id's first 6 chars and a
+    view candidate's suffix (`-hflip`, `-ema-scale`; `short=False`: the whole id)."""
     cfg = manifest.get("config") or {}
     backbone = str((cfg.get("model") or {}).get("name") or manifest.get("backbone") or "model")
-    return f"{backbone.split('.')[0]}-{candidate_id[:6]}"
+    base = str(manifest.get("base_candidate") or candidate_id)
+    shown = base[:6] + candidate_id[len(base):] if short and candidate_id.startswith(base) \
+        else candidate_id
+    return f"{backbone.split('.')[0]}-{shown}"
 
 
 def _completeness(store: PredictionStore, cid: str, keys: np.ndarray) -> tuple[bool, str]:
@@ -245,7 +249,8 @@ def load_oof(store: PredictionStore, rows: TrainRows,
         names.append(display_name(fp.manifest, cid))
         ref = ref or cid
     if len(set(names)) < len(names):  # a 6-char id clash: fall back to full ids
-        names = [f"{nm.rsplit('-', 1)[0]}-{cid}" for nm, cid in zip(names, ids, strict=True)]
+        names = [display_name(m, cid, short=False)
+                 for m, cid in zip(manifests, ids, strict=True)]
     if (out := (targets < 0) | (targets >= probs.shape[2])).any():
         raise EnsembleError(f"{rows.labels_from}: target {show(targets[out][0])} outside the "
                             f"{probs.shape[2]} classes of the stored predictions")

@@ -77,7 +77,7 @@ def _body(args: argparse.Namespace) -> int:
     if args.images:
         csv = resolve_arg(args.images, "--images")
         root = resolve_arg(args.image_root, "--image-root") if args.image_root else csv.parent
-        raw, _ = read_test_keys(csv, root)
+        raw, keys = read_test_keys(csv, root)
         probs = _images_probs(cfg, ids, csv, root)
         stem = f"predictions_{csv.stem}"
     else:

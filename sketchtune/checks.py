@@ -13,10 +13,11 @@ import urllib.request
 from pathlib import Path
 
 from . import fs
-from .config import ModelConfig, SweepConfig, TrainConfig
-from .engine import check_optimizer, select_device
+from .config import ModelConfig, SweepConfig, TrainConfig, view_img_size
+from .engine import select_device
 from .errors import ConfigError, ModelError, StoreError, first_line
 from .model import build_model, check_model_name, create_on_meta
+from .optim import check_optimizer
 
 __all__ = ["check_environment", "check_folder", "check_train", "check_trial", "check_weights"]
 
@@ -78,16 +79,23 @@ def _check_device(cfg: SweepConfig, device: str | None) -> None:
                           "with GPUs (ray.address)")
 
 
-def _check_img_size(name: str, img_size: int, where: str) -> None:
+def _check_img_size(name: str, img_size: int, where: str, view_size: int | None = None) -> None:
     """One forward pass at `img_size` on the meta device (no memory, no data): a backbone that
-    downsamples past 1 px fails here in a second instead of in every trial."""
+    downsamples past 1 px fails here in a second instead of in every trial. `view_size`: the
+    model built for `img_size` must also take images of this size (the `scale` view)."""
     import torch
 
+    size = view_size or img_size
     try:
         model = create_on_meta(name, img_size)
         with torch.no_grad():
-            model(torch.empty(1, 3, img_size, img_size, device="meta"))
+            model(torch.empty(1, 3, size, size, device="meta"))
     except Exception as err:  # noqa: BLE001 - timm and torch raise many types for this
+        if view_size:
+            raise ConfigError(f"{where}.views: 'scale' predicts at {size} px, which {name!r} "
+                              f"built for img_size={img_size} cannot take (a fixed position "
+                              f"embedding?: {first_line(err, 100)}); leave 'scale' out for "
+                              "this backbone") from None
         raise ConfigError(f"{where}.img_size={img_size} is too small for {name!r} (a forward "
                           f"pass at {img_size}x{img_size} px fails: {first_line(err, 120)}); "
                           "raise img_size") from None
@@ -167,6 +175,8 @@ def check_environment(cfg: SweepConfig, trains: list[TrainConfig], where: str, *
     for name in names:
         for size in sizes:
             _check_img_size(name, size, f"{where}: train")
+    for name, size in sorted({(t.model.name, t.img_size) for t in trains if "scale" in t.views}):
+        _check_img_size(name, size, f"{where}: train", view_img_size("scale", size))
     seen = set()
     for t in trains:
         key = t.model.model_dump_json()

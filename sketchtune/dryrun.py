@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cli import size_text
-from .config import SweepConfig, search_max_epochs
+from .config import SweepConfig, TrainConfig, search_max_epochs
 from .errors import first_line
 from .planner import Candidate, cv_candidates, probe_values
 from .preflight import check_sweep, image_sizes
@@ -77,10 +77,10 @@ def model_params(name: str, num_classes: int | None, img_size: int) -> int | Non
     return sum(p.numel() for p in model.parameters())
 
 
-def _folds_in_store(store: PredictionStore, cid: str, n_folds: int) -> int:
-    """Folds of `cid` in the store, as `plan_cv_jobs` counts them, from the files there (so a
-    huge n_folds costs nothing)."""
-    return sum(1 for fold in store.folds(cid) if fold < n_folds)
+def _folds_in_store(store: PredictionStore, train: TrainConfig, n_folds: int) -> int:
+    """Folds of `train` in the store, as `plan_cv_jobs` counts them (every prediction set
+    there), from the files there (so a huge n_folds costs nothing)."""
+    return sum(1 for fold in store.trained_folds(train) if fold < n_folds)
 
 
 def _slots(cfg: SweepConfig) -> tuple[int, str]:
@@ -146,7 +146,7 @@ def describe_plan(cfg: SweepConfig, where: str = "config") -> str:
         n_cv = upper
     else:
         cands = cv_candidates(cfg, None, fixed)
-        have = sum(_folds_in_store(store, c.id, k) for c in cands)
+        have = sum(_folds_in_store(store, c.train, k) for c in cands)
         n_cv = len(cands) * k - have
         lines.append(f"stage cv: {n_cv} trial(s): {len(cands)} candidate(s) x {k} folds"
                      + (f", {have} fold(s) already in the store" if have else "")

@@ -4,30 +4,25 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import timm.optim
-import timm.scheduler
+import timm.utils
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from .config import OptimConfig, SchedConfig
 from .errors import ConfigError
+from .meter import Meter
 
 __all__ = [
     "FitState",
-    "build_optimizer",
-    "build_scheduler",
-    "check_optimizer",
     "evaluate",
     "fit",
     "load_best",
@@ -37,8 +32,6 @@ __all__ = [
 ]
 
 Report = Callable[[dict[str, float]], None]
-
-_log = logging.getLogger(__name__)
 
 
 def select_device(prefer: str | None = None) -> torch.device:
@@ -67,43 +60,6 @@ def select_device(prefer: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    # timm skips weight decay on biases and norm weights (filter_bias_and_bn=True).
-    return timm.optim.create_optimizer_v2(
-        model, opt=cfg.name, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.momentum
-    )
-
-
-def check_optimizer(cfg: OptimConfig, source: str) -> None:
-    """ConfigError naming `source` unless timm can build this optimizer (tried on one layer)."""
-    try:
-        build_optimizer(nn.Linear(1, 1), cfg)
-    except ValueError as err:  # timm: "Optimizer x not found in registry"
-        raise ConfigError(f"{source}: optim.name {cfg.name!r}: {err}; "
-                          "timm.optim.list_optimizers() lists them") from None
-
-
-def build_scheduler(
-    optimizer: torch.optim.Optimizer, cfg: SchedConfig, epochs: int, steps_per_epoch: int
-) -> timm.scheduler.scheduler.Scheduler | None:
-    """A timm scheduler stepped per update (`step_update`), so warmup is smooth on small data."""
-    if cfg.name == "none":
-        return None
-    sched, _ = timm.scheduler.create_scheduler_v2(
-        optimizer,
-        sched=cfg.name,
-        num_epochs=epochs,
-        decay_epochs=max(1, epochs // 3),  # used by "step" only
-        min_lr=cfg.min_lr,
-        warmup_lr=cfg.warmup_lr,
-        warmup_epochs=min(cfg.warmup_epochs, max(epochs - 1, 0)),
-        plateau_mode="max",
-        step_on_epochs=False,
-        updates_per_epoch=steps_per_epoch,
-    )
-    return sched
-
-
 @contextlib.contextmanager
 def _autocast(device: torch.device) -> Iterator[None]:
     # AMP on CUDA only: bf16 where the GPU has it (no loss scaling needed), else fp16.
@@ -113,53 +69,6 @@ def _autocast(device: torch.device) -> Iterator[None]:
             yield
     else:
         yield
-
-
-class _Meter:
-    """One loop's images counted: a tqdm bar (img/s, ETA) for a person at a terminal, and a
-    log line every `log_every_s` seconds for a log nobody watches live (a Ray trial's)."""
-
-    def __init__(self, loader: Iterable, desc: str, progress: bool,
-                 log_every_s: float | None) -> None:
-        # Any iterable of batches works (a benchmark passes an islice of a loader); without a
-        # length there is no total, so the bar counts and the log line has no ETA.
-        self.desc, self.every = desc, log_every_s
-        self.batches = len(loader) if hasattr(loader, "__len__") else None
-        bs = getattr(loader, "batch_size", None) or 1
-        dataset = getattr(loader, "dataset", None)
-        self.total = None if self.batches is None else \
-            min(self.batches * bs, len(dataset)) if dataset is not None else self.batches * bs
-        self.bar = tqdm(total=self.total, desc=desc, unit="img", disable=not progress,
-                        leave=False, dynamic_ncols=True)
-        self.t0 = self.last = time.perf_counter()
-        self.n = self.i = 0
-
-    def update(self, n: int) -> None:
-        self.bar.update(n)
-        self.n += n
-        self.i += 1
-        now = time.perf_counter()
-        if self.every is None or now - self.last < self.every or self.i == self.batches:
-            return
-        self.last = now
-        rate = self.n / (now - self.t0)
-        eta = (self.total - self.n) / rate if rate > 0 and self.total is not None else math.inf
-        _log.info("%s: batch %d/%s, %.1f img/s, ETA %s", self.desc, self.i,
-                  "?" if self.batches is None else self.batches, rate, _clock(eta))
-
-    def close(self) -> None:
-        # Show the final count before the bar goes: tqdm skips redraws closer than 0.1 s
-        # apart, so a fast loop would otherwise end on a stale count.
-        if not self.bar.disable:
-            self.bar.refresh()
-        self.bar.close()
-
-
-def _clock(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    m, s = divmod(int(seconds), 60)
-    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
 
 
 def _to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -186,6 +95,10 @@ class FitState:
     best_val_probs: np.ndarray | None = None
     history: list[dict[str, float]] = field(default_factory=list)
     stopped_early: bool = False
+    ema: timm.utils.ModelEmaV3 | None = None  # the weights' moving average (build_ema), or None
+    # The EMA weights' best epoch as the four best_* fields are the raw weights': "epoch",
+    # "metrics", "weights" and "val_probs" ({} until the first epoch with EMA, or without it).
+    ema_best: dict[str, Any] = field(default_factory=dict)
 
     def state_dict(self) -> dict[str, Any]:
         """Tensors and plain values only, so `torch.load(weights_only=True)` can read it."""
@@ -203,6 +116,9 @@ class FitState:
                                if self.best_val_probs is not None else None),
             "history": list(self.history),
             "stopped_early": self.stopped_early,
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema_best": {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v
+                         for k, v in self.ema_best.items()},
         }
 
     def load_state_dict(self, d: dict[str, Any]) -> None:
@@ -218,60 +134,96 @@ class FitState:
         # Absent from checkpoints older than the key: the trial then predicts them again.
         p = d.get("best_val_probs")
         self.best_val_probs = p.numpy() if p is not None else None
+        if self.ema is not None and d.get("ema") is not None:
+            self.ema.load_state_dict(d["ema"])
+        self.ema_best = {k: v.numpy() if k == "val_probs" else v
+                         for k, v in (d.get("ema_best") or {}).items()}
 
 
 def train_one_epoch(
     state: FitState, loader: DataLoader, loss_fn: nn.Module, device: torch.device, *,
+    mixup: Callable | None = None, accum_steps: int = 1,
     progress: bool = False, log_every_s: float | None = None, desc: str = "train",
 ) -> dict[str, float]:
     """One pass over `loader`; returns train_loss, lr and images_per_s.
 
-    `progress`: a bar of images, img/s and ETA; `log_every_s`: the same as a log line.
+    `mixup(x, y) -> (x, soft targets)`: timm's Mixup, applied to each batch on the device.
+    `accum_steps`: batches per optimizer update, as timm's train.py accumulates: each batch's
+    loss is divided by its group's size (the last group of an epoch may be shorter), so an
+    update follows the mean loss over the group's images when batches are equal; the EMA and
+    the scheduler step per update. `progress`: a bar of images, img/s and ETA; `log_every_s`:
+    the same as a log line.
     """
     model, opt = state.model, state.optimizer
     model.train()
     total, n, t0 = 0.0, 0, time.perf_counter()
-    meter = _Meter(loader, desc, progress, log_every_s)
-    for x, y in loader:
+    meter = Meter(loader, desc, progress, log_every_s)
+    batches = len(loader) if hasattr(loader, "__len__") else None
+    last_group = batches - batches % accum_steps if batches and batches % accum_steps else None
+    opt.zero_grad(set_to_none=True)
+    pending = False
+    for i, (x, y) in enumerate(loader):
         x, y = _to_device(x, device), y.to(device, non_blocking=True)
+        if mixup is not None:
+            x, y = mixup(x, y)
         with _autocast(device):
             loss = loss_fn(model(x), y)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"training loss is {loss.item()} at epoch {state.epoch}")
-        opt.zero_grad(set_to_none=True)
-        if state.scaler is not None:
-            state.scaler.scale(loss).backward()
-            state.scaler.step(opt)
-            state.scaler.update()
-        else:
-            loss.backward()
-            opt.step()
-        state.num_updates += 1
-        if state.scheduler is not None:
-            state.scheduler.step_update(num_updates=state.num_updates)
+        group = batches % accum_steps if last_group is not None and i >= last_group \
+            else accum_steps
+        scaled = loss / group if group > 1 else loss
+        (state.scaler.scale(scaled) if state.scaler is not None else scaled).backward()
+        pending = (i + 1) % accum_steps != 0 and i + 1 != batches
+        if not pending:
+            _update(state)
         total += loss.item() * len(y)
         n += len(y)
         meter.update(len(y))
+    if pending:  # a loader without a length ended inside a group
+        _update(state)
     meter.close()
     seconds = time.perf_counter() - t0
     return {
         "train_loss": total / max(n, 1),
-        "lr": float(opt.param_groups[0]["lr"]),
+        # The largest group's: with layer_decay the head's, the lr the config sets.
+        "lr": max(float(g["lr"]) for g in opt.param_groups),
         "images_per_s": n / seconds if seconds > 0 else 0.0,
     }
+
+
+def _update(state: FitState) -> None:
+    """One optimizer update from the accumulated gradients, then the EMA and the schedule."""
+    if state.scaler is not None:
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+    else:
+        state.optimizer.step()
+    state.optimizer.zero_grad(set_to_none=True)
+    state.num_updates += 1
+    if state.ema is not None:
+        state.ema.update(state.model, step=state.num_updates)
+    if state.scheduler is not None:
+        state.scheduler.step_update(num_updates=state.num_updates)
 
 
 @torch.no_grad()
 def predict(
     model: nn.Module, loader: DataLoader, device: torch.device, tta_hflip: bool = False,
-    progress: bool = False, desc: str = "predict", log_every_s: float | None = None,
+    progress: bool = False, desc: str = "predict", log_every_s: float | None = None, *,
+    mirror: bool = False,
 ) -> np.ndarray:
-    """Softmax probabilities, (N, C) float32, in loader order (the loader must not shuffle)."""
+    """Softmax probabilities, (N, C) float32, in loader order (the loader must not shuffle).
+
+    `mirror`: of the mirrored images; `tta_hflip`: the mean of the image's and the mirrored's.
+    """
     model.eval()
     out = []
-    meter = _Meter(loader, desc, progress, log_every_s)
+    meter = Meter(loader, desc, progress, log_every_s)
     for batch in loader:
         x = _to_device(batch[0], device)
+        if mirror:
+            x = torch.flip(x, dims=[3])
         with _autocast(device):
             p = F.softmax(model(x).float(), dim=-1)
             if tta_hflip:
@@ -285,14 +237,16 @@ def predict(
 def evaluate(
     model: nn.Module, loader: DataLoader, targets: np.ndarray, device: torch.device,
     tta_hflip: bool = False, *, progress: bool = False, log_every_s: float | None = None,
-    desc: str = "val",
+    desc: str = "val", mirror: bool = False,
 ) -> tuple[dict[str, float], np.ndarray]:
     """val_loss (plain cross entropy, so candidates with different losses compare) and val_acc.
 
     targets: (N,) int64 in loader order. Returns (metrics, probs (N, C) float32): the probs
-    are `predict(model, loader, device, tta_hflip)`, the very numbers the metrics scored.
+    are `predict(model, loader, device, tta_hflip, mirror=mirror)`, the numbers the metrics
+    scored.
     """
-    probs = predict(model, loader, device, tta_hflip, progress, desc, log_every_s)
+    probs = predict(model, loader, device, tta_hflip, progress, desc, log_every_s,
+                    mirror=mirror)
     t = torch.as_tensor(targets, dtype=torch.long)
     p = torch.from_numpy(probs).clamp_min(1e-12)
     val_loss = F.nll_loss(p.log(), t).item()
@@ -321,6 +275,8 @@ def fit(
     device: torch.device,
     report: Report,
     tta_hflip: bool = False,
+    mixup: Callable | None = None,
+    accum_steps: int = 1,
     progress: bool = False,
     log_every_s: float | None = None,
     on_epoch_start: Callable[[int], None] | None = None,
@@ -328,14 +284,18 @@ def fit(
     """Train from `state.epoch` to `epochs` (or early stop), keeping the best weights.
 
     `report(metrics)` is called once per epoch with flat names: epoch, train_loss, val_loss,
-    val_acc, lr, images_per_s, epoch_time_s, best_val_acc. It may raise to stop training
+    val_acc, lr, images_per_s, epoch_time_s, best_val_acc, and with `state.ema` ema_val_loss
+    and ema_val_acc (the EMA weights', validated the same way). It may raise to stop training
     (a scheduler's decision); the state is consistent whenever it is called.
     `on_epoch_start(epoch)` runs before each epoch (the caller reseeds its randomness there,
     so an epoch's randomness depends on the epoch alone and a resumed run repeats exactly).
     `progress` shows bars inside each epoch (batches as images, img/s, ETA); `log_every_s`
     logs the same as a line every so many seconds (a Ray trial's only live feedback: Tune's
     table shows reported metrics, and a report per interval would count as an ASHA step).
-    The best epoch's validation probabilities are kept in `state.best_val_probs`.
+    The best epoch's validation probabilities are kept in `state.best_val_probs`; the EMA
+    weights' best epoch, chosen by their own val_acc, in `state.ema_best`. Early stopping
+    waits `patience` epochs after the later of the two. `mixup`, `accum_steps`: see
+    `train_one_epoch`.
     """
     bar = tqdm(range(state.epoch, epochs), desc="epochs", disable=not progress,
                initial=state.epoch, total=epochs)
@@ -344,29 +304,42 @@ def fit(
             on_epoch_start(epoch)
         t0 = time.perf_counter()
         where = f"epoch {epoch + 1}/{epochs}"
-        metrics = train_one_epoch(state, train_loader, loss_fn, device, progress=progress,
+        metrics = train_one_epoch(state, train_loader, loss_fn, device, mixup=mixup,
+                                  accum_steps=accum_steps, progress=progress,
                                   log_every_s=log_every_s, desc=f"{where} train")
         val, probs = evaluate(state.model, val_loader, val_targets, device, tta_hflip,
                               progress=progress, log_every_s=log_every_s, desc=f"{where} val")
         metrics.update(val)
+        if state.ema is not None:
+            ema_val, ema_probs = evaluate(state.ema.module, val_loader, val_targets, device,
+                                          tta_hflip, progress=progress,
+                                          log_every_s=log_every_s, desc=f"{where} val ema")
+            metrics.update({f"ema_{k}": v for k, v in ema_val.items()})
         if not math.isfinite(metrics["val_loss"]):
             raise FloatingPointError(f"val_loss is {metrics['val_loss']} at epoch {epoch}")
         state.epoch = epoch + 1
         if _is_better(metrics, state.best_metrics):
             state.best_epoch = epoch + 1
             state.best_metrics = {"val_acc": metrics["val_acc"], "val_loss": metrics["val_loss"]}
-            state.best_weights = {k: v.detach().to("cpu", copy=True)
-                                  for k, v in state.model.state_dict().items()}
+            state.best_weights = _cpu_copy(state.model)
             state.best_val_probs = probs
+        if state.ema is not None and _is_better(ema_val, state.ema_best.get("metrics", {})):
+            state.ema_best = {"epoch": epoch + 1, "metrics": ema_val,
+                              "weights": _cpu_copy(state.ema.module), "val_probs": ema_probs}
         metrics.update(epoch=epoch + 1, epoch_time_s=time.perf_counter() - t0,
                        best_val_acc=state.best_metrics["val_acc"])
         state.history.append(dict(metrics))
-        state.stopped_early = state.epoch - state.best_epoch >= patience and state.epoch < epochs
+        last_best = max(state.best_epoch, state.ema_best.get("epoch", 0))
+        state.stopped_early = state.epoch - last_best >= patience and state.epoch < epochs
         bar.set_postfix(val_acc=f"{metrics['val_acc']:.3f}", best=f"{state.best_epoch}")
         report(metrics)
         if state.stopped_early:
             break
     return state
+
+
+def _cpu_copy(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
 
 
 def load_best(state: FitState) -> nn.Module:

@@ -208,12 +208,14 @@ def cv_candidates(cfg: SweepConfig, searched: list[Candidate] | None,
 
 def plan_cv_jobs(cfg: SweepConfig, candidates: list[Candidate],
                  store: PredictionStore) -> list[Job]:
-    """(candidate, fold) pairs not yet in the store, in candidate then fold order."""
+    """(candidate, fold) pairs not yet in the store, in candidate then fold order. A pair is in
+    the store when every prediction set its training stores is (`PredictionStore.trained`):
+    a view added to the config trains the fold again."""
     return [
         Job(params=c.params, fold=k)
         for c in candidates
         for k in range(cfg.data.n_folds)
-        if not store.has_fold(c.id, k)
+        if not store.trained(c.train, k)
     ]
 
 

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 
 from . import fs
 from .cache import load_images
-from .config import SweepConfig, TrainConfig
+from .config import SweepConfig, TrainConfig, own_view, view_img_size
 from .engine import predict, select_device
 from .errors import DataError, StoreError, first_line
 from .fs import Location
@@ -127,6 +127,8 @@ def predict_csv(
     Each fold's best weights (safetensors, never a pickle) predict every row; the result is
     their mean, as for the stored test predictions. Relative image paths are read under
     `image_root` (default: the CSV's folder), absolute ones as they are (`read_image_list`).
+    A view candidate (`<id>-hflip`, `<id>-ema-scale`, ...) predicts with the weights its
+    manifest names (`weights_candidate`: the candidate's, or its EMA weights') in its view.
     """
     store = PredictionStore(cfg.sweep_dir)
     folds = store.folds(candidate_id)
@@ -141,21 +143,25 @@ def predict_csv(
     train_cfg = TrainConfig.model_validate(manifests[0]["config"])
     root = Path(image_root) if image_root is not None else Path(csv_path).parent
     paths = read_image_list(Path(csv_path), root)  # the cheap check first: do they exist
-    weights = [store.candidate_dir(candidate_id) / m["weights_file"] for m in manifests]
+    weights = [store.candidate_dir(m.get("weights_candidate") or candidate_id) / m["weights_file"]
+               for m in manifests]
     model = build_model(train_cfg.model.model_copy(update={"pretrained": False}),
                         int(manifests[0]["num_classes"]), train_cfg.img_size)
     want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     for w in weights:  # headers only, before the images are decoded and cached
         _check_weights_file(w, want)
-    images = load_images(paths, train_cfg.img_size, cfg.data.cache_dir, progress=progress)
+    view = manifests[0].get("view") or own_view(train_cfg)  # folds before views: its own
+    size = view_img_size(view, train_cfg.img_size)
+    images = load_images(paths, size, cfg.data.cache_dir, progress=progress)
     device = device or select_device()
-    loader = DataLoader(SketchDataset(images, None, build_eval_transform(train_cfg.img_size)),
+    loader = DataLoader(SketchDataset(images, None, build_eval_transform(size)),
                         batch_size=train_cfg.batch_size, shuffle=False,
                         pin_memory=device.type == "cuda")
     total = None
     for k, w in zip(folds, weights, strict=True):
         model.load_state_dict(_load_weights(w))  # every tensor checked by _check_weights_file
         model.to(device)
-        p = predict(model, loader, device, train_cfg.tta_hflip, progress, f"fold {k}")
+        p = predict(model, loader, device, view == "hflip_avg", progress, f"fold {k}",
+                    mirror=view == "hflip")
         total = p if total is None else total + p
     return (total / len(folds)).astype(np.float32)

@@ -50,7 +50,7 @@ def check_sweep(cfg: SweepConfig, where: str) -> list[Candidate]:
             train = with_train_overrides(cfg.train, {key: value},
                                          f"{where}: search.space[{key!r}]={value!r}")
             check_train(train, f"{where}: search.space[{key!r}]")
-    # The scheduler clamps the warm-up to epochs - 1 (engine.build_scheduler): with 1 epoch
+    # The scheduler clamps the warm-up to epochs - 1 (optim.build_scheduler): with 1 epoch
     # there is none, and nothing for the grace period to fall within.
     warmup = min(cfg.train.sched.warmup_epochs, search_max_epochs(cfg) - 1)
     if cfg.search.enabled and cfg.search.asha and cfg.search.space and \

@@ -14,7 +14,7 @@ from .config import SweepConfig
 from .folds import load_or_make_folds, write_folds
 from .tables import read_test_csv, read_train_csv
 
-__all__ = ["PreparedData", "Tables", "prepare_data", "read_tables"]
+__all__ = ["PreparedData", "Tables", "prepare_data", "read_tables", "resized"]
 
 
 @dataclass(frozen=True)
@@ -60,10 +60,23 @@ def prepare_data(cfg: SweepConfig, img_size: int, progress: bool = False,
     once every image has decoded, so bad input leaves nothing."""
     d = cfg.data
     t = tables or read_tables(cfg)
-    train_images = load_images([Path(d.image_root) / p for p in t.train["image_path"]],
-                               img_size, d.cache_dir, progress=progress)
-    test_images = load_images([Path(d.test_image_root) / p for p in t.test["image_path"]],
-                              img_size, d.cache_dir, progress=progress)
+    data = _with_images(cfg, t.train, t.test, t.num_classes, img_size, progress)
     if not fs.is_file(d.folds_csv):
         write_folds(t.folds, d.folds_csv)
-    return PreparedData(t.train, t.test, t.num_classes, train_images, test_images)
+    return data
+
+
+def resized(cfg: SweepConfig, data: PreparedData, img_size: int,
+            progress: bool = False) -> PreparedData:
+    """The same tables with their images at another size (a `scale` view's), from its cache."""
+    return _with_images(cfg, data.train, data.test, data.num_classes, img_size, progress)
+
+
+def _with_images(cfg: SweepConfig, train: pd.DataFrame, test: pd.DataFrame, num_classes: int,
+                 img_size: int, progress: bool) -> PreparedData:
+    d = cfg.data
+    train_images = load_images([Path(d.image_root) / p for p in train["image_path"]],
+                               img_size, d.cache_dir, progress=progress)
+    test_images = load_images([Path(d.test_image_root) / p for p in test["image_path"]],
+                              img_size, d.cache_dir, progress=progress)
+    return PreparedData(train, test, num_classes, train_images, test_images)

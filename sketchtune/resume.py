@@ -2,7 +2,8 @@
 
 - A (candidate, fold) whose predictions are in the store is never trained again: the cv
   stage plans only the others (`planner.plan_cv_jobs`), and a trial that finds its fold
-  there reports it and returns (`trainable.trial`); both ask `PredictionStore.has_fold`.
+  there reports it and returns (`trainable.trial`); both ask `PredictionStore.trained`
+  (every prediction set of the training: the candidate, its views, its EMA weights').
 - A stage whose experiment folder exists is restored rather than started again
   (`restore_tuner`); one of an older config is left alone, with a warning.
 - A trial checkpoints its `FitState` each epoch beside its metrics, with the state's size

@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 
 from . import fs
+from .config import TrainConfig, prediction_sets
 from .errors import StoreError
 from .fs import Location, location
 
@@ -172,6 +173,19 @@ class PredictionStore:
     def has_fold(self, candidate_id: str, fold: int) -> bool:
         npz, js = self._paths(candidate_id, fold)
         return fs.is_file(npz) and fs.is_file(js)
+
+    def trained(self, train: TrainConfig, fold: int) -> bool:
+        """Whether every prediction set one training of `train` stores (`config.prediction_sets`:
+        the candidate, its views, its EMA weights') has `fold`: only then is no trial needed."""
+        return all(self.has_fold(s.id, fold) for s in prediction_sets(train))
+
+    def trained_folds(self, train: TrainConfig) -> list[int]:
+        """The folds `trained` says are done, from one listing per prediction set."""
+        sets = prediction_sets(train)
+        done = set(self.folds(sets[0].id))
+        for s in sets[1:]:
+            done &= set(self.folds(s.id))
+        return sorted(done)
 
     def read_manifest(self, candidate_id: str, fold: int) -> dict[str, Any]:
         _, js = self._paths(candidate_id, fold)

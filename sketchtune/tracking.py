@@ -23,8 +23,9 @@ __all__ = ["METRIC_KEYS", "TrackingError", "Tracker", "artifact_location", "chec
 _log = logging.getLogger(__name__)
 
 # The flat metric names logged per epoch; Ray's bookkeeping keys (pid, timestamp, ...) are not.
+# ema_*: the EMA weights' validation, with `train.ema` on.
 METRIC_KEYS = ("train_loss", "val_loss", "val_acc", "lr", "images_per_s", "epoch_time_s",
-               "best_val_acc")
+               "best_val_acc", "ema_val_loss", "ema_val_acc")
 
 PARENT_TAG = "sketchtune.role"
 

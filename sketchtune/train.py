@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import logging
 import time
 from collections.abc import Callable
@@ -18,22 +19,23 @@ from torch.utils.data import DataLoader
 from .allocator import tune_malloc
 from .checks import check_trial
 from .cli import add_debug_argument, base_parser, load_sweep_config, run_cli, setup_logging
-from .config import SweepConfig, TrainConfig, candidate_id
-from .engine import (
-    FitState,
-    build_optimizer,
-    build_scheduler,
-    fit,
-    load_best,
-    predict,
-    select_device,
+from .config import (
+    PredictionSet,
+    SweepConfig,
+    TrainConfig,
+    candidate_id,
+    own_view,
+    prediction_sets,
+    view_img_size,
 )
+from .engine import FitState, evaluate, fit, predict, select_device
 from .errors import ConfigError
 from .faults import maybe_fail
 from .images import SketchDataset
-from .losses import build_loss
+from .losses import build_loss, build_mixup
 from .model import build_model
-from .prepare import PreparedData, Tables, prepare_data
+from .optim import build_ema, build_optimizer, build_scheduler, updates_per_epoch
+from .prepare import PreparedData, Tables, prepare_data, resized
 from .store import PredictionStore
 from .transforms import build_eval_transform, build_train_transform
 
@@ -134,11 +136,15 @@ def run_trial(
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, train_cfg.optim)
-    scheduler = build_scheduler(optimizer, train_cfg.sched, train_cfg.epochs, len(train_loader))
+    scheduler = build_scheduler(optimizer, train_cfg.sched, train_cfg.epochs,
+                                updates_per_epoch(len(train_loader), train_cfg.accum_steps))
     scaler = None
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         scaler = torch.amp.GradScaler("cuda")  # fp16 needs loss scaling; bf16 does not
-    state = FitState(model, optimizer, scheduler, scaler)
+    ema = build_ema(train_cfg.ema, model)  # before compile, as timm's train.py
+    if train_cfg.compile:
+        model.compile()  # in place: the state_dict keeps its keys, checkpoints stay portable
+    state = FitState(model, optimizer, scheduler, scaler, ema=ema)
     if resume is not None:
         state.load_state_dict(resume)
         _log.info("resumed %s fold %d at epoch %d", cid, fold, state.epoch)
@@ -156,57 +162,124 @@ def run_trial(
         # resumed from a checkpoint trains exactly as an uninterrupted one (on CPU).
         s = train_cfg.seed * 10_007 + epoch
         torch.manual_seed(s)
+        np.random.seed(s % 2**32)  # timm's Mixup draws from numpy's global generator
         train_loader.generator.manual_seed(s)
         train_tf.set_random_seed(s)
 
     t0 = time.perf_counter()
     fit(state, train_loader, val_loader, targets[va_idx], build_loss(train_cfg.loss),
         epochs=train_cfg.epochs, patience=train_cfg.patience, device=device, report=_report,
-        tta_hflip=train_cfg.tta_hflip, progress=progress, log_every_s=log_every_s,
+        tta_hflip=train_cfg.tta_hflip, mixup=build_mixup(train_cfg.mixup, data.num_classes),
+        accum_steps=train_cfg.accum_steps, progress=progress, log_every_s=log_every_s,
         on_epoch_start=reseed)
-    model = load_best(state)
 
-    # OOF and test predictions both come from the best epoch's weights. The OOF ones are the
-    # probabilities that epoch's evaluation scored (same weights, loader and tta_hflip), kept
-    # by fit; only a checkpoint from before they were kept needs the val rows predicted again.
-    val_probs = state.best_val_probs
-    if val_probs is None:
-        val_probs = predict(model, val_loader, device, train_cfg.tta_hflip)
-    test_loader = _loader(data.test_images, None, eval_tf, train_cfg.batch_size, train=False, **kw)
-    test_probs = predict(model, test_loader, device, train_cfg.tta_hflip, progress, "test",
-                         log_every_s)
-
-    store = PredictionStore(cfg.sweep_dir)
-    weights_name, files = None, {}
-    if cfg.save_weights:
-        from safetensors.torch import save as st_save
-
-        weights_name = f"fold{fold}.safetensors"
-        sd = {k: v.contiguous() for k, v in (state.best_weights or model.state_dict()).items()}
-        files[weights_name] = st_save(sd)  # written by the store, before its manifest
     manifest = {
         "config": train_cfg.model_dump(mode="json"),
         "backbone": train_cfg.model.name,
         "n_folds": cfg.data.n_folds,
-        "best_epoch": state.best_epoch,
         "epochs_run": state.epoch,
         "stopped_early": state.stopped_early,
-        "metrics": state.best_metrics,
         "history": state.history,
-        "train_seconds": time.perf_counter() - t0,
-        "weights_file": weights_name,
         "test_csv": str(cfg.data.test_csv),
         "folds_csv": str(cfg.data.folds_csv),
         "mlflow_run_id": None,
         **(extra_manifest or {}),
     }
-    path = store.write_fold(
-        cid, fold, val_keys=data.train["image_path"].to_numpy()[va_idx],
-        val_targets=targets[va_idx], val_probs=val_probs,
-        test_keys=data.test["image_path"].to_numpy(), test_probs=test_probs, manifest=manifest,
-        files=files,
-    )
+    views = _Views(cfg, data, va_idx, targets[va_idx], train_cfg, device, kw, progress,
+                   log_every_s, t0)
+    store = PredictionStore(cfg.sweep_dir)
+    path = None
+    for weights in ("ema", "raw"):  # the candidate itself last: its manifest says "all done"
+        sets = [s for s in prediction_sets(train_cfg) if s.weights == weights]
+        if sets:
+            path = _write_sets(store, fold, sets[::-1], state, views, manifest,
+                               cfg.save_weights)
     return TrialResult(cid, fold, state.best_epoch, state.epoch, dict(state.best_metrics), path)
+
+
+class _Views:
+    """A trained fold's views: the val and test loaders of each, made when first asked for (the
+    `scale` view's images come from the image cache at its size), and what each predicts."""
+
+    def __init__(self, cfg: SweepConfig, data: PreparedData, va_idx: np.ndarray,
+                 val_targets: np.ndarray, train_cfg: TrainConfig, device: torch.device,
+                 kw: dict[str, Any], progress: bool, log_every_s: float | None,
+                 t0: float) -> None:
+        self.cfg, self.data, self.va_idx, self.val_targets = cfg, data, va_idx, val_targets
+        self.train_cfg, self.device, self.kw = train_cfg, device, kw
+        self.progress, self.log_every_s, self.t0 = progress, log_every_s, t0
+        self._loaders: dict[int, tuple[DataLoader, DataLoader]] = {}
+
+    def loaders(self, view: str) -> tuple[DataLoader, DataLoader]:
+        size = view_img_size(view, self.train_cfg.img_size)
+        if size not in self._loaders:
+            data = self.data if size == self.train_cfg.img_size else \
+                resized(self.cfg, self.data, size, self.progress)
+            tf, bs = build_eval_transform(size), self.train_cfg.batch_size
+            self._loaders[size] = (
+                _loader(_Subset(data.train_images, self.va_idx), self.val_targets, tf, bs,
+                        train=False, **self.kw),
+                _loader(data.test_images, None, tf, bs, train=False, **self.kw))
+        return self._loaders[size]
+
+    def predict(self, model: torch.nn.Module, view: str, val_probs: np.ndarray | None,
+                metrics: dict[str, float]) -> tuple[np.ndarray, dict[str, float], np.ndarray]:
+        """(val_probs, their val metrics, test_probs) of `view`; `val_probs` and `metrics`
+        when the evaluation that chose the best epoch already made them."""
+        val_loader, test_loader = self.loaders(view)
+        how = {"tta_hflip": view == "hflip_avg", "mirror": view == "hflip"}
+        if val_probs is None:
+            metrics, val_probs = evaluate(model, val_loader, self.val_targets, self.device,
+                                          how["tta_hflip"], mirror=how["mirror"])
+        test_probs = predict(model, test_loader, self.device, how["tta_hflip"], self.progress,
+                             f"test {view}", self.log_every_s, mirror=how["mirror"])
+        return val_probs, metrics, test_probs
+
+
+def _write_sets(store: PredictionStore, fold: int, sets: list[PredictionSet], state: FitState,
+                views: _Views, manifest: dict[str, Any], save_weights: bool) -> Any:
+    """Store `sets` (one weights kind's, its own view last) from that kind's best epoch.
+
+    Every set's OOF rows are this fold's validation rows, predicted by this fold's model:
+    the raw weights or their moving average, each at the epoch its own validation chose. The
+    weights file is written once, beside the set in the candidate's own view; the others
+    name it (`weights_candidate`). Returns the last manifest's path.
+    """
+    own = sets[-1]
+    assert own.view == own_view(views.train_cfg), "the own view goes last"
+    if own.weights == "ema":
+        best = state.ema_best
+    else:
+        best = {"epoch": state.best_epoch, "metrics": state.best_metrics,
+                "weights": state.best_weights, "val_probs": state.best_val_probs}
+    model = state.model
+    if best["weights"] is not None:
+        model.load_state_dict(copy.deepcopy(best["weights"]))
+    files, weights_name = {}, None
+    if save_weights:
+        from safetensors.torch import save as st_save
+
+        weights_name = f"fold{fold}.safetensors"
+        sd = best["weights"] or model.state_dict()
+        files[weights_name] = st_save({k: v.contiguous() for k, v in sd.items()})
+    path = None
+    for s in sets:
+        # The own view's OOF probabilities are those the best epoch's evaluation scored (kept
+        # by fit); only a checkpoint from before they were kept needs them predicted again.
+        mine = s is own and best["val_probs"] is not None
+        val_probs, metrics, test_probs = views.predict(
+            model, s.view, best["val_probs"] if mine else None,
+            dict(best["metrics"]) if mine else {})
+        path = store.write_fold(
+            s.id, fold, val_keys=views.data.train["image_path"].to_numpy()[views.va_idx],
+            val_targets=views.val_targets, val_probs=val_probs,
+            test_keys=views.data.test["image_path"].to_numpy(), test_probs=test_probs,
+            manifest={**manifest, "best_epoch": best["epoch"], "metrics": metrics,
+                      "train_seconds": time.perf_counter() - views.t0,
+                      "view": s.view, "weights": s.weights, "base_candidate": s.base,
+                      "weights_candidate": own.id, "weights_file": weights_name},
+            files=files if s is own else None)  # written by the store, before its manifest
+    return path
 
 
 class _Subset:

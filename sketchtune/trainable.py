@@ -80,9 +80,10 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str,
     where = node_of_this_worker()
     tags = {"candidate_id": cid, "backbone": train_cfg.model.name, "fold": fold, **where}
     store = PredictionStore(sweep_cfg.sweep_dir)
-    if store.has_fold(cid, fold):
+    if store.trained(train_cfg, fold):
         # Trained before (another stage, an earlier sweep, or a restart that raced the
-        # experiment's own bookkeeping): report what the store has, train nothing.
+        # experiment's own bookkeeping), every prediction set of it: report what the store
+        # has, train nothing.
         m = store.read_manifest(cid, fold)
         tune.report({**m["metrics"], **tags, "epoch": m["epochs_run"],
                      "best_val_acc": m["metrics"]["val_acc"], "skipped": 1})

@@ -76,11 +76,13 @@ def make_sweep(tmp: Path, skills: tuple[float, ...] = (2.0, 1.0, 0.5), n: int = 
 def write_candidate(sw: Sweep, j: int, folds: list[int] | None = None,
                     probs: np.ndarray | None = None, test_probs: np.ndarray | None = None,
                     cid: str | None = None, backbone: str = "test_resnet.r160_in1k",
-                    weights_file: str | None = None, test_keys: np.ndarray | None = None) -> str:
+                    weights_file: str | None = None, test_keys: np.ndarray | None = None,
+                    manifest: dict | None = None) -> str:
     """Write candidate j's folds (all by default) to the store, optionally with other arrays.
 
     weights_file: what each fold's manifest names as its saved weights (none are written).
     test_keys: the image_paths the test probabilities are for (default: test.csv's).
+    manifest: more manifest fields (a view's `view`, `weights`, `base_candidate`).
     """
     p = sw.probs[j] if probs is None else probs
     n_folds = int(sw.folds.max()) + 1
@@ -94,7 +96,8 @@ def write_candidate(sw: Sweep, j: int, folds: list[int] | None = None,
             manifest={"n_folds": n_folds, "best_epoch": 1,
                       "metrics": {"val_acc": 0.5, "val_loss": 1.0},
                       "config": {"model": {"name": backbone}}, "mlflow_run_id": None,
-                      **({"weights_file": weights_file} if weights_file else {})},
+                      **({"weights_file": weights_file} if weights_file else {}),
+                      **(manifest or {})},
         )
     return cid
 

@@ -6,6 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from ensemble_search.comparison import compare_methods
+from ensemble_search.config import EnsembleConfig
 from ensemble_search.load import (
     load_fold_test_probs,
     load_oof,
@@ -219,3 +221,42 @@ def test_read_test_keys_refuses_a_header_only_test_csv(tmp_path):
     path.write_text("image_path\n")
     with pytest.raises(DataError, match=f"{path}: no rows"):
         read_test_keys(path)
+
+
+def test_views_are_correlated_candidates_and_a_copy_cannot_raise_the_honest_estimate(tmp_path):
+    """A view of a candidate (written as the trial writes one: its manifest names the view and
+    its base) whose predictions copy the candidate's: optimize shows the pair as one base with
+    error correlation 1, `pruned` keeps only one of them, and every method that selects
+    (greedy, pruned, best_single) gets the very same honest estimate with the copy as
+    without it: a view from the same fold model adds no information, so it cannot add
+    optimism either."""
+    sw = make_sweep(tmp_path, skills=(2.0, 1.0, 0.5), n=90)
+    base = sw.ids[1]
+    copy = write_candidate(sw, 1, cid=f"{base}-hflip",
+                           manifest={"base_candidate": base, "view": "hflip", "weights": "raw"})
+    cfg = EnsembleConfig()
+    with_copy = compare_methods(load_oof(sw.store, _rows(sw)), cfg)
+    without = compare_methods(load_oof(sw.store, _rows(sw), candidate_ids=sw.ids), cfg)
+    table = with_copy.candidates.set_index("candidate_id")
+    assert table.loc[copy, "base_candidate"] == table.loc[base, "base_candidate"] == base
+    assert table.loc[copy, "view"] == "hflip" and table.loc[copy, "name"].endswith("-hflip")
+    j, c = list(table.index).index(base), list(table.index).index(copy)
+    assert with_copy.diversity[j, c] == pytest.approx(1.0)
+    assert with_copy.correlation[j, c] == pytest.approx(1.0)
+    assert with_copy.results["pruned"].weights[c] == 0.0
+    for name in ("greedy", "pruned", "best_single"):
+        a, b = with_copy.results[name].honest, without.results[name].honest
+        assert (a.acc, a.fold_acc) == (b.acc, b.fold_acc), name
+        assert a.log_loss == pytest.approx(b.log_loss, abs=1e-12), name
+
+
+def test_a_view_whose_fold_holds_another_folds_rows_is_refused(tmp_path):
+    # The honest estimate scores fold k's rows with weights fitted without them; that holds
+    # for a view only if its fold-k rows came from fold k's model. A view written from the
+    # wrong fold's model (its rows in another fold's file) is refused, naming it.
+    sw = make_sweep(tmp_path, skills=(1.0, 0.5))
+    sw.folds = (sw.folds + 1) % 3
+    write_candidate(sw, 0, cid=f"{sw.ids[0]}-scale",
+                    manifest={"base_candidate": sw.ids[0], "view": "scale"})
+    with pytest.raises(EnsembleError, match=rf"{sw.ids[0]}-scale: fold .* puts in fold"):
+        load_oof(sw.store, _rows(sw))

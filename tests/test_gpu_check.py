@@ -1,4 +1,5 @@
-"""benchmarks/gpu_check.sh on the CPU with tiny backbones: every step (a-e) runs and is reported."""
+"""benchmarks/gpu_check.sh on the CPU with tiny backbones: steps a-e run and are reported (f,
+torch.compile of a timm model, takes minutes on a CPU: tests/test_engine.py compiles there)."""
 
 from __future__ import annotations
 
@@ -23,12 +24,13 @@ def test_gpu_check_cpu_path_runs_every_step(tmp_path):
         [str(ROOT / "benchmarks" / "gpu_check.sh"), "--data", str(data), "--device", "cpu",
          "--backbone", "test_resnet.r160_in1k", "--small", "test_convnext.r160_in1k",
          "--img-size", "32", "--batch-size", "4", "--bound-batches", "2", "--bound-warmup", "1",
-         "--limit-scale", "8", "--out", str(out)],
+         "--limit-scale", "8", "--steps", "abcde", "--out", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     res = json.loads((out / "gpu_check.json").read_text())
     steps = res["steps"]
     assert all(steps[k]["ok"] for k in "abcde"), steps
+    assert steps["f"].get("skipped") and res["compiled_over_plain"] is None
     assert steps["a"]["backbone"] == "test_resnet.r160_in1k"
     assert steps["e"]["backbone"] == "test_convnext.r160_in1k"
     # 4 classes x 6 train images, fold 0 held out.

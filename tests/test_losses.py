@@ -1,4 +1,5 @@
-"""FocalLoss facts: it reduces to cross entropy, and down-weights easy examples."""
+"""FocalLoss facts: it reduces to cross entropy, down-weights easy examples, and on soft targets
+(Mixup) is the target-weighted mix of its losses on class indices."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sketchtune.config import LossConfig
-from sketchtune.losses import FocalLoss, build_loss
+from sketchtune.config import LossConfig, MixupConfig
+from sketchtune.losses import FocalLoss, build_loss, build_mixup
 
 
 @pytest.fixture
@@ -63,3 +64,42 @@ def test_build_loss_ce_is_cross_entropy(batch):
     logits, y = batch
     loss = build_loss(LossConfig(name="ce"))
     assert torch.allclose(loss(logits, y), F.cross_entropy(logits, y))
+
+
+@pytest.mark.parametrize("gamma, smoothing", [(2.0, 0.0), (2.0, 0.1), (0.0, 0.1), (1.5, 0.2)])
+def test_focal_loss_on_one_hot_soft_targets_equals_the_loss_on_class_indices(batch, gamma,
+                                                                            smoothing):
+    logits, y = batch
+    loss = FocalLoss(alpha=0.5, gamma=gamma, label_smoothing=smoothing)
+    got = loss(logits, F.one_hot(y, 7).float())
+    assert torch.allclose(got, loss(logits, y), atol=1e-6)
+
+
+def test_focal_loss_on_mixed_targets_is_the_mix_of_the_two_losses(batch):
+    logits, y = batch
+    z = y.flip(0)
+    lam = 0.3
+    q = lam * F.one_hot(y, 7).float() + (1 - lam) * F.one_hot(z, 7).float()
+    loss = FocalLoss(alpha=0.5, gamma=2.0, label_smoothing=0.1)
+    per = FocalLoss(alpha=0.5, gamma=2.0, label_smoothing=0.1)
+    want = lam * per(logits, y) + (1 - lam) * per(logits, z)  # the mixup criterion, per batch
+    assert torch.allclose(loss(logits, q), want, atol=1e-6)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_focal_loss_gamma0_alpha1_on_soft_targets_equals_soft_cross_entropy(batch, smoothing):
+    logits, _ = batch
+    q = torch.softmax(torch.randn(16, 7, generator=torch.Generator().manual_seed(1)), -1)
+    want = F.cross_entropy(logits, q, label_smoothing=smoothing)
+    got = FocalLoss(alpha=1.0, gamma=0.0, label_smoothing=smoothing)(logits, q)
+    assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_build_mixup_is_off_by_default_and_makes_soft_targets_when_on():
+    assert build_mixup(MixupConfig(), 7) is None
+    mix = build_mixup(MixupConfig(mixup_alpha=0.8, cutmix_alpha=1.0), 7)
+    x, y = torch.randn(8, 3, 16, 16), torch.arange(8) % 7
+    xm, q = mix(x, y)
+    assert xm.shape == x.shape and q.shape == (8, 7)
+    assert torch.allclose(q.sum(1), torch.ones(8))
+    assert (q.max(1).values >= 0.5 - 1e-6).all()  # each image keeps the larger share of its own

@@ -81,6 +81,25 @@ def test_planner_plan_cv_jobs_skips_folds_in_the_store(tiny_cfg):
     assert cv_experiment_name([a, b]) == cv_experiment_name([b, a]) != cv_experiment_name([a])
 
 
+def test_planner_plan_cv_jobs_counts_a_fold_done_only_with_every_prediction_set(tiny_cfg):
+    # A config that stores views and EMA weights: a fold whose base candidate is in the store
+    # but one of its sets is not (a view added to the config, a trial killed between writes)
+    # is trained again; the trial's own check (store.trained) is the same one.
+    cfg, _ = tiny_cfg(**{"data.n_folds": 2, "train.views": ["hflip"],
+                         "train.ema": {"enabled": True}})
+    c = Candidate({}, cfg.train, "base")
+    store = PredictionStore(cfg.sweep_dir)
+    p = np.full((1, 2), 0.5, dtype=np.float32)
+    ids = [f"{c.id}", f"{c.id}-hflip", f"{c.id}-ema", f"{c.id}-ema-hflip"]
+    for k, written in ((0, ids), (1, ids[:1] + ids[2:])):  # fold 1 lacks <id>-hflip
+        for cid in written:
+            store.write_fold(cid, k, val_keys=["x"], val_targets=np.array([0]), val_probs=p,
+                             test_probs=p, test_keys=["t"], manifest={})
+    assert [j["fold"] for j in plan_cv_jobs(cfg, [c], store)] == [1]
+    assert store.trained(cfg.train, 0) and not store.trained(cfg.train, 1)
+    assert store.trained_folds(cfg.train) == [0]
+
+
 # ---------------------------------------------------------------- search.select: ensemble
 
 

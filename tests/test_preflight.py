@@ -64,6 +64,13 @@ CASES = {
         "sweep", {"search": {"enabled": True, "space": {
             "img_size": {"type": "choice", "values": [32, 16]}}}}, [],
         ("img_size=16", "too small")),
+    # test_vit's patches are 16 px: it cannot take the scale view's 40 px images.
+    "train-scale-view-the-backbone-cannot-take": (
+        "train", {"train.model.name": "test_vit", "train.views": ["scale"]}, [],
+        ("train.views", "'scale' predicts at 40 px", "test_vit")),
+    "sweep-scale-view-the-backbone-cannot-take": (
+        "sweep", {"train.model.name": "test_vit", "train.views": ["hflip", "scale"]}, [],
+        ("train.views", "'scale'", "test_vit")),
 }
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sketchtune.config import candidate_id
+from sketchtune.config import candidate_id, prediction_sets
 from sketchtune.predict import predict_csv
 from sketchtune.store import PredictionStore, keys_digest
 from sketchtune.train import main, run_trial
@@ -96,12 +96,15 @@ def test_train_cli_bad_fold_is_one_line(tiny_cfg, capsys):
     assert err.startswith("sketchtune.train: error:") and "--fold 7" in err and "\n" not in err
 
 
-def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg):
-    """Stop after epoch 1, resume from the saved state: the same predictions as one go."""
+@pytest.mark.parametrize("recipe", [{}, {
+    "train.ema": {"enabled": True, "decay": 0.9}, "train.accum_steps": 2,
+    "train.mixup": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}}], ids=["plain", "ema-mixup-accum"])
+def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg, recipe):
+    """Stop after epoch 1, resume from the saved state: the same predictions as one go, also
+    with the EMA weights, Mixup/CutMix and gradient accumulation on (and the EMA set too)."""
     import torch
 
-    cfg, _ = tiny_cfg(save_weights=False)
-    cid = candidate_id(cfg.train)
+    cfg, _ = tiny_cfg(save_weights=False, **recipe)
     store = PredictionStore(cfg.sweep_dir)
     cfg.storage_path.mkdir(parents=True)
 
@@ -118,12 +121,78 @@ def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg):
     state = torch.load(cfg.storage_path / "state.pt", weights_only=True)
     run_trial(cfg, cfg.train, 3, resume=state)
     run_trial(cfg.model_copy(update={"name": "other"}), cfg.train, 3)  # uninterrupted
-    resumed = store.read_fold(cid, 3)
-    straight = PredictionStore(cfg.storage_path / "other").read_fold(cid, 3)
-    assert np.abs(resumed.val_probs - straight.val_probs).max() < 1e-6
-    assert np.abs(resumed.test_probs - straight.test_probs).max() < 1e-6
     def curve(f):
-        return [(h["epoch"], round(h["train_loss"], 5), round(h["val_loss"], 5), h["val_acc"])
-                for h in f.manifest["history"]]
+        return [(h["epoch"], round(h["train_loss"], 5), round(h["val_loss"], 5), h["val_acc"],
+                 h.get("ema_val_acc")) for h in f.manifest["history"]]
 
-    assert curve(resumed) == curve(straight)
+    for s in prediction_sets(cfg.train):  # the candidate, and its EMA weights' set if on
+        resumed = store.read_fold(s.id, 3)
+        straight = PredictionStore(cfg.storage_path / "other").read_fold(s.id, 3)
+        assert np.abs(resumed.val_probs - straight.val_probs).max() < 1e-6
+        assert np.abs(resumed.test_probs - straight.test_probs).max() < 1e-6
+        assert resumed.manifest["best_epoch"] == straight.manifest["best_epoch"]
+        assert curve(resumed) == curve(straight)
+    assert len(prediction_sets(cfg.train)) == (2 if recipe else 1)
+
+
+def test_run_trial_stores_every_view_and_the_ema_weights_from_the_fold_model(tiny_cfg,
+                                                                            tmp_path):
+    """Every prediction set of fold k is fold k's validation rows, predicted by fold k's own
+    model (trained without those rows): the saved fold weights reproduce each set, and the
+    hflip_avg set is the mean of the plain and hflip sets, row for row. So a view adds no
+    leak to the ensemble's honest estimate: its held-out rows come from the same fold model
+    as the candidate's."""
+    cfg, cfg_path = tiny_cfg(**{"train.views": ["hflip", "hflip_avg", "scale"],
+                                "train.ema": {"enabled": True, "decay": 0.9}})
+    res = run_trial(cfg, cfg.train, 2)
+    store = PredictionStore(cfg.sweep_dir)
+    sets = prediction_sets(cfg.train)
+    cid = res.candidate_id
+    assert [s.id for s in sets] == [cid, f"{cid}-hflip", f"{cid}-hflip_avg", f"{cid}-scale",
+                                    f"{cid}-ema", f"{cid}-ema-hflip", f"{cid}-ema-hflip_avg",
+                                    f"{cid}-ema-scale"]
+    assert res.manifest_path == store.candidate_dir(cid) / "fold2.json"
+    folds = pd.read_csv(cfg.data.folds_csv)
+    rows = folds.loc[folds["fold"] == 2, "image_path"].tolist()
+    base = store.read_fold(cid, 2)
+    got = {}
+    for s in sets:
+        f = got[s.id] = store.read_fold(s.id, 2)
+        m = f.manifest
+        assert (m["view"], m["weights"], m["base_candidate"]) == (s.view, s.weights, cid)
+        assert sorted(f.val_keys.tolist()) == sorted(rows)
+        assert f.val_keys.tolist() == base.val_keys.tolist()  # the same rows in every set
+        assert f.test_keys.tolist() == base.test_keys.tolist()
+        assert m["weights_candidate"] == (cid if s.weights == "raw" else f"{cid}-ema")
+        acc = float((f.val_probs.argmax(1) == f.val_targets).mean())
+        assert acc == pytest.approx(m["metrics"]["val_acc"])  # metrics of its own probs
+        # Each set's OOF rows come from its fold model: the saved weights predict them again.
+        val_csv = tmp_path / "val.csv"
+        pd.DataFrame({"image_path": f.val_keys}).to_csv(val_csv, index=False)
+        again = predict_csv(cfg, s.id, val_csv, image_root=Path(cfg.data.image_root))
+        assert np.abs(again - f.val_probs).max() < 1e-5, s.id
+    for pre in (cid, f"{cid}-ema"):
+        plain, flip, avg = (got[pre], got[f"{pre}-hflip"], got[f"{pre}-hflip_avg"])
+        for what in ("val_probs", "test_probs"):
+            mean = 0.5 * (getattr(plain, what) + getattr(flip, what))
+            assert np.abs(mean - getattr(avg, what)).max() < 1e-6
+        assert not np.allclose(plain.val_probs, got[f"{pre}-scale"].val_probs)
+    # predict --images: a view candidate's saved weights in its view, through the CLI.
+    import json
+
+    from ensemble_search import predict as ensemble_predict
+
+    spec = tmp_path / "ensemble.json"
+    spec.write_text(json.dumps({"candidates": [{"candidate_id": f"{cid}-ema-hflip",
+                                                "weight": 1.0}]}))
+    out = tmp_path / "out"
+    assert ensemble_predict.main([str(cfg_path), "--images", str(val_csv), "--image-root",
+                                  str(cfg.data.image_root), "--ensemble", str(spec), "--out",
+                                  str(out), "--quiet"]) == 0
+    probs = np.load(out / f"predictions_{val_csv.stem}.npy")
+    assert np.abs(probs - got[f"{cid}-ema-hflip"].val_probs).max() < 1e-5
+    # The EMA sets come from the EMA weights' own best epoch: other numbers than the raw's.
+    ema = got[f"{cid}-ema"]
+    assert ema.manifest["best_epoch"] in (1, 2) and ema.manifest["weights_file"]
+    assert not np.allclose(ema.val_probs, base.val_probs)
+    assert len(ema.manifest["history"]) == 2 and "ema_val_acc" in ema.manifest["history"][0]

@@ -1,6 +1,7 @@
 """Typed configuration: pydantic models (one module per section), YAML loading, `--set`."""
 
 from .data import DataConfig
+from .identity import SCALE, PredictionSet, candidate_id, own_view, prediction_sets, view_img_size
 from .loading import (
     DuplicateKeyError,
     UniqueKeyLoader,
@@ -15,17 +16,21 @@ from .loading import (
 from .search import ParamSpec, SearchConfig
 from .sweep import RayConfig, ResourcesConfig, SweepConfig, address_problem, search_max_epochs
 from .train import (
+    VIEWS,
     AugConfig,
+    EmaConfig,
     LossConfig,
+    MixupConfig,
     ModelConfig,
     OptimConfig,
     SchedConfig,
     TrainConfig,
-    candidate_id,
 )
 
-__all__ = ["AugConfig", "DataConfig", "DuplicateKeyError", "LossConfig", "ModelConfig",
-           "OptimConfig", "ParamSpec", "RayConfig", "ResourcesConfig", "SchedConfig",
-           "SearchConfig", "SweepConfig", "TrainConfig", "UniqueKeyLoader", "address_problem",
-           "apply_overrides", "candidate_id", "load_config", "parse_overrides", "read_yaml",
-           "resolve_paths", "search_max_epochs", "validate", "with_train_overrides"]
+__all__ = ["SCALE", "VIEWS", "AugConfig", "DataConfig", "DuplicateKeyError", "EmaConfig",
+           "LossConfig", "MixupConfig", "ModelConfig", "OptimConfig", "ParamSpec",
+           "PredictionSet", "RayConfig", "ResourcesConfig", "SchedConfig", "SearchConfig",
+           "SweepConfig", "TrainConfig", "UniqueKeyLoader", "address_problem", "apply_overrides",
+           "candidate_id", "load_config", "own_view", "parse_overrides", "prediction_sets",
+           "read_yaml", "resolve_paths", "search_max_epochs", "validate", "view_img_size",
+           "with_train_overrides"]

@@ -1,19 +1,21 @@
-"""One candidate's training config (`TrainConfig`: model, optimizer, schedule, loss, augmentation)
-and its id, the hash of everything that changes the trained model."""
+"""One candidate's training config (`TrainConfig`: model, optimizer, schedule, loss, augmentation,
+timm's training extras, the prediction sets it stores); its id is in `identity`."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from .fields import SEED, Bool, Float, Int, Strict
 
-__all__ = ["AugConfig", "LossConfig", "ModelConfig", "OptimConfig", "SchedConfig", "TrainConfig",
-           "candidate_id"]
+__all__ = ["VIEWS", "AugConfig", "EmaConfig", "LossConfig", "MixupConfig", "ModelConfig",
+           "OptimConfig", "SchedConfig", "TrainConfig", "View"]
+
+# The ways a trained fold model can predict an image (`TrainConfig.views`).
+View = Literal["plain", "hflip", "hflip_avg", "scale"]
+VIEWS: tuple[str, ...] = ("plain", "hflip", "hflip_avg", "scale")
 
 # Every field carries its description and the reason for its default; docs/config.md is
 # generated from them (`python docs/configdoc.py --write`), never written by hand.
@@ -78,6 +80,14 @@ class OptimConfig(Strict):
         description="Momentum of SGD-type optimizers (sgd, momentum, ...); AdamW ignores it. "
         "0.9: the usual SGD value.",
     )
+    layer_decay: Float | None = Field(
+        None, gt=0.0, le=1.0,
+        description="Layer-wise learning-rate decay (timm's `create_optimizer_v2(layer_decay=)`):"
+        " the head learns at `lr`, each block below it at this factor times the block above, so "
+        "pretrained early layers move least. The usual values for fine-tuning ViT-style "
+        "backbones are 0.65-0.85 (EVA-02's recipes: 0.7-0.85). null: off, one learning rate "
+        "for every layer, as before the key existed.",
+    )
 
 
 class SchedConfig(Strict):
@@ -129,6 +139,73 @@ class LossConfig(Strict):
         0.0, ge=0.0, lt=1.0,
         description="Label smoothing of the cross-entropy term (both losses). 0: off, so "
         "the focal loss is the plain formula above; a value a search can sample.",
+    )
+
+
+class MixupConfig(Strict):
+    """Mixup / CutMix (`timm.data.Mixup`): pairs of training images blended or pasted into each
+    other, their targets mixed in the same proportion (soft targets; `losses.FocalLoss` defines
+    the focal loss on them). Active when either alpha is above 0.
+
+    Label smoothing stays in the loss (`loss.label_smoothing`), not in the Mixup: the loss
+    smooths the mixed target, which for cross entropy is exactly timm's smoothed mixed target,
+    and keeps the focal loss of an unmixed batch what it was without Mixup.
+    """
+
+    mixup_alpha: Float = Field(
+        0.0, ge=0.0,
+        description="Mixup's blend is drawn from Beta(alpha, alpha); 0: no mixup. 0: off, the "
+        "reference pipeline. timm's (and DeiT's) from-scratch recipe uses 0.8; the fine-tuning "
+        "recipes of EVA-02 and CAFormer use 0.",
+    )
+    cutmix_alpha: Float = Field(
+        0.0, ge=0.0,
+        description="CutMix's pasted area is drawn from Beta(alpha, alpha); 0: no CutMix. 0: "
+        "off, the reference pipeline. timm's (and DeiT's) from-scratch recipe uses 1.0.",
+    )
+    prob: Float = Field(
+        1.0, ge=0.0, le=1.0,
+        description="Probability that a batch (or pair, or image: `mode`) is mixed at all. 1: "
+        "timm's default.",
+    )
+    switch_prob: Float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="With both alphas above 0: the probability of CutMix rather than mixup for "
+        "a mix. 0.5: timm's default.",
+    )
+    mode: Literal["batch", "pair", "elem"] = Field(
+        "batch",
+        description="One draw per `batch`, per `pair` of images, or per image (`elem`). batch: "
+        "timm's default and the cheapest.",
+    )
+
+    @property
+    def active(self) -> bool:
+        return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+class EmaConfig(Strict):
+    """A moving average of the weights (`timm.utils.ModelEmaV3`), updated after every optimizer
+    update. Both the raw and the averaged weights are validated each epoch; each keeps its own
+    best epoch, and the averaged weights' predictions are stored as candidates of their own
+    (`<id>-ema`, see `views`)."""
+
+    enabled: Bool = Field(
+        False,
+        description="Keep the moving average. Off: the reference pipeline; on, it costs one "
+        "more validation pass per epoch and the prediction sets of the EMA weights.",
+    )
+    decay: Float = Field(
+        0.9998, gt=0.0, lt=1.0,
+        description="The average's decay per update (its horizon is about 1 / (1 - decay) "
+        "updates). 0.9998: timm train.py's default (`--model-ema-decay`); CAFormer's and "
+        "EVA-02's fine-tuning recipes use 0.9999 over 30k+ updates.",
+    )
+    warmup: Bool = Field(
+        True,
+        description="Ramp the decay up from 0 (1 - (1 + step) ** -2/3, capped at `decay`: "
+        "timm's `use_warmup`). On: a fold here runs a few thousand updates, and without the "
+        "ramp a 0.9998 average would still be mostly the starting weights at the end.",
     )
 
 
@@ -233,8 +310,38 @@ class TrainConfig(Strict):
     )
     tta_hflip: Bool = Field(
         False,
-        description="Average each prediction with that of the mirrored image (validation and "
-        "test). Off: it doubles prediction time for a gain to measure per backbone.",
+        description="The candidate's own predictions (validation, so its best epoch, and test) "
+        "average each image's with the mirrored image's: its view is `hflip_avg` rather than "
+        "`plain`. Off: it doubles prediction time for a gain to measure per backbone; `views` "
+        "stores the other views as candidates of their own instead.",
+    )
+    views: list[View] = Field(
+        [],
+        description="More prediction sets from the same fold models, each stored as a "
+        "candidate of its own, `<id>-<view>`, for the ensemble search to choose among (greedy "
+        "selection learns a test-time augmentation: Shanmugam et al. 2020): `plain` (the image "
+        "as is), `hflip` (mirrored), `hflip_avg` (the mean of the two), `scale` (at img_size x "
+        "1.15, rounded to a multiple of 8: the FixRes effect). The candidate's own view (`plain`,"
+        " or `hflip_avg` with `tta_hflip`) is the candidate itself and is not stored twice. With "
+        "`ema.enabled` every view is stored for the EMA weights too (`<id>-ema`, "
+        "`<id>-ema-<view>`). A fold counts as done when every set is in the store. Outside the "
+        "candidate id (it changes no weight). []: today's cost, one prediction set.",
+    )
+    mixup: MixupConfig = Field(MixupConfig(), description="Mixup / CutMix.")
+    ema: EmaConfig = Field(EmaConfig(), description="The moving average of the weights.")
+    accum_steps: Int = Field(
+        1, ge=1,
+        description="Batches per optimizer update (gradient accumulation): the effective batch "
+        "is batch_size x accum_steps, each batch's loss is divided by accum_steps, and the "
+        "schedule steps per update, so a large effective batch fits a small GPU. 1: one update "
+        "per batch, as before the key existed.",
+    )
+    compile: Bool = Field(
+        False,
+        description="Compile the model's forward with `torch.compile` (`nn.Module.compile`): "
+        "faster epochs on a GPU after a compile of a minute or two per trial, and needs a C "
+        "compiler on a CPU. Off: the compile time does not pay on the demo. Outside the "
+        "candidate id (the same weights, to float rounding).",
     )
     seed: Int = Field(
         42, **SEED,
@@ -244,15 +351,19 @@ class TrainConfig(Strict):
         "candidate: another seed is another candidate.",
     )
 
+    @field_validator("views")
+    @classmethod
+    def _unique_views(cls, v: list[str]) -> list[str]:
+        if len(set(v)) < len(v):
+            raise ValueError(f"lists a view twice: {v}")
+        return v
 
-def candidate_id(train: TrainConfig) -> str:
-    """A short stable hash of everything that changes the model.
-
-    The weights file enters by name, not path, so a copy on another machine is the same
-    candidate.
-    """
-    d = train.model_dump(mode="json")
-    if d["model"]["weights_file"]:
-        d["model"]["weights_file"] = Path(d["model"]["weights_file"]).name
-    blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha1(blob.encode()).hexdigest()[:10]
+    @model_validator(mode="after")
+    def _combinations(self) -> TrainConfig:
+        if self.mixup.active and self.batch_size % 2:
+            raise ValueError(f"batch_size must be even with mixup or cutmix on (timm's Mixup "
+                             f"pairs each image with another) but got {self.batch_size}")
+        if self.optim.layer_decay is not None and self.sched.name == "none":
+            raise ValueError("optim.layer_decay needs a schedule (sched.name cosine or step): "
+                             "timm's scheduler is what applies each layer's lr scale")
+        return self
