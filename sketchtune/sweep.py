@@ -120,9 +120,11 @@ def run_sweep(
 
 
 def _alive_nodes() -> dict[str, str]:
-    """The Ray nodes alive now: node id -> IP."""
+    """The Ray nodes alive now: node id -> IP ({} without a Ray)."""
     import ray
 
+    if not ray.is_initialized():
+        return {}
     return {n["NodeID"]: n["NodeManagerAddress"] for n in ray.nodes() if n["Alive"]}
 
 
