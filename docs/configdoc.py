@@ -69,6 +69,10 @@ def _section_of(ann: Any) -> tuple[type[BaseModel], str] | None:
     """The model a field holds (and the key suffix to reach it), or None for a plain value."""
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann, ""
+    if get_origin(ann) in (Union, types.UnionType):  # `Model | None`: a section that may be null
+        models = [a for a in get_args(ann) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if len(models) == 1:
+            return models[0], ""
     if get_origin(ann) is dict:
         value = get_args(ann)[1]
         if isinstance(value, type) and issubclass(value, BaseModel):

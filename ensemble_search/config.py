@@ -12,6 +12,7 @@ from pydantic import AfterValidator, BeforeValidator, Field
 
 from sketchtune.config import SweepConfig, validate
 from sketchtune.config.fields import SEED, Bool, Float, Int, Strict
+from sketchtune.errors import ConfigError
 
 from .methods import METHODS
 
@@ -94,5 +95,10 @@ class EnsembleConfig(Strict):
 
 
 def ensemble_config(cfg: SweepConfig, source: str) -> EnsembleConfig:
-    """The `ensemble:` section of `cfg` validated; a ConfigError naming `source` and the key."""
+    """The `ensemble:` section of `cfg` validated, and `pseudo.method` (whose per-fold weights
+    optimize writes for the pseudo stage) a method of the registry; a ConfigError naming
+    `source` and the key otherwise."""
+    if cfg.pseudo.method not in METHODS:
+        raise ConfigError(f"{source}: pseudo.method: unknown ensemble method "
+                          f"{cfg.pseudo.method!r}; choose from {', '.join(METHODS)}")
     return validate(EnsembleConfig, cfg.ensemble, source, ("ensemble",))

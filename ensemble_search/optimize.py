@@ -41,6 +41,7 @@ from .comparison import (
 )
 from .config import ensemble_config
 from .estimate import SubmissionEstimate, estimate_submission
+from .foldweights import fold_weights
 from .load import OOFSet, load_fold_test_probs, load_oof, read_test_keys, read_train_rows
 from .methods import METHODS, BestSingle, auto_methods
 from .metrics import calibrate
@@ -181,7 +182,8 @@ def _body(args: argparse.Namespace) -> int:
     est, est_info = _estimate_or_why(store, oof, res, Path(cfg.data.test_csv),
                                      cfg.data.test_image_root)
     summary = ensemble_summary(res, oof, e, est, est_info)
-    summary.update(sweep=cfg.name, sweep_dir=str(cfg.sweep_dir), rows_from=str(rows.source))
+    summary.update(sweep=cfg.name, sweep_dir=str(cfg.sweep_dir), rows_from=str(rows.source),
+                   fold_weights=fold_weights(res, oof, cfg.pseudo.method))
     files = render_outputs(res, summary, oof.names, est)
     folder = out_dir(args, cfg)
     paths = write_files(folder, files)

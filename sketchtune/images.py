@@ -206,7 +206,9 @@ class SketchDataset(torch.utils.data.Dataset):
         if targets is not None and len(targets) != len(images):
             raise ValueError(f"{len(images)} images but {len(targets)} targets")
         self.images = images
-        self.targets = None if targets is None else np.asarray(targets, dtype=np.int64)
+        # (N,) class indices, or (N, C) soft targets (pseudo-labels of stage pseudo)
+        self.targets = None if targets is None else np.asarray(
+            targets, dtype=np.int64 if np.ndim(targets) == 1 else np.float32)
         self.transform = transform
 
     def __len__(self) -> int:
@@ -220,6 +222,11 @@ class SketchDataset(torch.utils.data.Dataset):
             x = self.transform(image=img)["image"]
         else:
             x = torch.from_numpy(img).permute(2, 0, 1).float().div_(255.0)
-        target = -1 if self.targets is None else int(self.targets[i])
+        if self.targets is None:
+            target = -1
+        elif self.targets.ndim == 1:
+            target = int(self.targets[i])
+        else:
+            target = torch.from_numpy(self.targets[i])
         return x, target
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from . import fs
 from .config import (
     ParamSpec,
     SweepConfig,
@@ -22,11 +23,12 @@ from .config import (
     with_train_overrides,
 )
 from .job import JOB, Job, job_of, trial_config
+from .pseudo import ensemble_json, read_fold_weights
 from .selection import greedy_members
 from .store import PredictionStore
 
 __all__ = ["Candidate", "config_digest", "cv_candidates", "cv_experiment_name", "cv_param_space",
-           "describe_trial", "plan_cv_jobs", "probe_values", "rank_search",
+           "describe_trial", "plan_cv_jobs", "probe_values", "pseudo_candidates", "rank_search",
            "search_experiment_name", "search_param_space", "search_space", "select_candidates",
            "select_ensemble", "select_top"]
 
@@ -206,6 +208,31 @@ def cv_candidates(cfg: SweepConfig, searched: list[Candidate] | None,
     return chosen + [c for c in fixed if c.id not in seen and not seen.add(c.id)]
 
 
+def pseudo_candidates(cfg: SweepConfig, store: PredictionStore) -> tuple[list[Candidate], str]:
+    """Stage pseudo's candidates: the `pseudo.top` heaviest configs of ensemble.json's
+    `fold_weights` (views and EMA sets of one training count once), each with the test images
+    its fold models label (`train.pseudo`). None, and one line why, when there is no
+    ensemble.json yet or its ensemble already weighs a pseudo candidate (the round is done)."""
+    path = ensemble_json(cfg)
+    if not fs.is_file(path):
+        return [], (f"stage pseudo: no {path} yet; run python -m ensemble_search.optimize, "
+                    "then the sweep again")
+    fw = read_fold_weights(path)
+    spec = {"source": fw.digest, **cfg.pseudo.model_dump(include={"threshold", "labels",
+                                                                 "max_share"})}
+    manifests = {c: store.read_manifest(c, min(fw.folds)) for c in fw.ranked()}
+    if any((m.get("config") or {}).get("pseudo") for m in manifests.values()):
+        return [], f"stage pseudo: {path} already weighs pseudo candidates: the round is done"
+    out: dict[str, Candidate] = {}
+    for cid, m in manifests.items():
+        base = m.get("base_candidate") or cid
+        if base not in out and len(out) < cfg.pseudo.top:
+            params = {**m["config"], "pseudo": spec}
+            out[base] = Candidate(params, with_train_overrides(
+                cfg.train, params, f"{path}: candidate {cid}"), "pseudo")
+    return list(out.values()), ""
+
+
 def plan_cv_jobs(cfg: SweepConfig, candidates: list[Candidate],
                  store: PredictionStore) -> list[Job]:
     """(candidate, fold) pairs not yet in the store, in candidate then fold order. A pair is in
@@ -224,12 +251,14 @@ def config_digest(cfg: SweepConfig) -> str:
 
     The stages' Ray experiments and the sweep's MLflow run are named by it: the same command
     after a kill finds (and resumes) them, a fixed config starts new ones instead of resuming
-    trials that would fail again. Display and ensemble settings, and where the sweep lives,
-    stay out of it.
+    trials that would fail again. Display, ensemble and pseudo settings, and where the sweep
+    lives, stay out of it; the base training config enters by its candidate id, so a key added
+    to it later (at its default) renames no experiment.
     """
-    d = cfg.model_dump(mode="json", exclude={"name": True, "storage_path": True,
+    d = cfg.model_dump(mode="json", exclude={"name": True, "storage_path": True, "train": True,
                                              "tracking_uri": True, "ensemble": True,
-                                             "ray": {"verbose"}})
+                                             "pseudo": True, "ray": {"verbose"}})
+    d["train"] = candidate_id(cfg.train)
     return hashlib.sha1(json.dumps(d, sort_keys=True).encode()).hexdigest()[:8]
 
 
@@ -238,10 +267,11 @@ def search_experiment_name(cfg: SweepConfig) -> str:
     return f"search-{config_digest(cfg)}"
 
 
-def cv_experiment_name(candidates: list[Candidate], cfg: SweepConfig | None = None) -> str:
+def cv_experiment_name(candidates: list[Candidate], cfg: SweepConfig | None = None,
+                       stage: str = "cv") -> str:
     """Named after the candidate set (and the config, see `config_digest`), so re-running the
     same sweep finds (and restores) the same experiment, while adding a backbone or fixing the
     config starts a new one for what is new."""
     ids = sorted(c.id for c in candidates)
     key = json.dumps(ids if cfg is None else [ids, config_digest(cfg)])
-    return f"cv-{hashlib.sha1(key.encode()).hexdigest()[:8]}"
+    return f"{stage}-{hashlib.sha1(key.encode()).hexdigest()[:8]}"

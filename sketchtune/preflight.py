@@ -14,12 +14,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from . import fs
 from .checks import check_environment, check_train
 from .cluster import check_address, check_resources, start_ray
 from .config import SweepConfig, TrainConfig, search_max_epochs, with_train_overrides
 from .errors import ConfigError
 from .planner import Candidate, probe_values
 from .prepare import Tables, prepare_data, read_tables
+from .pseudo import ensemble_json, read_fold_weights
 
 __all__ = ["Preflight", "check_sweep", "image_sizes", "preflight"]
 
@@ -109,6 +111,8 @@ def preflight(cfg: SweepConfig, where: str = "config", *, quiet: bool = False) -
     fixed = check_sweep(cfg, where)
     check_environment(cfg, _probe_trains(cfg, fixed), where)
     check_tracking(cfg.tracking_uri, where)
+    if cfg.pseudo.enabled and fs.is_file(ensemble_json(cfg)):
+        read_fold_weights(ensemble_json(cfg))  # one line for a broken file, before any write
     joining = not ray.is_initialized()
     if joining:
         check_address(cfg)

@@ -186,20 +186,22 @@ def _fit(tuner):
 
 
 def run_cv(cfg: SweepConfig, candidates: list[Candidate], callbacks: list, quiet: bool,
-           outcomes: dict[str, StageOutcome] | None = None, tables: Tables | None = None) -> None:
-    """Stage 2: every chosen candidate on every fold, to the end (outcomes as in run_search)."""
+           outcomes: dict[str, StageOutcome] | None = None, tables: Tables | None = None,
+           stage: str = "cv") -> None:
+    """Stage 2: every chosen candidate on every fold, to the end (outcomes as in run_search);
+    stage pseudo is the same with its own candidates and name."""
     from ray import tune
 
-    name = cv_experiment_name(candidates, cfg)
+    name = cv_experiment_name(candidates, cfg, stage)
     jobs = plan_cv_jobs(cfg, candidates, PredictionStore(cfg.sweep_dir))
     if not jobs and not can_restore(str(cfg.sweep_dir / "ray" / name)):
-        _log.info("cv: every (candidate, fold) is already in the store")
+        _log.info("%s: every (candidate, fold) is already in the store", stage)
         return
     tune_config = tune.TuneConfig(max_concurrent_trials=cfg.ray.max_concurrent_trials,
                                   reuse_actors=cfg.ray.reuse_actors)
     # One grid point per pending (candidate, fold): Ray's grid search over whole jobs.
-    tuner = _tuner(cfg, "cv", name, cv_param_space(jobs), tune_config, callbacks, quiet,
+    tuner = _tuner(cfg, stage, name, cv_param_space(jobs), tune_config, callbacks, quiet,
                    tables)
     results = _fit(tuner)
     if outcomes is not None:
-        outcomes["cv"] = _outcome(results)
+        outcomes[stage] = _outcome(results)

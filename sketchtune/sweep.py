@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .cli import add_debug_argument, base_parser, fail, load_sweep_config, run_cli, setup_logging
 from .config import SweepConfig
-from .planner import Candidate, config_digest, cv_candidates, describe_trial
+from .planner import Candidate, config_digest, cv_candidates, describe_trial, pseudo_candidates
 from .preflight import preflight
 from .stages import StageOutcome, ray_storage, run_cv, run_search
 from .store import PredictionStore
@@ -88,14 +88,23 @@ def run_sweep(
         chosen = cv_candidates(cfg, searched, pre.fixed)
         cb = MlflowSweepCallback(tracker, parent, "cv", store, describe)
         run_cv(cfg, chosen, [cb], quiet, outcomes, pre.tables)
+        if cfg.pseudo.enabled and not getattr(outcomes.get("cv"), "errors", 0):
+            extra, why = pseudo_candidates(cfg, store)
+            if why:
+                _log.warning(why)
+            if extra:
+                cb = MlflowSweepCallback(tracker, parent, "pseudo", store, describe)
+                run_cv(cfg, extra, [cb], quiet, outcomes, pre.tables, stage="pseudo")
+                chosen = chosen + extra
         summaries = summarise(cfg, chosen)
         log_summaries(tracker, parent, summaries)
-        cv = outcomes.get("cv")
-        if cv is not None and cv.errors:
-            raise SweepError(
-                f"{cv.errors} cv trial(s) failed {retries}; the first one's error: "
-                f"{cv.first_error}. Fix the cause and run the same command again: finished "
-                f"folds are kept (trial logs: {ray_storage(cfg)})", summaries)
+        for stage in ("cv", "pseudo"):
+            o = outcomes.get(stage)
+            if o is not None and o.errors:
+                raise SweepError(
+                    f"{o.errors} {stage} trial(s) failed {retries}; the first one's error: "
+                    f"{o.first_error}. Fix the cause and run the same command again: finished "
+                    f"folds are kept (trial logs: {ray_storage(cfg)})", summaries)
         if "search" in outcomes and outcomes["search"].errors:
             _log.warning("%d search trial(s) failed and were left out of the ranking; the "
                          "first one's error: %s", outcomes["search"].errors,

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from .allocator import tune_malloc
-from .checks import check_trial
+from .checks import check_environment, check_trial
 from .cli import add_debug_argument, base_parser, load_sweep_config, run_cli, setup_logging
 from .config import (
     PredictionSet,
@@ -36,6 +36,7 @@ from .losses import build_loss, build_mixup
 from .model import build_model
 from .optim import build_ema, build_optimizer, build_scheduler, updates_per_epoch
 from .prepare import PreparedData, Tables, prepare_data, resized
+from .pseudo import FoldWeights, fold_inputs
 from .store import PredictionStore
 from .transforms import build_eval_transform, build_train_transform
 
@@ -98,6 +99,7 @@ def run_trial(
     progress: bool = False,
     log_every_s: float | None = None,
     tables: Tables | None = None,
+    pseudo: FoldWeights | None = None,
 ) -> TrialResult:
     """Train `train_cfg` on every fold but `fold`, keep the best epoch, write its predictions.
 
@@ -106,7 +108,8 @@ def run_trial(
     training. `resume` is a `FitState.state_dict()` to continue from. `data` is the
     prepared data, prepared here when not given (from `tables` when given: a sweep's trials
     get the tables pre-flight read). `progress` shows bars inside each epoch; `log_every_s`
-    logs batches, img/s and ETA every so many seconds instead (a Ray trial).
+    logs batches, img/s and ETA every so many seconds instead (a Ray trial). `pseudo`: the
+    per-fold weights that label test images for `train_cfg.pseudo` (stage pseudo).
     """
     if not 0 <= fold < cfg.data.n_folds:
         raise ConfigError(f"--fold {fold}: must be in [0, {cfg.data.n_folds})")
@@ -127,8 +130,21 @@ def run_trial(
     train_tf = build_train_transform(train_cfg.aug, train_cfg.img_size)
     eval_tf = build_eval_transform(train_cfg.img_size)
     kw = dict(workers=workers, seed=train_cfg.seed, device=device)
-    train_loader = _loader(_Subset(data.train_images, tr_idx), targets[tr_idx], train_tf,
-                           train_cfg.batch_size, train=True, **kw)
+    images, labels, n_pseudo = _Subset(data.train_images, tr_idx), targets[tr_idx], 0
+    if train_cfg.pseudo is not None:
+        if pseudo is None or pseudo.digest != train_cfg.pseudo.source:
+            raise ConfigError("train.pseudo: set by the sweep's stage pseudo, which hands the "
+                              "trial the ensemble.json it was planned with; run the sweep")
+        rows, extra = fold_inputs(PredictionStore(cfg.sweep_dir), pseudo, fold,
+                                  data.test["image_path"].to_numpy(str), train_cfg.pseudo,
+                                  len(tr_idx), train_cfg.seed)
+        images, n_pseudo = _Concat(images, _Subset(data.test_images, rows)), len(rows)
+        if extra.ndim == 2:  # soft: the labelled rows as one-hot rows beside them
+            labels = np.eye(data.num_classes, dtype=np.float32)[labels]
+        labels = np.concatenate([labels, extra])
+        _log.info("%d pseudo-labelled test images beside %d labelled rows", n_pseudo,
+                  len(tr_idx))
+    train_loader = _loader(images, labels, train_tf, train_cfg.batch_size, train=True, **kw)
     val_loader = _loader(_Subset(data.train_images, va_idx), targets[va_idx], eval_tf,
                          train_cfg.batch_size, train=False, **kw)
 
@@ -183,6 +199,7 @@ def run_trial(
         "test_csv": str(cfg.data.test_csv),
         "folds_csv": str(cfg.data.folds_csv),
         "mlflow_run_id": None,
+        **({"pseudo_images": n_pseudo} if train_cfg.pseudo is not None else {}),
         **(extra_manifest or {}),
     }
     views = _Views(cfg, data, va_idx, targets[va_idx], train_cfg, device, kw, progress,
@@ -282,6 +299,19 @@ def _write_sets(store: PredictionStore, fold: int, sets: list[PredictionSet], st
     return path
 
 
+class _Concat:
+    """Two image sequences one after the other (labelled rows, then pseudo-labelled ones)."""
+
+    def __init__(self, a: Any, b: Any) -> None:
+        self.a, self.b = a, b
+
+    def __len__(self) -> int:
+        return len(self.a) + len(self.b)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        return self.a[i] if i < len(self.a) else self.b[i - len(self.a)]
+
+
 class _Subset:
     """Rows `idx` of a (memory-mapped) image array, without copying them into memory."""
 
@@ -308,8 +338,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from .checks import check_environment  # preflight imports this module
-
     cfg = load_sweep_config(args)
     check_trial(cfg, args.fold, str(args.config))
     device = select_device(args.device)

@@ -10,8 +10,10 @@ from typing import Any
 
 from .allocator import release_memory
 from .config import SweepConfig, candidate_id, with_train_overrides
+from .errors import StoreError
 from .job import LAST_EPOCH, job_of
 from .prepare import Tables
+from .pseudo import ensemble_json, read_fold_weights
 from .resume import report_with_state, restored_state
 from .store import PredictionStore
 from .train import run_trial
@@ -94,6 +96,12 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str,
     # trial the scheduler stopped leaves through an exception in tune.report, and Ray reuses
     # the worker only if this thread ends within 2 s (TUNE_FUNCTION_THREAD_TIMEOUT_S), too
     # short for a garbage collection on a loaded machine.
+    pseudo = None
+    if train_cfg.pseudo is not None:
+        pseudo = read_fold_weights(ensemble_json(sweep_cfg))
+        if pseudo.digest != train_cfg.pseudo.source:
+            raise StoreError(f"{pseudo.path}: changed since stage pseudo planned candidate "
+                             f"{cid}; run the sweep again to plan it anew")
     release_memory()
     with _trial_log(f"{cid} fold {fold}"):
         run_trial(
@@ -104,6 +112,6 @@ def trial(config: dict[str, Any], sweep_cfg: SweepConfig, stage: str,
             resume=restored_state(),
             extra_manifest={"stage": stage, "ray_trial_id": tune.get_context().get_trial_id(),
                             **where},
-            log_every_s=PROGRESS_EVERY_S, tables=tables,
+            log_every_s=PROGRESS_EVERY_S, tables=tables, pseudo=pseudo,
         )
     release_memory()

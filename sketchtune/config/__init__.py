@@ -13,6 +13,7 @@ from .loading import (
     validate,
     with_train_overrides,
 )
+from .pseudo import PseudoConfig, PseudoLabels
 from .search import ParamSpec, SearchConfig
 from .sweep import RayConfig, ResourcesConfig, SweepConfig, address_problem, search_max_epochs
 from .train import (
@@ -29,8 +30,8 @@ from .train import (
 
 __all__ = ["SCALE", "VIEWS", "AugConfig", "DataConfig", "DuplicateKeyError", "EmaConfig",
            "LossConfig", "MixupConfig", "ModelConfig", "OptimConfig", "ParamSpec",
-           "PredictionSet", "RayConfig", "ResourcesConfig", "SchedConfig", "SearchConfig",
-           "SweepConfig", "TrainConfig", "UniqueKeyLoader", "address_problem", "apply_overrides",
-           "candidate_id", "load_config", "own_view", "parse_overrides", "prediction_sets",
-           "read_yaml", "resolve_paths", "search_max_epochs", "validate", "view_img_size",
-           "with_train_overrides"]
+           "PredictionSet", "PseudoConfig", "PseudoLabels", "RayConfig", "ResourcesConfig",
+           "SchedConfig", "SearchConfig", "SweepConfig", "TrainConfig", "UniqueKeyLoader",
+           "address_problem", "apply_overrides", "candidate_id", "load_config", "own_view",
+           "parse_overrides", "prediction_sets", "read_yaml", "resolve_paths",
+           "search_max_epochs", "validate", "view_img_size", "with_train_overrides"]

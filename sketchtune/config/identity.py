@@ -17,7 +17,7 @@ __all__ = ["SCALE", "PredictionSet", "candidate_id", "own_view", "prediction_set
 # Keys added after ids were first defined (fb78821). Each enters the hash only when it differs
 # from its default, so every config that does not use it keeps the id it had, and so do the
 # stores and submissions built on those ids.
-_LATER = ("mixup", "ema", "accum_steps", "optim.layer_decay")
+_LATER = ("mixup", "ema", "accum_steps", "optim.layer_decay", "pseudo")
 # Keys that change no trained weight: never in the hash (a view is a prediction set of the same
 # model; compiling runs the same model faster).
 _NOT_MODEL = ("views", "compile")

@@ -10,6 +10,7 @@ from pydantic import AfterValidator, Field, model_validator
 from ..fs import URI
 from .data import DataConfig
 from .fields import Bool, Float, Int, StorageLocation, Strict
+from .pseudo import PseudoConfig
 from .search import SearchConfig, dimension_problem
 from .train import TrainConfig
 
@@ -134,6 +135,7 @@ class SweepConfig(Strict):
     )
     resources: ResourcesConfig = Field(ResourcesConfig(), description="Per-trial resources.")
     ray: RayConfig = Field(RayConfig(), description="Ray and Tune.")
+    pseudo: PseudoConfig = Field(PseudoConfig(), description="Stage pseudo.")
     ensemble: dict[str, Any] = Field(
         {},
         description="The ensemble search's settings (`python -m ensemble_search.optimize`), "

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from .fields import SEED, Bool, Float, Int, Strict
+from .pseudo import PseudoLabels
 
 __all__ = ["VIEWS", "AugConfig", "EmaConfig", "LossConfig", "MixupConfig", "ModelConfig",
            "OptimConfig", "SchedConfig", "TrainConfig", "View"]
@@ -343,6 +344,11 @@ class TrainConfig(Strict):
         "compiler on a CPU. Off: the compile time does not pay on the demo. Outside the "
         "candidate id (the same weights, to float rounding).",
     )
+    pseudo: PseudoLabels | None = Field(
+        None,
+        description="Test images pseudo-labelled by the ensemble, trained on beside the fold's "
+        "labelled rows: set by stage pseudo (see `pseudo`), not by hand. null: none.",
+    )
     seed: Int = Field(
         42, **SEED,
         description="Seeds the model's initialisation and, per epoch, the shuffling, "
@@ -363,6 +369,9 @@ class TrainConfig(Strict):
         if self.mixup.active and self.batch_size % 2:
             raise ValueError(f"batch_size must be even with mixup or cutmix on (timm's Mixup "
                              f"pairs each image with another) but got {self.batch_size}")
+        if self.pseudo is not None and self.pseudo.labels == "soft" and self.mixup.active:
+            raise ValueError("pseudo.labels 'soft' and mixup cannot be combined: timm's Mixup "
+                             "mixes class indices, not soft targets; use pseudo.labels hard")
         if self.optim.layer_decay is not None and self.sched.name == "none":
             raise ValueError("optim.layer_decay needs a schedule (sched.name cosine or step): "
                              "timm's scheduler is what applies each layer's lr scale")
