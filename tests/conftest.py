@@ -1,8 +1,13 @@
-"""Shared fixtures: one tiny demo data set per test session and tiny CPU sweep configs."""
+"""Shared fixtures: one tiny demo data set per test session, tiny CPU sweep configs, and one
+finished sweep that the tests which only look at a sweep's result share."""
 
 from __future__ import annotations
 
+import contextlib
+import io
+import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +16,10 @@ import yaml
 
 from sketchtune.config import SweepConfig, load_config
 from sketchtune.demo import make_demo
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+MINIMAL_CONFIG_MARKER = "<!-- minimal-config -->"
 
 # Small enough that one fold of test_convnext at 32 px trains in a few seconds on 2 cores,
 # big enough (5 classes x 40) that five stratified folds have 8 rows per class to learn from.
@@ -99,3 +108,79 @@ def mlflow_db(_mlflow_template, tmp_path) -> Path:
     db = tmp_path / "mlflow.db"
     shutil.copyfile(_mlflow_template, db)
     return db
+
+
+def readme_minimal_config() -> str:
+    """The fenced YAML block right after the README's minimal-config marker."""
+    text = README.read_text()
+    assert text.count(MINIMAL_CONFIG_MARKER) == 1, \
+        f"README.md needs exactly one {MINIMAL_CONFIG_MARKER} line"
+    after = text.split(MINIMAL_CONFIG_MARKER, 1)[1]
+    m = re.match(r"\s*```yaml\n(.*?)\n```", after, re.S)
+    assert m, f"README.md: no ```yaml block right after {MINIMAL_CONFIG_MARKER}"
+    return m.group(1)
+
+
+@dataclass(frozen=True)
+class FinishedSweep:
+    """`python -m sketchtune.sweep <path> --quiet --set ...` run to its end, once a session."""
+
+    cfg: SweepConfig  # the config as the sweep loaded it (the README's, with `argv`'s --set)
+    path: Path  # the YAML: the README's minimal config, as a user would save it
+    argv: list[str]
+    rc: int  # main()'s exit status
+    out: str  # what it printed on stdout (the summary table and the hints)
+    err: str
+
+
+@pytest.fixture(scope="session")
+def finished_sweep(demo_dir, _mlflow_template, tmp_path_factory) -> FinishedSweep:
+    """One tiny sweep for every test that only looks at a finished sweep (the tests that kill,
+    fault or refuse a sweep run their own): the README's minimal config, shrunk to timm's
+    test models on the session's demo data, through the CLI's main() in this process.
+
+    Its shape serves each of them: a search over both backbones and the learning rate on fold
+    0 (3 trials, ASHA rungs at epochs 1 and 2), then cv of the top config per backbone and of
+    two fixed candidates on both folds (tests/test_sweep.py's smoke test,
+    tests/test_mlflow_ui.py, tests/test_readme.py). Read-only for them: a test that changes
+    the sweep's folders or its MLflow store needs a sweep of its own.
+    """
+    root = tmp_path_factory.mktemp("finished_sweep")
+    path = root / "my_sketches.yaml"
+    path.write_text(readme_minimal_config())
+    shutil.copyfile(_mlflow_template, root / "mlflow.db")  # see mlflow_db
+    # Only what the test machine needs: the session's demo data instead of the user's, tiny
+    # CPU models without downloads, two folds, and outputs under `root`.
+    overrides = [
+        f"data.train_csv={demo_dir / 'train.csv'}",
+        f"data.test_csv={demo_dir / 'test.csv'}",
+        f"data.folds_csv={root / 'folds.csv'}",
+        f"data.cache_dir={demo_dir.parent / 'cache'}",
+        "data.num_workers=0",
+        "data.n_folds=2",
+        "train.model.name=test_convnext",
+        "train.model.pretrained=false",
+        "train.img_size=32",
+        # Two epochs: a search trial can be cut by ASHA at epoch 1 or run to its last rung.
+        "train.epochs=2",
+        "train.optim.lr=3e-3",
+        "train.sched.warmup_epochs=0",
+        "search.num_samples=3",
+        "search.grace_period=1",
+        "search.space.model.name.values=[test_convnext, test_resnet]",
+        # Fixed candidates beside the search's choices: cv trains exactly 2 x 2 folds of them.
+        "candidates=[{}, {optim.lr: 1.0e-3}]",
+        "resources={cpu: 1, gpu: 0}",
+        f"storage_path={root / 'sweeps'}",
+        f"tracking_uri=sqlite:///{root / 'mlflow.db'}",
+    ]
+    argv = [str(path), "--quiet"]
+    for o in overrides:
+        argv += ["--set", o]
+    from sketchtune.sweep import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        rc = main(argv)
+    return FinishedSweep(load_config(path, overrides), path, argv, rc, out.getvalue(),
+                         err.getvalue())

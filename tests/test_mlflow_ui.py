@@ -5,20 +5,12 @@ from __future__ import annotations
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sketchtune.sweep import run_sweep
+from sketchtune.config import candidate_id, with_train_overrides
 from tests.browser import browser_missing, chrome, expand_run, mlflow_ui, open_runs, show_metric
 
 MISSING = browser_missing()
 pytestmark = [pytest.mark.browser, pytest.mark.slow,
               pytest.mark.skipif(MISSING is not None, reason=MISSING or "")]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
 
 
 def _cells(driver, col_id: str) -> list[str]:
@@ -35,18 +27,20 @@ def _links(driver, prefix: str) -> list[str]:
         By.XPATH, f"//div[@role='gridcell']//a[starts-with(normalize-space(), '{prefix}')]")]
 
 
-@pytest.mark.usefixtures("mlflow_db")
-def test_mlflow_ui_shows_the_sweep_its_trials_and_val_acc(tiny_cfg, tmp_path):
-    # Two fixed candidates x two folds, one epoch: four cv trials under one sweep run.
-    cfg, _ = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 1,
-                         "candidates": [{}, {"optim.lr": 1e-3}]})
-    run_sweep(cfg, quiet=True)
+def test_mlflow_ui_shows_the_sweep_its_trials_and_val_acc(finished_sweep, tmp_path):
+    # The session's sweep (tests/conftest.py: finished_sweep): its two fixed candidates x two
+    # folds are four cv trials under one sweep run, beside the search's and its choices'.
+    cfg = finished_sweep.cfg
+    assert finished_sweep.rc == 0, finished_sweep.err[-3000:]
     client = MlflowClient(cfg.tracking_uri)
     exp = client.get_experiment_by_name(cfg.name)
     runs = client.search_runs([exp.experiment_id])
-    cv = {r.info.run_name: r.data.metrics["val_acc"] for r in runs
-          if r.data.tags.get("stage") == "cv"}
-    assert len(cv) == 4 and all(name.startswith("cv-") for name in cv)
+    cv_runs = [r for r in runs if r.data.tags.get("stage") == "cv"]
+    cv = {r.info.run_name: r.data.metrics["val_acc"] for r in cv_runs}
+    fixed = {candidate_id(with_train_overrides(cfg.train, c, "t")) for c in cfg.candidates}
+    assert len(fixed) == 2
+    assert len([r for r in cv_runs if r.data.tags["candidate_id"] in fixed]) == 4
+    assert len(cv) == len(cv_runs) and all(name.startswith("cv-") for name in cv)
     parent = f"sweep-{cfg.name}"
 
     with mlflow_ui(cfg.tracking_uri) as url, chrome(1400, 900) as driver:

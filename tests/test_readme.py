@@ -7,68 +7,22 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
-MARKER = "<!-- minimal-config -->"
+from tests.conftest import README, ROOT, readme_minimal_config
+
 DOCS = [README, ROOT / "CHANGELOG.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 
-def minimal_config() -> str:
-    """The fenced YAML block right after the README's minimal-config marker."""
-    text = README.read_text()
-    assert text.count(MARKER) == 1, f"README.md needs exactly one {MARKER} line"
-    after = text.split(MARKER, 1)[1]
-    m = re.match(r"\s*```yaml\n(.*?)\n```", after, re.S)
-    assert m, f"README.md: no ```yaml block right after {MARKER}"
-    return m.group(1)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _ray_shutdown():
-    yield
-    import ray
-
-    ray.shutdown()
-
-
 @pytest.mark.slow
-def test_readme_minimal_config_runs_a_sweep_end_to_end(demo_dir, tmp_path, capsys):
-    from sketchtune.config import load_config
-    from sketchtune.sweep import main
-
-    path = tmp_path / "my_sketches.yaml"
-    path.write_text(minimal_config())
-    # Only what the test machine needs: the session's demo data instead of the user's, tiny
-    # CPU models without downloads, one epoch on two folds, and outputs under tmp_path.
-    overrides = [
-        f"data.train_csv={demo_dir / 'train.csv'}",
-        f"data.test_csv={demo_dir / 'test.csv'}",
-        f"data.folds_csv={tmp_path / 'folds.csv'}",
-        f"data.cache_dir={demo_dir.parent / 'cache'}",
-        "data.num_workers=0",
-        "data.n_folds=2",
-        "train.model.name=test_convnext",
-        "train.model.pretrained=false",
-        "train.img_size=32",
-        "train.epochs=1",
-        "train.sched.warmup_epochs=0",
-        "search.num_samples=2",
-        "search.grace_period=1",
-        "search.space.model.name.values=[test_convnext, test_resnet]",
-        "resources={cpu: 1, gpu: 0}",
-        f"storage_path={tmp_path / 'sweeps'}",
-        f"tracking_uri=sqlite:///{tmp_path / 'mlflow.db'}",
-    ]
-    cfg = load_config(path, overrides)
+def test_readme_minimal_config_runs_a_sweep_end_to_end(finished_sweep):
+    """The session's sweep is the README's minimal config, shrunk to tiny CPU models on the
+    demo data (tests/conftest.py: finished_sweep), run through the CLI."""
+    cfg = finished_sweep.cfg
+    assert finished_sweep.path.read_text() == readme_minimal_config()
     assert cfg.name == "my_sketches"
     assert cfg.search.space, "the README's config searches something"
+    assert finished_sweep.rc == 0, finished_sweep.err[-3000:]
 
-    argv = [str(path), "--quiet"]
-    for o in overrides:
-        argv += ["--set", o]
-    assert main(argv) == 0, capsys.readouterr().err
-
-    candidates = tmp_path / "sweeps" / "my_sketches" / "candidates"
+    candidates = cfg.storage_path / "my_sketches" / "candidates"
     complete = [c.name for c in candidates.iterdir()
                 if all((c / f"fold{k}.json").is_file() and (c / f"fold{k}.npz").is_file()
                        for k in range(cfg.data.n_folds))]
@@ -76,7 +30,7 @@ def test_readme_minimal_config_runs_a_sweep_end_to_end(demo_dir, tmp_path, capsy
 
 
 def test_readme_minimal_config_sets_only_commented_keys():
-    lines = [ln for ln in minimal_config().splitlines() if ln.strip()]
+    lines = [ln for ln in readme_minimal_config().splitlines() if ln.strip()]
     for ln in lines:
         if ln.lstrip().startswith("#") or re.fullmatch(r"\s*[\w.]+:\s*", ln):
             continue  # a comment, or a section whose keys carry the comments

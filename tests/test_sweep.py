@@ -47,17 +47,15 @@ def train_keys(cfg) -> list[str]:
     return pd.read_csv(cfg.data.folds_csv)["image_path"].tolist()
 
 
-@pytest.mark.usefixtures("mlflow_db")
-def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
-    cfg, path = tiny_cfg(**{
-        "data.n_folds": 2,
-        "search": {"enabled": True, "num_samples": 3, "fold": 0, "grace_period": 1,
-                   "space": {"model.name": {"type": "choice",
-                                            "values": ["test_resnet", "test_convnext"]},
-                             "optim.lr": {"type": "loguniform", "low": 1e-3, "high": 5e-3}}},
-    })
-    assert main([str(path), "--quiet"]) == 0
-    out = capsys.readouterr().out
+def test_sweep_smoke_search_then_cv_tracked_in_mlflow(finished_sweep):
+    """The session's sweep (tests/conftest.py: finished_sweep): a search over two backbones
+    and the learning rate on one fold, then cv of the top config per backbone and of two
+    fixed candidates, through the CLI."""
+    cfg = finished_sweep.cfg
+    assert cfg.data.n_folds == 2 and cfg.train.epochs == 2
+    assert cfg.search.num_samples == 3 and cfg.search.grace_period == 1
+    assert finished_sweep.rc == 0, finished_sweep.err[-3000:]
+    out = finished_sweep.out
     assert "oof_acc" in out and "mlflow ui" in out
 
     client, runs = runs_of(cfg)
@@ -93,17 +91,23 @@ def test_sweep_smoke_search_then_cv_tracked_in_mlflow(tiny_cfg, capsys):
         cid = s.data.tags["candidate_id"]
         assert store.completeness(cid, train_keys(cfg))[0]
         assert 0 <= s.data.metrics["oof_acc"] <= 1
-        for k in range(2):
+        for k in range(cfg.data.n_folds):
             assert store.read_manifest(cid, k)["mlflow_run_id"] in run_ids
     # A search trial that trained every epoch wrote its fold-0 predictions, even where ASHA's
     # last rung sits on that epoch (max_t 2, grace 1, factor 2: rungs at 1 and 2) and cut it
     # there (sketchtune.asha.FinishingASHA).
     search = [r for r in trials if r.data.tags["stage"] == "search"]
     full = [r for r in search if len(client.get_metric_history(r.info.run_id, "val_acc")) == 2]
-    assert full and all(store.has_fold(r.data.tags["candidate_id"], 0) for r in full)
-    # One summary per backbone that the search tried (top-1 per backbone).
+    assert full and all(store.has_fold(r.data.tags["candidate_id"], cfg.search.fold)
+                        for r in full)
+    # One summary per backbone that the search tried (top-1 per backbone), and one per fixed
+    # candidate besides.
+    fixed = {candidate_id(with_train_overrides(cfg.train, c, "t")) for c in cfg.candidates}
+    assert len(fixed) == 2
+    chosen = [s for s in summaries if s.data.tags["candidate_id"] not in fixed]
     backbones = {r.data.tags["backbone"] for r in trials if r.data.tags["stage"] == "search"}
-    assert {s.data.tags["backbone"] for s in summaries} == backbones
+    assert {s.data.tags["backbone"] for s in chosen} == backbones
+    assert fixed <= {s.data.tags["candidate_id"] for s in summaries}
 
 
 @pytest.mark.usefixtures("mlflow_db")
