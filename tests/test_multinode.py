@@ -132,32 +132,6 @@ def trial_results(cfg: SweepConfig) -> list[dict]:
     return out
 
 
-@pytest.mark.usefixtures("mlflow_db")
-def test_multinode_trials_run_on_several_nodes_recorded_in_store_and_mlflow(demo_dir, tmp_path,
-                                                                           multinode):
-    """Three folds, one slot per node: the trials spread over the nodes, and each fold's
-    manifest and MLflow run name the node that trained it."""
-    cfg, path = cluster_config(demo_dir, tmp_path, multinode, **{"data.n_folds": 3})
-    done = run_sweep_on(multinode, path)
-    assert done.returncode == 0, done.stderr[-3000:]
-
-    found = manifests(cfg)
-    assert len(found) == 3
-    cluster_ids = {n.node_id for n in multinode.nodes.values()}
-    where = {k: m["node_id"] for k, m in found.items()}
-    assert set(where.values()) <= cluster_ids
-    assert len(set(where.values())) >= 2, {k: multinode.name_of(v) for k, v in where.items()}
-    ip = multinode.nodes["head"].node_ip_address
-    assert {m["node_ip"] for m in found.values()} == {ip}
-
-    _, _, cv = cv_runs(cfg)
-    assert len(cv) == 3 and all(r.info.status == "FINISHED" for r in cv)
-    for r in cv:
-        key = (r.data.tags["candidate_id"], int(r.data.tags["fold"]))
-        assert r.data.tags["node_id"] == where[key] and r.data.tags["node_ip"] == ip
-        assert found[key]["mlflow_run_id"] == r.info.run_id
-
-
 def kill_driver_and_snapshot(proc: subprocess.Popen, cfg: SweepConfig, at_least: int,
                              fewer_than: int) -> dict[tuple[str, int], dict]:
     """SIGKILL the sweep once `at_least` folds are in the store; the manifests at that moment."""
@@ -177,7 +151,8 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
                                                                            multinode):
     """The sweep's driver is killed with SIGKILL while trials run on the cluster's nodes; the
     same command joins the same cluster and finishes: the folds done before the kill are not
-    trained again, no fold or MLflow run is duplicated, and the trials ran on several nodes."""
+    trained again, no fold or MLflow run is duplicated, and the trials ran on several nodes,
+    each fold's manifest and MLflow run naming the node that trained it."""
     # Two candidates x two folds on three slots: the kill after two folds comes while the
     # others still run or wait (three folds trained two more trials, each with its own actor).
     cfg, path = cluster_config(demo_dir, tmp_path, multinode, **{
@@ -198,9 +173,12 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
         new_run = new.pop("mlflow_run_id")
         assert old.pop("mlflow_run_id") in (None, new_run)
         assert old == new, key
+    # One slot per node: the trials spread over the nodes, all of this machine.
     cluster_ids = {n.node_id for n in multinode.nodes.values()}
     nodes = {m["node_id"] for m in after.values()}
     assert nodes <= cluster_ids and len(nodes) >= 2, [multinode.name_of(n) for n in nodes]
+    ip = multinode.nodes["head"].node_ip_address
+    assert {m["node_ip"] for m in after.values()} == {ip}
 
     client, runs, cv = cv_runs(cfg)
     per_fold = Counter((r.data.tags["candidate_id"], int(r.data.tags["fold"])) for r in cv)
@@ -209,7 +187,8 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
     assert len([r for r in runs if r.data.tags.get("sketchtune.role") == "sweep"]) == 1
     for r in cv:
         key = (r.data.tags["candidate_id"], int(r.data.tags["fold"]))
-        assert r.data.tags["node_id"] == after[key]["node_id"]
+        assert r.data.tags["node_id"] == after[key]["node_id"] and r.data.tags["node_ip"] == ip
+        assert after[key]["mlflow_run_id"] == r.info.run_id
         if key in before:
             # Trained once, before the kill: no epoch logged twice, none logged since. (Its
             # last epoch may be missing: the driver can die before logging it.)
