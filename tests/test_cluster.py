@@ -7,8 +7,6 @@ import pytest
 from sketchtune.cluster import start_ray, worker_env
 from sketchtune.fs import CLOUD_ENV
 
-pytestmark = pytest.mark.slow
-
 
 def test_worker_env_forwards_malloc_settings_only_when_set(monkeypatch):
     monkeypatch.delenv("SKETCHTUNE_MALLOC", raising=False)
@@ -32,6 +30,7 @@ def test_worker_env_forwards_cloud_credentials_and_endpoint_when_set(monkeypatch
     assert env["AWS_SECRET_ACCESS_KEY"] == "s3cr3t" and "AWS_SESSION_TOKEN" not in env
 
 
+@pytest.mark.slow
 def test_ray_worker_starts_with_the_env_and_the_trainer_tunes_its_malloc(tiny_cfg, monkeypatch):
     import ray
 

@@ -23,8 +23,6 @@ from sketchtune.store import PredictionStore
 from sketchtune.sweep import main, run_sweep
 from sketchtune.train import run_trial
 
-pytestmark = pytest.mark.slow
-
 ROOT = Path(__file__).resolve().parent.parent
 RAY_KEYS = {"pid", "timestamp", "time_this_iter_s", "training_iteration", "time_total_s"}
 
@@ -47,6 +45,7 @@ def train_keys(cfg) -> list[str]:
     return pd.read_csv(cfg.data.folds_csv)["image_path"].tolist()
 
 
+@pytest.mark.slow
 def test_sweep_smoke_search_then_cv_tracked_in_mlflow(finished_sweep):
     """The session's sweep (tests/conftest.py: finished_sweep): a search over two backbones
     and the learning rate on one fold, then cv of the top config per backbone and of two
@@ -111,6 +110,7 @@ def test_sweep_smoke_search_then_cv_tracked_in_mlflow(finished_sweep):
 
 
 @pytest.mark.usefixtures("mlflow_db")
+@pytest.mark.slow
 def test_sweep_cv_skips_pairs_already_in_the_store(tiny_cfg):
     # One epoch: what is skipped does not depend on how long a fold trains.
     cfg, _ = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 1})
@@ -143,6 +143,7 @@ def _manifests(sweep_dir: Path) -> dict[str, str]:
 
 
 @pytest.mark.usefixtures("mlflow_db")
+@pytest.mark.slow
 def test_sweep_resumes_after_driver_sigkill(tiny_cfg):
     """kill -9 of the sweep's driver mid-cv; the same command finishes the sweep without
     training a finished fold again or duplicating an MLflow run, and ends with the predictions
@@ -237,6 +238,7 @@ def test_sweep_unreachable_tracking_server_fails_before_any_trial(tiny_cfg, caps
 
 
 @pytest.mark.usefixtures("mlflow_db")
+@pytest.mark.slow
 def test_sweep_joins_a_cluster_with_address_auto(tiny_cfg, monkeypatch):
     """The cluster path on one machine: a head node records its address (as `ray start --head`
     does), then the sweep with address auto finds it there and joins."""

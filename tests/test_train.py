@@ -13,9 +13,8 @@ from sketchtune.predict import predict_csv
 from sketchtune.store import PredictionStore, keys_digest
 from sketchtune.train import main, run_trial
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_train_cli_writes_fold_predictions_above_chance(tiny_cfg, capsys, tmp_path):
     cfg, path = tiny_cfg(**{"train.epochs": 3})
     assert main([str(path), "--fold", "2", "--quiet"]) == 0
@@ -60,6 +59,7 @@ def test_train_cli_writes_fold_predictions_above_chance(tiny_cfg, capsys, tmp_pa
     assert np.abs(fresh - f.val_probs).max() < 1e-6
 
 
+@pytest.mark.slow
 def test_run_trial_reports_each_epoch(tiny_cfg):
     cfg, _ = tiny_cfg(save_weights=False)
     seen: list[dict] = []
@@ -69,6 +69,7 @@ def test_run_trial_reports_each_epoch(tiny_cfg):
     assert PredictionStore(cfg.sweep_dir).read_manifest(res.candidate_id, 0)["weights_file"] is None
 
 
+@pytest.mark.slow
 def test_run_trial_predicts_the_val_rows_once(tiny_cfg, monkeypatch):
     import sketchtune.engine as engine
     import sketchtune.train as train
@@ -96,6 +97,7 @@ def test_train_cli_bad_fold_is_one_line(tiny_cfg, capsys):
     assert err.startswith("sketchtune.train: error:") and "--fold 7" in err and "\n" not in err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("recipe", [{}, {
     "train.ema": {"enabled": True, "decay": 0.9}, "train.accum_steps": 2,
     "train.mixup": {"mixup_alpha": 0.8, "cutmix_alpha": 1.0}}], ids=["plain", "ema-mixup-accum"])
@@ -135,6 +137,7 @@ def test_run_trial_resumed_from_checkpoint_repeats_exactly(tiny_cfg, recipe):
     assert len(prediction_sets(cfg.train)) == (2 if recipe else 1)
 
 
+@pytest.mark.slow
 def test_run_trial_stores_every_view_and_the_ema_weights_from_the_fold_model(tiny_cfg,
                                                                             tmp_path):
     """Every prediction set of fold k is fold k's validation rows, predicted by fold k's own
