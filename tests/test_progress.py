@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import pytest
 
 from sketchtune.progress import alive_nodes, build_reporter
@@ -11,28 +9,33 @@ from sketchtune.progress import alive_nodes, build_reporter
 
 @pytest.fixture(scope="module")
 def trials(tmp_path_factory):
-    """Three running cv trials with one result each (Tune's Trial objects need a Ray)."""
+    """Three running cv trials with one result each, as Tune holds them while a stage runs.
+
+    Tune's Trial asks Ray only for the session folder under which it stages driver files (the
+    reporter prints that path); a folder of the test's own stands in for it, so no Ray is
+    started: the table is built from the trials' results alone.
+    """
     import ray
+    import ray.train._internal.storage as tune_storage
     from ray.train._internal.storage import StorageContext
     from ray.tune.experiment import Trial
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(num_cpus=1, include_dashboard=False, logging_level=logging.WARNING)
     storage = str(tmp_path_factory.mktemp("ray"))
-    out = []
-    for k in range(3):
-        t = Trial("trial", config={"job": {"params": {}, "fold": k}}, stub=True,
-                  trial_id=f"cv{k}", storage=StorageContext(storage, "cv-test"))
-        t.init_local_path()  # as Tune does before it starts a trial
-        t.set_status(Trial.RUNNING)
-        t.update_last_result({"epoch": 2, "val_acc": 0.25 * (k + 1), "best_val_acc": 0.8,
-                              "backbone": "test_resnet", "candidate_id": "c0ffee",
-                              "node_ip": f"10.0.0.{k + 1}", "training_iteration": 2})
-        out.append(t)
-    yield out
-    if started:
-        ray.shutdown()
+    session = str(tmp_path_factory.mktemp("session"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(tune_storage, "_get_ray_train_session_dir", lambda: session)
+        out = []
+        for k in range(3):
+            t = Trial("trial", config={"job": {"params": {}, "fold": k}}, stub=True,
+                      trial_id=f"cv{k}", storage=StorageContext(storage, "cv-test"))
+            t.init_local_path()  # as Tune does before it starts a trial
+            t.set_status(Trial.RUNNING)
+            t.update_last_result({"epoch": 2, "val_acc": 0.25 * (k + 1), "best_val_acc": 0.8,
+                                  "backbone": "test_resnet", "candidate_id": "c0ffee",
+                                  "node_ip": f"10.0.0.{k + 1}", "training_iteration": 2})
+            out.append(t)
+        assert not ray.is_initialized()
+        yield out
 
 
 @pytest.fixture
