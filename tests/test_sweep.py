@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
+from sketchtune.cluster import start_ray
 from sketchtune.config import candidate_id, with_train_overrides
 from sketchtune.store import PredictionStore
 from sketchtune.sweep import main, run_sweep
@@ -119,22 +120,30 @@ def test_sweep_cv_skips_pairs_already_in_the_store(tiny_cfg):
     store = PredictionStore(cfg.sweep_dir)
     before = store.read_manifest(cid, 0)["train_seconds"]
 
-    run_sweep(cfg, quiet=True)
-    assert store.read_manifest(cid, 0)["train_seconds"] == before
-    _, runs = runs_of(cfg)
-    cv = [r for r in runs if r.data.tags.get("stage") == "cv"]
-    assert [r.data.tags["fold"] for r in cv] == ["1"]
+    import ray
 
-    # Adding a candidate and running again trains only the new candidate's folds.
-    new = {"optim.lr": 1e-3}
-    cfg2 = cfg.model_copy(update={"candidates": [{}, new]})
-    run_sweep(cfg2, quiet=True)
-    _, runs = runs_of(cfg)
-    cv = Counter((r.data.tags["candidate_id"], r.data.tags["fold"]) for r in runs
-                 if r.data.tags.get("stage") == "cv")
-    new_id = candidate_id(with_train_overrides(cfg.train, new, "t"))
-    assert cv == {(cid, "1"): 1, (new_id, "0"): 1, (new_id, "1"): 1}
-    assert store.completeness(new_id, train_keys(cfg))[0]
+    # One Ray for both sweeps: run_sweep uses a Ray this process has started and leaves it
+    # running (preflight), so the second sweep skips a start-up that proves nothing here.
+    start_ray(cfg, quiet=True)
+    try:
+        run_sweep(cfg, quiet=True)
+        assert store.read_manifest(cid, 0)["train_seconds"] == before
+        _, runs = runs_of(cfg)
+        cv = [r for r in runs if r.data.tags.get("stage") == "cv"]
+        assert [r.data.tags["fold"] for r in cv] == ["1"]
+
+        # Adding a candidate and running again trains only the new candidate's folds.
+        new = {"optim.lr": 1e-3}
+        cfg2 = cfg.model_copy(update={"candidates": [{}, new]})
+        run_sweep(cfg2, quiet=True)
+        _, runs = runs_of(cfg)
+        cv = Counter((r.data.tags["candidate_id"], r.data.tags["fold"]) for r in runs
+                     if r.data.tags.get("stage") == "cv")
+        new_id = candidate_id(with_train_overrides(cfg.train, new, "t"))
+        assert cv == {(cid, "1"): 1, (new_id, "0"): 1, (new_id, "1"): 1}
+        assert store.completeness(new_id, train_keys(cfg))[0]
+    finally:
+        ray.shutdown()
 
 
 def _manifests(sweep_dir: Path) -> dict[str, str]:
