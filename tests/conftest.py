@@ -101,9 +101,10 @@ def mlflow_db(_mlflow_template, tmp_path) -> Path:
     from one made once per session.
 
     Creating a sqlite store runs MLflow's schema migrations, seconds each time; the end-to-end
-    sweeps that use this prove what they log, not that a store can be created. The first run
-    (no database yet) stays proven by the tests that do not use it (tests/test_tracking.py,
-    tests/test_callback.py, and the subprocess sweeps of tests/test_reliability.py).
+    sweeps and the callback and ensemble tests that use this prove what they log, not that a
+    store can be created. The first run (no database yet) stays proven by the tests that do
+    not use it (tests/test_tracking.py, the `done` fixture of tests/test_ensemble_cli.py, and
+    the subprocess sweeps of tests/test_reliability.py).
     """
     db = tmp_path / "mlflow.db"
     shutil.copyfile(_mlflow_template, db)

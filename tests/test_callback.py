@@ -37,7 +37,7 @@ def test_callback_class_is_a_tune_callback_built_once():
 
 
 # The callback's hooks called the way Tune calls them, without Ray: fake trials, a real
-# MLflow sqlite store.
+# MLflow sqlite store (tmp_path/mlflow.db, an empty one copied: conftest's mlflow_db).
 
 def _describe(config: dict) -> dict:
     return {"candidate_id": "c0ffee", "backbone": "test_resnet", "fold": config["fold"],
@@ -78,6 +78,7 @@ def _history(tracker, cb, trials, key: str) -> list[list[int]]:
             for t in trials]
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_callback_many_results_nothing_lost(tmp_path):
     tracker, cb, trials = _setup(tmp_path, n_trials=8)
     _report(cb, trials, epochs=10)
@@ -91,6 +92,7 @@ def test_callback_many_results_nothing_lost(tmp_path):
     tracker.close()
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_callback_hooks_only_queue_and_stage_end_flushes(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -114,6 +116,7 @@ def test_callback_hooks_only_queue_and_stage_end_flushes(tmp_path, monkeypatch):
     tracker.close()
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_callback_failing_server_counts_failures_and_never_raises(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
 
@@ -132,6 +135,7 @@ def test_callback_failing_server_counts_failures_and_never_raises(tmp_path, monk
     tracker.close()
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_callback_retry_results_never_land_in_the_failed_attempt_run(tmp_path, monkeypatch):
     """Ray retries a failed trial under the same trial id while the writer is still behind:
     the failed attempt's epochs go to its FAILED run, the retry's to a run of its own."""
@@ -162,6 +166,7 @@ def test_callback_retry_results_never_land_in_the_failed_attempt_run(tmp_path, m
     tracker.close()
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_stage_end_closes_runs_a_killed_driver_left_open(tmp_path):
     # The first driver started four runs and was killed before its writer ended them; Tune had
     # saved t0 as finished and t1 as errored, so the restored stage never calls their hooks
@@ -187,6 +192,7 @@ def test_stage_end_closes_runs_a_killed_driver_left_open(tmp_path):
     tracker.close()
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_tracker_unpickles_to_this_process_live_tracker(tmp_path):
     """Tune pickles the callbacks into tuner.pkl and a resumed stage unpickles them: they must
     log through the sweep's own tracker (its queue and failure count)."""
@@ -202,6 +208,7 @@ def test_tracker_unpickles_to_this_process_live_tracker(tmp_path):
     assert (fresh.tracking_uri, fresh.experiment, fresh.experiment_id) == (uri, "async", exp_id)
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_sweep_ctrl_c_writes_what_the_callback_queued_and_marks_the_sweep_killed(
         tiny_cfg, monkeypatch):
     """Tune stops a stage on Ctrl-C and the sweep raises KeyboardInterrupt: the metrics still
@@ -252,6 +259,7 @@ def test_sweep_ctrl_c_writes_what_the_callback_queued_and_marks_the_sweep_killed
             [1, 2, 3, 4, 5]
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_callback_tags_each_run_with_the_node_its_trial_reports(tmp_path, monkeypatch):
     """node_id and node_ip from the trial's results become tags of its run: set once, again
     only when the trial reports another node; a result without them (an older trial) sets

@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import shutil
 import stat
 
 import numpy as np
@@ -23,7 +24,8 @@ from tests.synthetic_probs import make_fold_probs
 
 @pytest.fixture(scope="module")
 def done(tmp_path_factory):
-    """One sweep, optimized then predicted once (MLflow start-up is the slow part)."""
+    """One sweep, optimized then predicted once (MLflow start-up is the slow part), on no
+    MLflow store yet: the first run creates it."""
     sw = make_sweep(tmp_path_factory.mktemp("sweep"), skills=(2.0, 1.0, 0.5, 1.5), n=90)
     assert optimize.main([str(sw.config), "--quiet"]) == 0
     assert predict.main([str(sw.config), "--quiet"]) == 0
@@ -80,11 +82,13 @@ def test_optimize_and_predict_log_mlflow_runs(done):
 
 
 @pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
+def synthetic(tmp_path_factory, _mlflow_template):
     """A store of synthetic predictions whose test labels are known, optimized and predicted:
-    (sweep, test labels, optimize's stdout)."""
+    (sweep, test labels, optimize's stdout). It tracks in an empty MLflow store copied from
+    the session's (conftest's mlflow_db); `done` proves optimize's first run without one."""
     syn = make_fold_probs(n=3000, n_test=2000, classes=20, candidates=3, seed=3)
     sw, test_y = sweep_from_synthetic(tmp_path_factory.mktemp("synthetic"), syn)
+    shutil.copyfile(_mlflow_template, sw.config.parent / "mlflow.db")
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert optimize.main([str(sw.config)]) == 0
@@ -145,6 +149,7 @@ def test_optimize_logs_the_submission_estimate_to_mlflow(synthetic):
 
 
 @pytest.mark.parametrize("case", ["fold-without-test-keys", "test-csv-edited"])
+@pytest.mark.usefixtures("mlflow_db")
 def test_optimize_without_test_predictions_warns_once_and_writes_nulls(tmp_path, capsys, caplog,
                                                                       case):
     sw = make_sweep(tmp_path)
@@ -413,6 +418,7 @@ def test_predict_ensemble_json_refuses_a_misspelt_candidate_key(tmp_path, capsys
     assert not out.exists()
 
 
+@pytest.mark.usefixtures("mlflow_db")
 def test_predict_ensemble_json_temperature_is_used_not_read_as_one(tmp_path):
     sw = make_sweep(tmp_path, skills=(1.0, 0.5))
     path = tmp_path / "ensemble.json"
