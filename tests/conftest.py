@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import yaml
 
-from sketchtune.config import SweepConfig, load_config
+from sketchtune.config import SweepConfig, apply_overrides, load_config
 from sketchtune.demo import make_demo
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,13 +60,7 @@ def tiny_config_dict(demo_dir: Path, root: Path, **overrides: Any) -> dict[str, 
         "resources": {"cpu": 1},
         "ray": {"verbose": 0, "max_failures": 1},
     }
-    for dotted, value in overrides.items():
-        cur = cfg
-        *parents, last = dotted.split(".")
-        for p in parents:
-            cur = cur.setdefault(p, {})
-        cur[last] = value
-    return cfg
+    return apply_overrides(cfg, overrides)
 
 
 def write_config(path: Path, cfg: dict[str, Any]) -> Path:
