@@ -39,10 +39,12 @@ def probe() -> subprocess.CompletedProcess:
     return _python(_PROBE)
 
 
+@pytest.mark.slow
 def test_callback_import_does_not_import_ray(probe):
     assert probe.stdout.splitlines()[:1] == ["ray imported: False"], probe.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_callback_class_is_a_tune_callback_built_once(probe):
     assert probe.returncode == 0 and "class checked" in probe.stdout, probe.stderr[-2000:]
 

@@ -129,6 +129,7 @@ def workdir(tmp_path_factory) -> Iterator[Path]:
     os.chdir(old)
 
 
+@pytest.mark.slow
 @SETTINGS
 @given(data=st.data())
 def test_sweep_dry_run_on_any_mutated_config_is_exit_0_or_one_line(workdir, data):

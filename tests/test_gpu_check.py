@@ -41,6 +41,7 @@ def test_gpu_check_cpu_path_runs_every_step(tmp_path):
     assert (out / "gpu_check.md").read_text().startswith("# GPU check: cpu")
 
 
+@pytest.mark.slow
 def test_gpu_check_fails_when_a_step_fails(tmp_path):
     # No data there: step d cannot read the CSV; the check must say so and exit 1.
     proc = subprocess.run(

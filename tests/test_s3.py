@@ -105,6 +105,7 @@ def test_location_refuses_what_is_neither_a_uri_nor_meant_as_a_folder(text, why)
     assert why in str(err.value) and repr(text) in str(err.value)
 
 
+@pytest.mark.slow
 def test_storage_bad_uri_option_or_dead_endpoint_is_a_store_error_naming_the_uri():
     bad = location("s3://bkt/x?no_such_option=1")
     with pytest.raises(StoreError, match=r"s3://bkt/x\?no_such_option=1: pyarrow.fs cannot "
@@ -292,6 +293,7 @@ def test_folds_file_on_s3(bucket):
         made["fold"].tolist()
 
 
+@pytest.mark.slow
 def test_storage_preflight_missing_bucket_and_unreachable_endpoint(bucket, monkeypatch):
     with pytest.raises(StoreError, match="does not exist") as e:
         fs.check_writable(URI("s3://no-such-bucket-here/sweeps"), "storage_path")
@@ -417,6 +419,7 @@ def s3_auth_endpoint():
         proc.wait(10)
 
 
+@pytest.mark.slow
 def test_storage_without_any_credentials_says_none_were_found_and_where_they_are_read_from(
         s3_auth_endpoint, tmp_path, monkeypatch):
     """No AWS_ACCESS_KEY_ID, no profile, no instance role: pyarrow says only 'AWS Error UNKNOWN
