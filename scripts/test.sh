@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Set up (or reuse) the environment and run the whole test suite, end-to-end tests included.
 # Extra arguments go to pytest, e.g. scripts/test.sh -m "not slow" for the quick subset.
-# Two pytest-xdist workers: the end-to-end tests spend much of their time waiting (Ray's start-up,
-# a node's death, a store's retries), which the other worker fills. Tests that share a
-# session-scoped sweep or a module's cluster run on one worker (tests/conftest.py); -n 0 turns
-# the workers off (e.g. for pdb).
+# Two pytest-xdist workers, one per core of the 2-core CI machine (one process left a core idle
+# while Ray started or a test waited). Tests that share a session-scoped sweep or a module's
+# cluster run on one worker (tests/conftest.py); -n 0 runs in one process (e.g. for pdb).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 set -euo pipefail

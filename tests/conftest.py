@@ -184,13 +184,9 @@ def finished_sweep(demo_dir, _mlflow_template, tmp_path_factory) -> FinishedSwee
 # With pytest-xdist (scripts/test.sh), a session- or module-scoped fixture is made once per
 # worker that runs a test needing it: the tests of one shared sweep, and those of one module's
 # cluster, go to one worker (`--dist loadgroup`).
-_ONE_WORKER = {"finished_sweep": "finished_sweep"}
-_ONE_WORKER_MODULES = {"test_cluster_recipe.py": "cluster_recipe"}
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        group = next((g for f, g in _ONE_WORKER.items() if f in item.fixturenames),
-                     _ONE_WORKER_MODULES.get(item.path.name))
-        if group:
-            item.add_marker(pytest.mark.xdist_group(group))
+        if "finished_sweep" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group("finished_sweep"))
+        elif item.path.name == "test_cluster_recipe.py":
+            item.add_marker(pytest.mark.xdist_group("cluster_recipe"))
