@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import re
 import shutil
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from typing import Any
 
 import pytest
 import yaml
+from filelock import FileLock
 
 from sketchtune.config import SweepConfig, apply_overrides, load_config
 from sketchtune.demo import make_demo
@@ -26,10 +28,18 @@ MINIMAL_CONFIG_MARKER = "<!-- minimal-config -->"
 DEMO = {"classes": 5, "per_class": 40, "test_per_class": 6, "size": 32, "seed": 0}
 
 
+def _once(tmp_path_factory, name: str) -> Path:
+    """A folder all pytest-xdist workers of this run share (the parent of each one's basetemp);
+    hold `with _lock(folder)` while making what goes in it. Without xdist, this run's own."""
+    base = tmp_path_factory.getbasetemp()
+    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+
+
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("demo") / "data"
-    make_demo(out, **DEMO)
+    out = _once(tmp_path_factory, "demo") / "data"
+    with FileLock(f"{out.parent}.lock"):  # made once; a finished one is kept as it is
+        make_demo(out, **DEMO)
     return out
 
 
@@ -84,8 +94,13 @@ def tiny_cfg(demo_dir, tmp_path):
 def _mlflow_template(tmp_path_factory) -> Path:
     from mlflow.tracking import MlflowClient
 
-    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
-    MlflowClient(f"sqlite:///{db}").search_experiments()  # creates it: the schema migrations
+    db = _once(tmp_path_factory, "mlflow") / "mlflow.db"
+    with FileLock(f"{db.parent}.lock"):
+        if not db.exists():
+            db.parent.mkdir(exist_ok=True)
+            tmp = db.with_suffix(".tmp")
+            MlflowClient(f"sqlite:///{tmp}").search_experiments()  # the schema migrations
+            tmp.rename(db)
     return db
 
 
@@ -182,11 +197,18 @@ def finished_sweep(demo_dir, _mlflow_template, tmp_path_factory) -> FinishedSwee
 
 
 # With pytest-xdist (scripts/test.sh), a session- or module-scoped fixture is made once per
-# worker that runs a test needing it: the tests of one shared sweep, and those of one module's
-# cluster, go to one worker (`--dist loadgroup`).
+# worker that runs a test needing it. So the tests of the shared sweep go to one worker, and so
+# do those of a module that shares a module-scoped fixture (a cluster, a server, a data set)
+# (`--dist loadgroup`). The slow tests are sent first: the quick ones then fill in around them,
+# instead of one worker finishing a long test alone at the end. First: xdist's own hook reads
+# the groups.
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "finished_sweep" in item.fixturenames:
             item.add_marker(pytest.mark.xdist_group("finished_sweep"))
-        elif item.path.name == "test_cluster_recipe.py":
-            item.add_marker(pytest.mark.xdist_group("cluster_recipe"))
+        elif any(d.scope == "module" for defs in item._fixtureinfo.name2fixturedefs.values()
+                 for d in defs):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+

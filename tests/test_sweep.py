@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 RAY_KEYS = {"pid", "timestamp", "time_this_iter_s", "training_iteration", "time_total_s"}
 
 
-@pytest.fixture(scope="module", autouse=True)
+@pytest.fixture(autouse=True)
 def _ray_shutdown():
     yield
     import ray
