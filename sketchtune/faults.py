@@ -4,8 +4,8 @@ Set `SKETCHTUNE_FAULT=<kind>:<epoch>:<marker file>` in the environment of the pr
 starts Ray (workers inherit it). The first trial to finish epoch <epoch> creates the marker
 and then fails: kind `raise` raises an exception, kind `exit` ends the worker process the way
 the OOM killer would. Every later trial, the retried one included, sees the marker and runs
-normally; a marker of `-` fails every trial at that epoch, retries included. Unset (the
-default), this does nothing.
+normally; a marker of `-` fails every trial at that epoch, retries included. Several faults,
+separated by `;`, fail one trial each. Unset (the default), this does nothing.
 """
 
 from __future__ import annotations
@@ -22,19 +22,17 @@ class InjectedFault(RuntimeError):
 
 
 def maybe_fail(epoch: int) -> None:
-    spec = os.environ.get(ENV)
-    if not spec:
-        return
-    kind, at, marker = spec.split(":", 2)
-    if epoch != int(at):
-        return
-    if marker == "-":
+    for spec in filter(None, os.environ.get(ENV, "").split(";")):
+        kind, at, marker = spec.split(":", 2)
+        if epoch != int(at):
+            continue
+        if marker == "-":
+            raise InjectedFault(f"injected fault at epoch {epoch} ({ENV}={spec})")
+        try:
+            # O_EXCL: exactly one trial on the machine wins the right to fail.
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue
+        if kind == "exit":
+            os._exit(137)
         raise InjectedFault(f"injected fault at epoch {epoch} ({ENV}={spec})")
-    try:
-        # O_EXCL: exactly one trial on the machine wins the right to fail.
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-    except FileExistsError:
-        return
-    if kind == "exit":
-        os._exit(137)
-    raise InjectedFault(f"injected fault at epoch {epoch} ({ENV}={spec})")
