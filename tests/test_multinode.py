@@ -152,11 +152,14 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
     """The sweep's driver is killed with SIGKILL while trials run on the cluster's nodes; the
     same command joins the same cluster and finishes: the folds done before the kill are not
     trained again, no fold or MLflow run is duplicated, and the trials ran on several nodes,
-    each fold's manifest and MLflow run naming the node that trained it."""
+    each fold's manifest and MLflow run naming the node that trained it. Both runs find the
+    cluster with `ray.address: auto`: the address its head recorded (as `ray start --head`
+    does), under the cluster's RAY_TMPDIR."""
     # Two candidates x two folds on three slots: the kill after two folds comes while the
     # others still run or wait (three folds trained two more trials, each with its own actor).
     cfg, path = cluster_config(demo_dir, tmp_path, multinode, **{
-        "data.n_folds": 2, "train.epochs": 3, "candidates": [{}, {"optim.lr": 1e-3}]})
+        "data.n_folds": 2, "train.epochs": 3, "candidates": [{}, {"optim.lr": 1e-3}],
+        "ray": {"address": "auto"}})
     proc = subprocess.Popen(sweep_cmd(path), env=sweep_env(multinode), cwd=path.parent,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     before = kill_driver_and_snapshot(proc, cfg, 2, 4)
@@ -173,7 +176,8 @@ def test_multinode_driver_killed_and_resumed_on_the_cluster_retrains_nothing(dem
         new_run = new.pop("mlflow_run_id")
         assert old.pop("mlflow_run_id") in (None, new_run)
         assert old == new, key
-    # One slot per node: the trials spread over the nodes, all of this machine.
+    # One slot per node: the trials spread over the nodes, all of this machine (and of this
+    # cluster: `auto` joined it, not another Ray on the machine).
     cluster_ids = {n.node_id for n in multinode.nodes.values()}
     nodes = {m["node_id"] for m in after.values()}
     assert nodes <= cluster_ids and len(nodes) >= 2, [multinode.name_of(n) for n in nodes]

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -244,47 +242,6 @@ def test_sweep_unreachable_tracking_server_fails_before_any_trial(tiny_cfg, caps
     err = capsys.readouterr().err
     assert "MLflow is not reachable" in err and "127.0.0.1:9" in err
     assert not cfg.sweep_dir.exists()
-
-
-@pytest.mark.usefixtures("mlflow_db")
-@pytest.mark.slow
-def test_sweep_joins_a_cluster_with_address_auto(tiny_cfg, monkeypatch):
-    """The cluster path on one machine: a head node records its address (as `ray start --head`
-    does), then the sweep with address auto finds it there and joins."""
-    # The head advertises 3 CPUs on this 2-core machine and each trial asks for 3: only a
-    # driver that joined that cluster can run them (a local Ray would have 2 and refuse).
-    cfg, path = tiny_cfg(**{"data.n_folds": 2, "train.epochs": 1,
-                            "ray": {"address": "auto", "verbose": 0}, "resources": {"cpu": 3}})
-    import ray
-    from ray.cluster_utils import Cluster
-
-    # Shutting the head down resets Ray's client state in this process, which a Ray this
-    # process started earlier would still be using.
-    ray.shutdown()
-    # A RAY_TMPDIR of its own (short: Ray's socket paths must fit in 107 bytes) holds the
-    # head's files and the address file that `auto` reads, and `shutdown` stops exactly the
-    # processes the head started: other Ray instances on the machine (another user's, another
-    # test run's) are left alone, where `ray stop` would end them all.
-    tmpdir = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    monkeypatch.setenv("RAY_TMPDIR", tmpdir)
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cluster = Cluster(initialize_head=True,
-                      head_node_args={"num_cpus": 3, "include_dashboard": False})
-    try:
-        done = subprocess.run([sys.executable, "-m", "sketchtune.sweep", str(path), "--quiet"],
-                              env=env, cwd=path.parent, capture_output=True, text=True,
-                              timeout=400)
-        assert done.returncode == 0, done.stderr[-2000:]
-        head = cluster.head_node.node_id
-    finally:
-        cluster.shutdown()
-        shutil.rmtree(tmpdir, ignore_errors=True)
-    store = PredictionStore(cfg.sweep_dir)
-    cid = candidate_id(cfg.train)
-    assert store.completeness(cid, train_keys(cfg))[0]
-    # Trained on that head, not on another Ray instance running on the machine.
-    assert [store.read_manifest(cid, k)["node_id"] for k in range(2)] == [head, head]
 
 
 def test_sweep_unreachable_ray_head_fails_at_once(tiny_cfg, capsys):
