@@ -34,8 +34,10 @@ def pytest_runtest_logfinish(nodeid: str, location: object) -> None:
 
 
 def summary(folder: Path) -> str:
-    rows = {f.stem: [ln.rstrip("\n").split("\t") for ln in f.read_text().splitlines()]
-            for f in sorted(folder.glob("gw*.tsv"))}
+    files = sorted(folder.glob("gw*.tsv")) or sorted(folder.glob("main.tsv"))  # -n 0: one
+    if not files:
+        raise SystemExit(f"suite_timeline: no <worker>.tsv in {folder}")
+    rows = {f.stem: [ln.split("\t") for ln in f.read_text().splitlines()] for f in files}
     t0 = min(float(r[1]) for rs in rows.values() for r in rs)
     lines, long = [], []
     for worker, rs in rows.items():

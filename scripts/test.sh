@@ -8,6 +8,6 @@ set -euo pipefail
 source "$(dirname "$0")/env.sh"
 set -euo pipefail
 # One torch thread per worker: with torch's default, a thread per core in each of the two
-# workers, the in-process training tests fought over the cores (the quick subset: 139 s -> 107 s).
+# workers, the in-process training tests fought over the cores (benchmarks/RESULTS-suite.md).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
 exec python -m pytest -n "${SKETCHTUNE_TEST_WORKERS:-2}" --dist loadgroup "$@"

@@ -8,6 +8,7 @@ import io
 import os
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,19 +29,22 @@ MINIMAL_CONFIG_MARKER = "<!-- minimal-config -->"
 DEMO = {"classes": 5, "per_class": 40, "test_per_class": 6, "size": 32, "seed": 0}
 
 
-def _once(tmp_path_factory, name: str) -> Path:
-    """A folder all pytest-xdist workers of this run share (the parent of each one's basetemp);
-    hold `with _lock(folder)` while making what goes in it. Without xdist, this run's own."""
+@contextlib.contextmanager
+def _shared(tmp_path_factory, name: str) -> Iterator[Path]:
+    """A folder every pytest-xdist worker of this run shares (beside each one's basetemp), held
+    under a file lock while the caller makes what goes in it. Without xdist, this run's own."""
     base = tmp_path_factory.getbasetemp()
-    return (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / name
+    with FileLock(f"{folder}.lock"):
+        folder.mkdir(exist_ok=True)
+        yield folder
 
 
 @pytest.fixture(scope="session")
 def demo_dir(tmp_path_factory) -> Path:
-    out = _once(tmp_path_factory, "demo") / "data"
-    with FileLock(f"{out.parent}.lock"):  # made once; a finished one is kept as it is
-        make_demo(out, **DEMO)
-    return out
+    with _shared(tmp_path_factory, "demo") as folder:
+        make_demo(folder / "data", **DEMO)  # a finished one is kept as it is
+    return folder / "data"
 
 
 def tiny_config_dict(demo_dir: Path, root: Path, **overrides: Any) -> dict[str, Any]:
@@ -94,13 +98,10 @@ def tiny_cfg(demo_dir, tmp_path):
 def _mlflow_template(tmp_path_factory) -> Path:
     from mlflow.tracking import MlflowClient
 
-    db = _once(tmp_path_factory, "mlflow") / "mlflow.db"
-    with FileLock(f"{db.parent}.lock"):
+    with _shared(tmp_path_factory, "mlflow") as folder:
+        db = folder / "mlflow.db"
         if not db.exists():
-            db.parent.mkdir(exist_ok=True)
-            tmp = db.with_suffix(".tmp")
-            MlflowClient(f"sqlite:///{tmp}").search_experiments()  # the schema migrations
-            tmp.rename(db)
+            MlflowClient(f"sqlite:///{db}").search_experiments()  # the schema migrations
     return db
 
 
@@ -211,4 +212,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
                  for d in defs):
             item.add_marker(pytest.mark.xdist_group(item.path.stem))
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-
